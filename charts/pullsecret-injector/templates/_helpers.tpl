@@ -1,0 +1,191 @@
+{{/* Chart name, truncated to the DNS label limit. */}}
+{{- define "pullsecret-injector.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, plus the chart name when the release name does not contain it. */}}
+{{- define "pullsecret-injector.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pullsecret-injector.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pullsecret-injector.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pullsecret-injector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pullsecret-injector.labels" -}}
+helm.sh/chart: {{ include "pullsecret-injector.chart" . }}
+{{ include "pullsecret-injector.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The Service, ServiceAccount and webhook server name. */}}
+{{- define "pullsecret-injector.serviceName" -}}
+{{- include "pullsecret-injector.fullname" . }}
+{{- end }}
+
+{{- define "pullsecret-injector.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding tls.crt and tls.key. */}}
+{{- define "pullsecret-injector.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "pullsecret-injector.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/* DNS names the serving certificate must carry (the API server calls svc.ns.svc). */}}
+{{- define "pullsecret-injector.dnsNames" -}}
+{{- $svc := include "pullsecret-injector.serviceName" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson }}
+{{- end }}
+
+{{/*
+Namespaces that no webhook entry may ever match: the control plane's, the release
+namespace (the webhook's own Pods) and config.namespaces.exclude. JSON list.
+*/}}
+{{- define "pullsecret-injector.excludedNamespaces" -}}
+{{- $l := list "kube-system" "kube-node-lease" .Release.Namespace }}
+{{- range .Values.config.namespaces.exclude }}{{ $l = append $l . }}{{ end }}
+{{- $l | uniq | toJson }}
+{{- end }}
+
+{{/*
+Helm-generated TLS material (tls.source=helm), created once per render and shared by the
+Secret, the webhook caBundle and the Deployment checksum. On upgrade the existing Secret is
+reused (lookup), so the CA and caBundle do not change. Returns JSON {ca, crt, key}.
+*/}}
+{{- define "pullsecret-injector.helmTLS" -}}
+{{- if not (hasKey $ "pullsecretInjectorTLS") }}
+{{- $secretName := include "pullsecret-injector.tlsSecretName" . }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $tls := dict }}
+{{- if and $existing $existing.data (hasKey $existing.data "ca.crt") (hasKey $existing.data "tls.crt") (hasKey $existing.data "tls.key") }}
+{{- $tls = dict "ca" (index $existing.data "ca.crt" | b64dec) "crt" (index $existing.data "tls.crt" | b64dec) "key" (index $existing.data "tls.key" | b64dec) }}
+{{- else }}
+{{- $days := int .Values.tls.helm.validityDays }}
+{{- $ca := genCA (printf "%s-ca" (include "pullsecret-injector.fullname" .)) $days }}
+{{- $svc := include "pullsecret-injector.serviceName" . }}
+{{- $cn := printf "%s.%s.svc" $svc .Release.Namespace }}
+{{- $cert := genSignedCert $cn nil (include "pullsecret-injector.dnsNames" . | fromJsonArray) $days $ca }}
+{{- $tls = dict "ca" $ca.Cert "crt" $cert.Cert "key" $cert.Key }}
+{{- end }}
+{{- $_ := set $ "pullsecretInjectorTLS" $tls }}
+{{- end }}
+{{- index $ "pullsecretInjectorTLS" | toJson }}
+{{- end }}
+
+{{/* caBundle for the webhook configuration (base64 PEM); empty for cert-manager (cainjector fills it). */}}
+{{- define "pullsecret-injector.caBundle" -}}
+{{- if eq .Values.tls.source "helm" }}
+{{- (include "pullsecret-injector.helmTLS" . | fromJson).ca | b64enc }}
+{{- else if eq .Values.tls.source "secret" }}
+{{- .Values.tls.caBundle }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the cert-manager Certificate for the serving cert (for cert-manager.io/inject-ca-from). */}}
+{{- define "pullsecret-injector.certificateName" -}}
+{{- printf "%s-serving" (include "pullsecret-injector.fullname" .) }}
+{{- end }}
+
+{{/* Does the binary talk to the Kubernetes API? */}}
+{{- define "pullsecret-injector.needsAPI" -}}
+{{- if not .Values.standalone }}true{{ end }}
+{{- end }}
+
+{{/*
+Render-time checks for combinations a JSON schema cannot express (or expresses with
+unclear messages). Each message names the value to fix.
+*/}}
+{{- define "pullsecret-injector.validate" -}}
+{{- $v := .Values }}
+{{- if lt (int $v.replicaCount) 1 }}
+{{- fail (printf "replicaCount must be at least 1 (got %v)" $v.replicaCount) }}
+{{- end }}
+{{- $t := int $v.webhook.timeoutSeconds }}
+{{- if or (lt $t 1) (gt $t 30) }}
+{{- fail (printf "webhook.timeoutSeconds must be between 1 and 30 (got %v)" $v.webhook.timeoutSeconds) }}
+{{- end }}
+{{- if not (has $v.webhook.failurePolicy (list "Ignore" "Fail")) }}
+{{- fail (printf "webhook.failurePolicy must be Ignore or Fail (got %q)" (toString $v.webhook.failurePolicy)) }}
+{{- end }}
+{{- if not (has $v.config.mode (list "enforce" "audit")) }}
+{{- fail (printf "config.mode must be enforce or audit (got %q)" (toString $v.config.mode)) }}
+{{- end }}
+{{- if not (has $v.config.namespaces.selection (list "opt-in" "all")) }}
+{{- fail (printf "config.namespaces.selection must be opt-in or all (got %q)" (toString $v.config.namespaces.selection)) }}
+{{- end }}
+{{- if and (eq $v.config.namespaces.selection "all") (not (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version)) }}
+{{- fail (printf "config.namespaces.selection=all needs Kubernetes 1.21+ (this is %s): older API servers do not set the kubernetes.io/metadata.name label the webhook uses to exclude kube-system and %s; use opt-in" .Capabilities.KubeVersion.Version .Release.Namespace) }}
+{{- end }}
+{{- if $v.standalone }}
+{{- if $v.config.sync }}
+{{- fail "config.sync=true needs the Kubernetes API and cannot be used with standalone=true" }}
+{{- end }}
+{{- if $v.config.discovery }}
+{{- fail "config.discovery=true needs the Kubernetes API and cannot be used with standalone=true" }}
+{{- end }}
+{{- if not $v.config.rules }}
+{{- fail "standalone=true uses only static rules: set config.rules (it is empty)" }}
+{{- end }}
+{{- end }}
+{{- if and $v.config.sync (not $v.config.rules) (not $v.config.discovery) }}
+{{- fail "config.sync=true has nothing to copy: set config.rules or config.discovery=true" }}
+{{- end }}
+{{- if and (not $v.config.rules) (not $v.config.discovery) }}
+{{- fail "no credentials configured: set config.rules or config.discovery=true" }}
+{{- end }}
+{{- range $i, $r := $v.config.rules }}
+{{- if not $r.registry }}
+{{- fail (printf "config.rules[%d].registry is required" $i) }}
+{{- end }}
+{{- if not $r.secrets }}
+{{- fail (printf "config.rules[%d].secrets must list at least one Secret name" $i) }}
+{{- end }}
+{{- end }}
+{{- $src := $v.tls.source }}
+{{- if not (has $src (list "helm" "cert-manager" "secret")) }}
+{{- fail (printf "tls.source must be helm, cert-manager or secret (got %q)" (toString $src)) }}
+{{- end }}
+{{- if eq $src "secret" }}
+{{- if not $v.tls.secretName }}
+{{- fail "tls.source=secret needs tls.secretName (an existing kubernetes.io/tls Secret in the release namespace)" }}
+{{- end }}
+{{- if not $v.tls.caBundle }}
+{{- fail "tls.source=secret needs tls.caBundle (base64 PEM of the CA that signed tls.secretName)" }}
+{{- end }}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" (b64dec $v.tls.caBundle)) }}
+{{- fail "tls.caBundle must be a base64-encoded PEM certificate bundle (e.g. base64 -w0 ca.crt)" }}
+{{- end }}
+{{- else if $v.tls.caBundle }}
+{{- fail (printf "tls.caBundle is only used with tls.source=secret (tls.source=%s provides its own CA): remove tls.caBundle" $src) }}
+{{- end }}
+{{- if and $v.tls.certManager.issuerRef (ne $src "cert-manager") }}
+{{- fail (printf "tls.certManager.issuerRef is only used with tls.source=cert-manager (got tls.source=%s)" $src) }}
+{{- end }}
+{{- if and (eq $src "cert-manager") $v.tls.certManager.issuerRef (not $v.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef.name is required when tls.certManager.issuerRef is set" }}
+{{- end }}
+{{- if and $v.networkPolicy.adminFrom (not $v.networkPolicy.enabled) }}
+{{- fail "networkPolicy.adminFrom is set but networkPolicy.enabled=false" }}
+{{- end }}
+{{- end }}

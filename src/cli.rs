@@ -1,0 +1,219 @@
+//! Command line: subcommands and flags. Every flag can also be set through the environment as
+//! `PULLSECRET_INJECTOR_<FLAG>` (e.g. `PULLSECRET_INJECTOR_TLS_CERT`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::telemetry::LogFormat;
+
+pub const DEFAULT_CONFIG: &str = "/etc/pullsecret-injector/config.yaml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pullsecret-injector",
+    version,
+    about = "Adds the right imagePullSecrets to Pods, by image registry"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        env = "PULLSECRET_INJECTOR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,pullsecret_injector=debug`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "PULLSECRET_INJECTOR_LOG_LEVEL"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook (TLS) and the admin listener (plain HTTP).
+    Serve(ServeArgs),
+    /// Validate a configuration file: exit 0, or exit 1 listing every error.
+    CheckConfig(CheckConfigArgs),
+    /// Offline: show what the injector would do to the Pods and pod templates in a file.
+    Explain(ExplainArgs),
+    /// Against a live cluster: for each existing Pod, the secrets that would be added.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+    /// TLS listener for /mutate and /audit.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8443",
+        env = "PULLSECRET_INJECTOR_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// PEM certificate chain, reloaded when it changes.
+    #[arg(long, env = "PULLSECRET_INJECTOR_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), reloaded when it changes.
+    #[arg(long, env = "PULLSECRET_INJECTOR_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Plain-HTTP listener for /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8080",
+        env = "PULLSECRET_INJECTOR_ADMIN_LISTEN"
+    )]
+    pub admin_listen: SocketAddr,
+    /// No Kubernetes API at all: static rules only.
+    #[arg(long, env = "PULLSECRET_INJECTOR_STANDALONE")]
+    pub standalone: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// After SIGTERM, keep answering (while reporting not ready) for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Duration,
+    /// Then wait at most this long for in-flight requests.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_DRAIN_TIMEOUT")]
+    pub drain_timeout: Duration,
+    /// How often the config, certificate and key files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
+}
+
+/// How to reach the Kubernetes API.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file; otherwise in-cluster config or $KUBECONFIG.
+    #[arg(long, env = "PULLSECRET_INJECTOR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The injector's own namespace (never injected; source Secrets live here).
+    /// Defaults to $POD_NAMESPACE.
+    #[arg(long, env = "PULLSECRET_INJECTOR_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl ClusterArgs {
+    /// `--namespace`, else `$POD_NAMESPACE`.
+    pub fn own_namespace(&self) -> Option<String> {
+        self.namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|ns| !ns.is_empty())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+    /// YAML or JSON file with Pods, workloads or Lists (multi-document allowed); `-` for stdin.
+    #[arg(short = 'f', long = "filename", env = "PULLSECRET_INJECTOR_FILENAME")]
+    pub file: PathBuf,
+    /// Namespace to assume for objects that do not name one (default: `default`).
+    #[arg(short = 'n', long, env = "PULLSECRET_INJECTOR_EXPLAIN_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "text",
+        env = "PULLSECRET_INJECTOR_OUTPUT"
+    )]
+    pub output: ExplainFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+    /// Only this namespace.
+    #[arg(
+        short = 'n',
+        long = "audit-namespace",
+        conflicts_with = "all_namespaces",
+        env = "PULLSECRET_INJECTOR_AUDIT_NAMESPACE"
+    )]
+    pub audit_namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, env = "PULLSECRET_INJECTOR_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "table",
+        env = "PULLSECRET_INJECTOR_OUTPUT"
+    )]
+    pub output: AuditFormat,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `5`, `5s`, `500ms` or `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 5s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! `explain`: what the injector would do to the Pods and pod templates in a file, offline.
+//!
+//! The same decision code as the webhook runs on each Pod (or on the Pod a workload's template
+//! would create). Offline, namespace labels and existing Secrets are unknown, so namespace
+//! selection is taken as granted (as in standalone mode) except for excluded namespaces.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, Mode};
+use crate::decision::{
+    self, Context, Decision, Endpoint, ImageOutcome, NamespaceLabel, NoSecretIndex,
+};
+use crate::patch;
+use crate::review::Pod;
+use crate::rules::RuleSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid YAML or JSON: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// One Pod (or pod template) found in the input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    /// `{metadata, spec}` of the Pod that would be admitted.
+    #[serde(skip)]
+    pub pod: Value,
+}
+
+/// The explanation of one target, in the shape `-o json` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    /// Why the Pod would be left alone, if it would.
+    pub skipped: Option<&'static str>,
+    pub mode: Option<&'static str>,
+    pub containers: Vec<ContainerReport>,
+    /// Secrets that would be added, in order.
+    pub add: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The JSON Patch sent for each such Pod (none in audit mode or when nothing changes).
+    pub patch: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerReport {
+    /// `initContainers` or `containers`.
+    pub list: &'static str,
+    pub name: String,
+    pub image: String,
+    pub registry: Option<String>,
+    pub repository: Option<String>,
+    pub rule: Option<String>,
+    pub rule_source: Option<String>,
+    pub secrets: Vec<String>,
+    pub set_pull_policy_always: bool,
+    pub error: Option<String>,
+}
+
+/// Reads `-f FILE` (or `-` for stdin) into documents.
+pub fn read_documents(path: &Path) -> Result<Vec<Value>, ExplainError> {
+    let shown = path.display().to_string();
+    let mut text = String::new();
+    let read = if shown == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|source| ExplainError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_documents(&shown, &text)
+}
+
+pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ExplainError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ExplainError::Parse {
+        path: name.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Finds every Pod and pod template, descending into Lists. Returns targets and notes about
+/// objects that have no pod template.
+pub fn find_targets(docs: &[Value], default_namespace: &str) -> (Vec<Target>, Vec<String>) {
+    let mut targets = Vec::new();
+    let mut notes = Vec::new();
+    for doc in docs {
+        collect(doc, default_namespace, &mut targets, &mut notes);
+    }
+    (targets, notes)
+}
+
+fn collect(
+    object: &Value,
+    default_namespace: &str,
+    targets: &mut Vec<Target>,
+    notes: &mut Vec<String>,
+) {
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+    let metadata = object.get("metadata");
+    let name = metadata
+        .and_then(|m| m.get("name").or_else(|| m.get("generateName")))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let namespace = metadata
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or(default_namespace)
+        .to_string();
+    let template = match kind {
+        "List" | "PodList" | "DeploymentList" => {
+            for item in object
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                collect(item, default_namespace, targets, notes);
+            }
+            return;
+        }
+        "Pod" => Some(object.clone()),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => object.pointer("/spec/template").cloned(),
+        "CronJob" => object.pointer("/spec/jobTemplate/spec/template").cloned(),
+        "PodTemplate" => object.get("template").cloned(),
+        _ => {
+            notes.push(format!(
+                "ignored {} {name}: no pod template",
+                if kind.is_empty() {
+                    "object without kind"
+                } else {
+                    kind
+                }
+            ));
+            return;
+        }
+    };
+    match template {
+        Some(pod) => targets.push(Target {
+            kind: kind.to_string(),
+            name,
+            namespace,
+            pod,
+        }),
+        None => notes.push(format!("ignored {kind} {name}: no pod template found")),
+    }
+}
+
+/// Runs the webhook's decision on one target.
+pub fn explain(target: &Target, config: &Config, rules: &RuleSet) -> Explanation {
+    let mut out = Explanation {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        namespace: target.namespace.clone(),
+        skipped: None,
+        mode: None,
+        containers: Vec::new(),
+        add: Vec::new(),
+        warnings: Vec::new(),
+        patch: None,
+    };
+    // Round-trip through text so the webhook's borrowed Pod decoder is what reads it.
+    let text = target.pod.to_string();
+    let pod: Pod<'_> = match serde_json::from_str(&text) {
+        Ok(pod) => pod,
+        Err(e) => {
+            out.skipped = Some("the Pod cannot be read");
+            out.warnings.push(format!("not a valid Pod: {e}"));
+            return out;
+        }
+    };
+    let ctx = Context {
+        config,
+        rules,
+        endpoint: Endpoint::Mutate,
+        own_namespace: None,
+        namespace: &target.namespace,
+        namespace_label: NamespaceLabel::Unknown,
+        secrets: &NoSecretIndex,
+    };
+    let plan = match decision::decide(&pod, &ctx) {
+        Decision::Skip(reason) => {
+            out.skipped = Some(reason.as_str());
+            return out;
+        }
+        Decision::Plan(plan) => plan,
+    };
+    out.mode = Some(if plan.mode == Mode::Enforce {
+        "enforce"
+    } else {
+        "audit"
+    });
+    for c in &plan.containers {
+        let mut report = ContainerReport {
+            list: c.list.json_field(),
+            name: c.name.to_string(),
+            image: c.image.to_string(),
+            registry: None,
+            repository: None,
+            rule: None,
+            rule_source: None,
+            secrets: Vec::new(),
+            set_pull_policy_always: c.set_pull_policy_always,
+            error: None,
+        };
+        match &c.outcome {
+            ImageOutcome::NoImage => report.error = Some("no image".into()),
+            ImageOutcome::Invalid(e) => report.error = Some(e.to_string()),
+            ImageOutcome::NoRule(image) => {
+                report.registry = Some(image.registry());
+                report.repository = Some(image.path.to_string());
+            }
+            ImageOutcome::Matched { image, rule } => {
+                report.registry = Some(image.registry());
+                report.repository = Some(image.path.to_string());
+                report.rule = Some(rule.pattern.to_string());
+                report.rule_source = Some(rule.source.to_string());
+                report.secrets = rule.secrets.clone();
+            }
+        }
+        out.containers.push(report);
+    }
+    out.add = plan.add.iter().map(|s| s.name.to_string()).collect();
+    out.warnings = plan.warnings();
+    if plan.mode == Mode::Enforce {
+        out.patch = patch::build(&plan).and_then(|p| serde_json::to_value(p).ok());
+    }
+    out
+}
+
+/// The `-o text` rendering, for people.
+pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for e in explanations {
+        let what = if e.kind == "Pod" {
+            String::new()
+        } else {
+            " (pod template)".to_string()
+        };
+        let _ = writeln!(s, "{} {}/{}{what}", e.kind, e.namespace, e.name);
+        if let Some(reason) = e.skipped {
+            let _ = writeln!(s, "  left alone: {reason}");
+            for w in &e.warnings {
+                let _ = writeln!(s, "  warning: {w}");
+            }
+            s.push('\n');
+            continue;
+        }
+        for c in &e.containers {
+            let kind = if c.list == "initContainers" {
+                "initContainer"
+            } else {
+                "container"
+            };
+            let _ = write!(s, "  {kind} {}: {}", c.name, c.image);
+            match (&c.error, &c.registry, &c.rule) {
+                (Some(err), _, _) => {
+                    let _ = writeln!(s, "\n    not matched: {err}");
+                }
+                (None, Some(registry), None) => {
+                    let _ = writeln!(
+                        s,
+                        "\n    registry {registry}, repository {}: no rule matches",
+                        c.repository.as_deref().unwrap_or("")
+                    );
+                }
+                (None, Some(registry), Some(rule)) => {
+                    let _ = writeln!(
+                        s,
+                        "\n    registry {registry}, repository {}\n    rule {rule} ({}) -> secrets {}{}",
+                        c.repository.as_deref().unwrap_or(""),
+                        c.rule_source.as_deref().unwrap_or(""),
+                        c.secrets.join(", "),
+                        if c.set_pull_policy_always {
+                            "; imagePullPolicy -> Always"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+                _ => s.push('\n'),
+            }
+        }
+        let verb = if e.mode == Some("audit") {
+            "would add (audit mode)"
+        } else {
+            "adds"
+        };
+        if e.add.is_empty() {
+            let _ = writeln!(s, "  imagePullSecrets: nothing to add");
+        } else {
+            let _ = writeln!(s, "  imagePullSecrets: {verb} {}", e.add.join(", "));
+        }
+        for w in &e.warnings {
+            let _ = writeln!(s, "  warning: {w}");
+        }
+        if let Some(patch) = &e.patch {
+            let _ = writeln!(s, "  JSON Patch: {patch}");
+        }
+        s.push('\n');
+    }
+    for note in notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    if explanations.is_empty() {
+        s.push_str("no Pods or pod templates found\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_pods_templates_and_lists() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: team-a}
+spec: {containers: [{name: c, image: nginx}]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: cj}
+spec: {jobTemplate: {spec: {template: {spec: {containers: [{name: c, image: ghcr.io/acme/x}]}}}}}
+---
+{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+   "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "quay.io/a/b"}]}}}},
+  {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}]}
+"#;
+        let docs = parse_documents("test", yaml).expect("parses");
+        let (targets, notes) = find_targets(&docs, "default");
+        let found: Vec<(String, String, String)> = targets
+            .iter()
+            .map(|t| (t.kind.clone(), t.namespace.clone(), t.name.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("Pod".into(), "team-a".into(), "p".into()),
+                ("CronJob".into(), "default".into(), "cj".into()),
+                ("Deployment".into(), "default".into(), "d".into()),
+            ]
+        );
+        assert_eq!(notes, ["ignored Service s: no pod template"]);
+    }
+}

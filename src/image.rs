@@ -1,0 +1,615 @@
+//! Container image references, parsed and normalised the way Docker and containerd do
+//! (the `distribution/reference` grammar and its `ParseNormalizedNamed`).
+//!
+//! Only the parts that decide which credentials apply are kept: the registry host, its
+//! port and the repository path. Tags and digests are validated but play no part in matching.
+//! Parsing borrows from the input and allocates only when Docker Hub's `library/` prefix is
+//! added, because it runs for every container of every admitted Pod.
+//!
+//! Why not a crate: the maintained Rust implementations of this grammar (`oci-spec`'s
+//! `Reference`, `oci-client`) pull in regex, builder and HTTP stacks and allocate every part;
+//! the grammar itself is small, and the table test below carries distribution's own cases.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Docker Hub, the registry of every reference without a host.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Docker Hub's legacy name; distribution treats it as `docker.io`.
+const DOCKER_HUB_LEGACY: &str = "index.docker.io";
+/// distribution's limit on the length of a repository name (host and path).
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+const TAG_LENGTH_MAX: usize = 128;
+
+/// A parsed, normalised image reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef<'a> {
+    /// Registry host, lowercased when the input had capitals (hosts compare case-insensitively).
+    /// An IPv6 literal keeps its brackets, as in the reference.
+    pub host: Cow<'a, str>,
+    /// Registry port, as written (digits only).
+    pub port: Option<&'a str>,
+    /// Repository path below the host, e.g. `library/nginx` or `acme/team/api`.
+    pub path: Cow<'a, str>,
+    pub tag: Option<&'a str>,
+    pub digest: Option<&'a str>,
+}
+
+impl ImageRef<'_> {
+    /// `host[:port]`, as a registry is usually written.
+    pub fn registry(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.to_string(),
+        }
+    }
+
+    /// The repository path split on `/`.
+    pub fn path_segments(&self) -> impl Iterator<Item = &str> {
+        self.path.split('/')
+    }
+}
+
+impl fmt::Display for ImageRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry(), self.path)?;
+        if let Some(tag) = self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a reference was rejected. Messages follow distribution's wording where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("image reference is empty")]
+    Empty,
+    #[error("invalid reference format: repository name must be lowercase")]
+    Uppercase,
+    #[error(
+        "invalid reference format: repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters"
+    )]
+    NameTooLong,
+    #[error("invalid repository name: cannot be a 64-character hexadecimal identifier")]
+    HexIdentifier,
+    #[error("invalid reference format: {0}")]
+    Format(&'static str),
+}
+
+/// Parses and normalises an image reference as `docker pull` would.
+pub fn parse(reference: &str) -> Result<ImageRef<'_>, ImageError> {
+    if reference.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if is_hex_identifier(reference) {
+        return Err(ImageError::HexIdentifier);
+    }
+
+    // name [":" tag] ["@" digest]: the digest starts at the first '@'.
+    let (name_and_tag, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => {
+            validate_digest(digest)?;
+            (rest, Some(digest))
+        }
+        None => (reference, None),
+    };
+    // A ':' after the last '/' starts the tag; earlier ones belong to a host port.
+    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_slash..].find(':') {
+        Some(i) => {
+            let tag = &name_and_tag[last_slash + i + 1..];
+            validate_tag(tag)?;
+            (&name_and_tag[..last_slash + i], Some(tag))
+        }
+        None => (name_and_tag, None),
+    };
+    if name.is_empty() {
+        return Err(ImageError::Format("repository name is empty"));
+    }
+    if name.len() > NAME_TOTAL_LENGTH_MAX {
+        return Err(ImageError::NameTooLong);
+    }
+
+    let (domain, remainder) = split_docker_domain(name);
+    let (host, port) = match domain {
+        Some(domain) => parse_domain(domain)?,
+        None => (Cow::Borrowed(DOCKER_HUB), None),
+    };
+    let host = if host == DOCKER_HUB_LEGACY {
+        Cow::Borrowed(DOCKER_HUB)
+    } else {
+        host
+    };
+    if remainder.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ImageError::Uppercase);
+    }
+    validate_path(remainder)?;
+    let path = if host == DOCKER_HUB && port.is_none() && !remainder.contains('/') {
+        Cow::Owned(format!("library/{remainder}"))
+    } else {
+        Cow::Borrowed(remainder)
+    };
+    Ok(ImageRef {
+        host,
+        port,
+        path,
+        tag,
+        digest,
+    })
+}
+
+/// distribution's `splitDockerDomain`: the first component is a host only if it contains
+/// `.` or `:`, is `localhost`, or has an uppercase letter.
+fn split_docker_domain(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    }
+}
+
+/// `host [":" port]`, where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn parse_domain(domain: &str) -> Result<(Cow<'_, str>, Option<&str>), ImageError> {
+    let (host, port) = if let Some(inner) = domain.strip_prefix('[') {
+        let end = inner
+            .find(']')
+            .ok_or(ImageError::Format("unterminated IPv6 address"))?;
+        if inner[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(ImageError::Format("invalid IPv6 address"));
+        }
+        let host = &domain[..end + 2];
+        match &domain[end + 2..] {
+            "" => (host, None),
+            rest => (
+                host,
+                Some(
+                    rest.strip_prefix(':')
+                        .ok_or(ImageError::Format("invalid host"))?,
+                ),
+            ),
+        }
+    } else {
+        let (host, port) = match domain.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (domain, None),
+        };
+        if host.is_empty() || !host.split('.').all(is_domain_component) {
+            return Err(ImageError::Format("invalid registry host"));
+        }
+        (host, port)
+    };
+    if let Some(port) = port
+        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ImageError::Format("registry port must be a number"));
+    }
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Ok((host, port))
+}
+
+/// `[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]`
+pub(crate) fn is_domain_component(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// Repository path: `/`-separated components, each `[a-z0-9]+(separator[a-z0-9]+)*`
+/// with separator `.`, `_`, `__` or any run of `-`.
+fn validate_path(path: &str) -> Result<(), ImageError> {
+    if path.split('/').all(is_path_component) {
+        Ok(())
+    } else {
+        Err(ImageError::Format("invalid repository path"))
+    }
+}
+
+pub(crate) fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let valid = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[\w][\w.-]{0,127}`
+fn validate_tag(tag: &str) -> Result<(), ImageError> {
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let bytes = tag.as_bytes();
+    let valid = bytes.first().is_some_and(word)
+        && bytes.len() <= TAG_LENGTH_MAX
+        && bytes.iter().all(|b| word(b) || *b == b'.' || *b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ImageError::Format("invalid tag"))
+    }
+}
+
+/// `algorithm ":" encoded`, algorithm `[a-z0-9]+([+._-][a-z0-9]+)*`, encoded `[a-zA-Z0-9=_-]+`;
+/// sha256 digests must be 64 hex characters.
+fn validate_digest(digest: &str) -> Result<(), ImageError> {
+    let (algorithm, encoded) = digest
+        .split_once(':')
+        .ok_or(ImageError::Format("invalid digest"))?;
+    let algorithm_ok = !algorithm.is_empty()
+        && algorithm.split(['+', '.', '_', '-']).all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    let encoded_ok = encoded.len() >= 32
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+    let sha256_ok = algorithm != "sha256"
+        || (encoded.len() == 64
+            && encoded
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    if algorithm_ok && encoded_ok && sha256_ok {
+        Ok(())
+    } else {
+        Err(ImageError::Format("invalid digest"))
+    }
+}
+
+fn is_hex_identifier(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+    /// (input, host, port, path, tag, digest)
+    #[test]
+    fn normalises_like_distribution() {
+        let digest_ref = format!("ubuntu@{SHA}");
+        let tag_digest = format!("ghcr.io/acme/api:1.2@{SHA}");
+        let cases: Vec<(&str, &str, Option<&str>, &str, Option<&str>, Option<&str>)> = vec![
+            ("nginx", "docker.io", None, "library/nginx", None, None),
+            (
+                "nginx:1.25",
+                "docker.io",
+                None,
+                "library/nginx",
+                Some("1.25"),
+                None,
+            ),
+            (
+                "nginx:latest",
+                "docker.io",
+                None,
+                "library/nginx",
+                Some("latest"),
+                None,
+            ),
+            (
+                "library/nginx",
+                "docker.io",
+                None,
+                "library/nginx",
+                None,
+                None,
+            ),
+            (
+                "bitnami/redis:7.2",
+                "docker.io",
+                None,
+                "bitnami/redis",
+                Some("7.2"),
+                None,
+            ),
+            (
+                "docker.io/nginx",
+                "docker.io",
+                None,
+                "library/nginx",
+                None,
+                None,
+            ),
+            (
+                "docker.io/library/nginx",
+                "docker.io",
+                None,
+                "library/nginx",
+                None,
+                None,
+            ),
+            (
+                "index.docker.io/nginx",
+                "docker.io",
+                None,
+                "library/nginx",
+                None,
+                None,
+            ),
+            (
+                "index.docker.io/acme/app",
+                "docker.io",
+                None,
+                "acme/app",
+                None,
+                None,
+            ),
+            (
+                "registry-1.docker.io/acme/app",
+                "registry-1.docker.io",
+                None,
+                "acme/app",
+                None,
+                None,
+            ),
+            ("localhost/app", "localhost", None, "app", None, None),
+            (
+                "localhost:5000/app:dev",
+                "localhost",
+                Some("5000"),
+                "app",
+                Some("dev"),
+                None,
+            ),
+            (
+                "registry:5000/app",
+                "registry",
+                Some("5000"),
+                "app",
+                None,
+                None,
+            ),
+            ("ghcr.io/acme/api", "ghcr.io", None, "acme/api", None, None),
+            (
+                "ghcr.io/acme/team/api:v1",
+                "ghcr.io",
+                None,
+                "acme/team/api",
+                Some("v1"),
+                None,
+            ),
+            (
+                "quay.io/prometheus/node-exporter:v1.8.0",
+                "quay.io",
+                None,
+                "prometheus/node-exporter",
+                Some("v1.8.0"),
+                None,
+            ),
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/api:2",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                None,
+                "api",
+                Some("2"),
+                None,
+            ),
+            (
+                "europe-docker.pkg.dev/p/repo/img",
+                "europe-docker.pkg.dev",
+                None,
+                "p/repo/img",
+                None,
+                None,
+            ),
+            (
+                "registry.k8s.io/pause:3.9",
+                "registry.k8s.io",
+                None,
+                "pause",
+                Some("3.9"),
+                None,
+            ),
+            (
+                "mcr.microsoft.com/dotnet/aspnet:8.0",
+                "mcr.microsoft.com",
+                None,
+                "dotnet/aspnet",
+                Some("8.0"),
+                None,
+            ),
+            (
+                &digest_ref,
+                "docker.io",
+                None,
+                "library/ubuntu",
+                None,
+                Some(SHA),
+            ),
+            (
+                &tag_digest,
+                "ghcr.io",
+                None,
+                "acme/api",
+                Some("1.2"),
+                Some(SHA),
+            ),
+            (
+                "Registry.Example.COM/app",
+                "registry.example.com",
+                None,
+                "app",
+                None,
+                None,
+            ),
+            ("Foo/bar", "foo", None, "bar", None, None),
+            (
+                "10.0.0.1:5000/app",
+                "10.0.0.1",
+                Some("5000"),
+                "app",
+                None,
+                None,
+            ),
+            (
+                "[::1]:5000/app:1",
+                "[::1]",
+                Some("5000"),
+                "app",
+                Some("1"),
+                None,
+            ),
+            (
+                "[2001:db8::1]/app",
+                "[2001:db8::1]",
+                None,
+                "app",
+                None,
+                None,
+            ),
+            (
+                "a.b/c__d/e-----f/g.h_i",
+                "a.b",
+                None,
+                "c__d/e-----f/g.h_i",
+                None,
+                None,
+            ),
+            (
+                "example.com/app:TAG_with.dots-1",
+                "example.com",
+                None,
+                "app",
+                Some("TAG_with.dots-1"),
+                None,
+            ),
+        ];
+        for (input, host, port, path, tag, digest) in cases {
+            let image = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(image.host, host, "host of {input}");
+            assert_eq!(image.port, port, "port of {input}");
+            assert_eq!(image.path, path, "path of {input}");
+            assert_eq!(image.tag, tag, "tag of {input}");
+            assert_eq!(image.digest, digest, "digest of {input}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_references() {
+        let long = format!("example.com/{}", "a".repeat(250));
+        let cases: Vec<(&str, ImageError)> = vec![
+            ("", ImageError::Empty),
+            ("NGINX", ImageError::Uppercase),
+            ("docker.io/Acme/app", ImageError::Uppercase),
+            ("acme/App", ImageError::Uppercase),
+            (&long, ImageError::NameTooLong),
+            (
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                ImageError::HexIdentifier,
+            ),
+            ("nginx:", ImageError::Format("invalid tag")),
+            ("nginx:-bad", ImageError::Format("invalid tag")),
+            ("nginx:a b", ImageError::Format("invalid tag")),
+            ("nginx@sha256:abc", ImageError::Format("invalid digest")),
+            ("nginx@", ImageError::Format("invalid digest")),
+            ("nginx@md5", ImageError::Format("invalid digest")),
+            (":tag", ImageError::Format("repository name is empty")),
+            ("/nginx", ImageError::Format("invalid repository path")),
+            ("nginx/", ImageError::Format("invalid repository path")),
+            ("a//b", ImageError::Format("invalid repository path")),
+            (
+                "example.com/-app",
+                ImageError::Format("invalid repository path"),
+            ),
+            (
+                "example.com/app-",
+                ImageError::Format("invalid repository path"),
+            ),
+            (
+                "example.com/a..b",
+                ImageError::Format("invalid repository path"),
+            ),
+            (
+                "example.com/a___b",
+                ImageError::Format("invalid repository path"),
+            ),
+            (
+                "example.com:port/app",
+                ImageError::Format("registry port must be a number"),
+            ),
+            (
+                "example.com:/app",
+                ImageError::Format("registry port must be a number"),
+            ),
+            (
+                "-example.com/app",
+                ImageError::Format("invalid registry host"),
+            ),
+            (
+                "exa_mple.com/app",
+                ImageError::Format("invalid registry host"),
+            ),
+            (
+                "example..com/app",
+                ImageError::Format("invalid registry host"),
+            ),
+            ("[::1/app", ImageError::Format("unterminated IPv6 address")),
+            (
+                "[zz::1]:5000/app",
+                ImageError::Format("invalid IPv6 address"),
+            ),
+            ("[::1]x/app", ImageError::Format("invalid host")),
+            (
+                "http://example.com/app",
+                ImageError::Format("registry port must be a number"),
+            ),
+            ("garbage!!", ImageError::Format("invalid repository path")),
+            (
+                "nginx latest",
+                ImageError::Format("invalid repository path"),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse(input), Err(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips_the_normalised_form() {
+        let image = parse("localhost:5000/app:dev").expect("valid");
+        assert_eq!(image.to_string(), "localhost:5000/app:dev");
+        assert_eq!(
+            parse("nginx").expect("valid").to_string(),
+            "docker.io/library/nginx"
+        );
+    }
+}

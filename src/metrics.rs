@@ -1,0 +1,259 @@
+//! Prometheus metrics, all prefixed `pullsecret_injector_`. Labels come from bounded sets only
+//! (endpoints, outcomes, results, rule patterns from the configuration or source Secrets),
+//! never Pod or namespace names.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::decision::Endpoint;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are written as-is
+pub enum EndpointLabel {
+    mutate,
+    audit,
+}
+
+impl From<Endpoint> for EndpointLabel {
+    fn from(endpoint: Endpoint) -> Self {
+        match endpoint {
+            Endpoint::Mutate => EndpointLabel::mutate,
+            Endpoint::Audit => EndpointLabel::audit,
+        }
+    }
+}
+
+/// How an admission ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// A patch was returned.
+    patched,
+    /// Audit mode: findings reported as warnings, no patch.
+    audited,
+    /// In scope, nothing to change.
+    unchanged,
+    /// Out of scope (not a Pod, not CREATE, opted out, excluded namespace, ...).
+    skipped,
+    /// Not an AdmissionReview: answered with HTTP 4xx.
+    rejected,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub endpoint: EndpointLabel,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: EndpointLabel,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The registry pattern of the rule, as written.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    success,
+    failure,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// A stable, bounded label such as a resource kind or an error kind.
+    pub kind: &'static str,
+}
+
+/// Every metric the injector exports.
+pub struct Metrics {
+    registry: Registry,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub secrets_injected: Family<RuleLabels, Counter>,
+    pub audit_findings: Family<RuleLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub certificate_reloads: Family<ReloadLabels, Counter>,
+    pub certificate_expiry: Gauge,
+    // Cluster mode.
+    pub last_sync_timestamp: Gauge,
+    pub sync_conflicts: Counter,
+    pub secrets_synced: Family<KindLabels, Counter>,
+    pub source_secret_errors: Family<KindLabels, Counter>,
+    pub watch_errors: Family<KindLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 25 µs .. ~0.4 s: admissions take microseconds; the tail shows queueing.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        25e-6, 2.5, 12,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("pullsecret_injector");
+        let metrics = Self {
+            admissions: Family::default(),
+            admission_duration: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
+            secrets_injected: Family::default(),
+            audit_findings: Family::default(),
+            config_reloads: Family::default(),
+            certificate_reloads: Family::default(),
+            certificate_expiry: Gauge::default(),
+            last_sync_timestamp: Gauge::default(),
+            sync_conflicts: Counter::default(),
+            secrets_synced: Family::default(),
+            source_secret_errors: Family::default(),
+            watch_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "admissions",
+            "Admission reviews answered, by endpoint and outcome",
+            metrics.admissions.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission review, from request to response",
+            metrics.admission_duration.clone(),
+        );
+        registry.register(
+            "secrets_injected",
+            "imagePullSecrets entries added to Pods, by rule",
+            metrics.secrets_injected.clone(),
+        );
+        registry.register(
+            "audit_findings",
+            "imagePullSecrets entries audit mode would have added, by rule",
+            metrics.audit_findings.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration file reloads, by result",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "TLS certificate reloads, by result",
+            metrics.certificate_reloads.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the serving certificate, Unix seconds",
+            metrics.certificate_expiry.clone(),
+        );
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Time of the last successful Secret sync pass, Unix seconds",
+            metrics.last_sync_timestamp.clone(),
+        );
+        registry.register(
+            "sync_conflicts",
+            "Secrets not written because a Secret of that name exists and is not managed by the injector",
+            metrics.sync_conflicts.clone(),
+        );
+        registry.register(
+            "secrets_synced",
+            "Secret copies written or removed, by action",
+            metrics.secrets_synced.clone(),
+        );
+        registry.register(
+            "source_secret_errors",
+            "Source Secrets skipped because they could not be used, by reason",
+            metrics.source_secret_errors.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Kubernetes watch errors, by resource",
+            metrics.watch_errors.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn record_admission(&self, endpoint: Endpoint, outcome: Outcome, seconds: f64) {
+        let endpoint = EndpointLabel::from(endpoint);
+        self.admissions
+            .get_or_create(&AdmissionLabels { endpoint, outcome })
+            .inc();
+        self.admission_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
+    }
+
+    pub fn reload(family: &Family<ReloadLabels, Counter>, ok: bool) {
+        let result = if ok {
+            ReloadResult::success
+        } else {
+            ReloadResult::failure
+        };
+        family.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    pub fn mark_synced_now(&self) {
+        self.last_sync_timestamp.set(unix_now());
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefixed_names() {
+        let metrics = Metrics::default();
+        metrics.record_admission(Endpoint::Mutate, Outcome::patched, 0.0001);
+        Metrics::reload(&metrics.config_reloads, false);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"pullsecret_injector_admissions_total{endpoint="mutate",outcome="patched"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullsecret_injector_config_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("pullsecret_injector_admission_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

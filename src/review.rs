@@ -1,0 +1,252 @@
+//! The `admission.k8s.io/v1` AdmissionReview wire format, reduced to what the decision needs.
+//!
+//! Requests are decoded into borrowed, typed structs: only the fields the decision reads are
+//! kept and everything else is skipped without building a JSON tree, which is most of the cost
+//! of an admission. Responses are written with the `patch` base64-encoded, as the API documents
+//! (kube-core's `AdmissionResponse` serialises it as a list of byte values, which the API
+//! server happens to accept, but it is not the documented form).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
+pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
+pub const KIND: &str = "AdmissionReview";
+
+/// Pod label that opts a Pod (or a namespace) in, out, or into audit.
+pub const INJECT_LABEL: &str = "pullsecret-injector/inject";
+/// Annotation the kubelet sets on mirror Pods of static Pods.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// An AdmissionReview whose object is decoded as a Pod.
+#[derive(Debug, Deserialize)]
+pub struct AdmissionReview<'a> {
+    #[serde(borrow, rename = "apiVersion")]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub request: Option<AdmissionRequest<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AdmissionRequest<'a> {
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    pub operation: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub namespace: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(default, rename = "dryRun")]
+    pub dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    pub object: Option<Pod<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+}
+
+/// The envelope alone, for answering reviews whose object is not a Pod we can read.
+#[derive(Debug, Deserialize)]
+pub struct LooseReview<'a> {
+    #[serde(borrow, rename = "apiVersion")]
+    pub api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub request: Option<LooseRequest<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LooseRequest<'a> {
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    pub operation: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub namespace: Cow<'a, str>,
+}
+
+/// The parts of a Pod the decision reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct Pod<'a> {
+    #[serde(borrow, default)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(borrow, default)]
+    pub spec: Option<PodSpec<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ObjectMeta<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "generateName")]
+    pub generate_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    pub labels: PodLabels<'a>,
+    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    pub annotations: PodAnnotations<'a>,
+}
+
+/// Only the label we act on; serde skips the rest without allocating.
+#[derive(Debug, Default, Deserialize)]
+pub struct PodLabels<'a> {
+    #[serde(borrow, rename = "pullsecret-injector/inject")]
+    pub inject: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PodAnnotations<'a> {
+    #[serde(borrow, rename = "kubernetes.io/config.mirror")]
+    pub mirror: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PodSpec<'a> {
+    #[serde(
+        borrow,
+        default,
+        rename = "initContainers",
+        deserialize_with = "null_as_default"
+    )]
+    pub init_containers: Vec<Container<'a>>,
+    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    pub containers: Vec<Container<'a>>,
+    /// `None` when the field is absent or null (the patch must then create it).
+    #[serde(borrow, default, rename = "imagePullSecrets")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Container<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub image: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "imagePullPolicy")]
+    pub image_pull_policy: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LocalObjectReference<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// Kubernetes writes `null` for empty maps and lists in some clients; treat it as empty.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// The response half of an AdmissionReview. `allowed` is always true: the injector never
+/// blocks a Pod.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// base64 of the JSON Patch document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+impl AdmissionResponse {
+    pub fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_string(),
+            allowed: true,
+            ..Self::default()
+        }
+    }
+
+    /// Attaches a JSON Patch document (already serialised).
+    pub fn with_patch(mut self, patch_json: &[u8]) -> Self {
+        self.patch_type = Some("JSONPatch");
+        self.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch_json));
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseReview<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'static str,
+    response: &'a AdmissionResponse,
+}
+
+/// Serialises a full AdmissionReview answer for `api_version` (echoing the request's).
+pub fn encode_response(api_version: &str, response: &AdmissionResponse) -> Vec<u8> {
+    let review = ResponseReview {
+        api_version,
+        kind: KIND,
+        response,
+    };
+    // Serialising plain strings, bools and maps of strings cannot fail.
+    serde_json::to_vec(&review).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_only_what_it_needs_and_tolerates_nulls() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+            "uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE",
+            "namespace":"team-a","userInfo":{"username":"x"},"object":{"metadata":{
+            "generateName":"api-","labels":{"app":"api","pullsecret-injector/inject":"disabled"},
+            "annotations":null},"spec":{"initContainers":null,"containers":[{"name":"c","image":"nginx",
+            "ports":[{"containerPort":80}]}],"imagePullSecrets":[{"name":"own"},{}]}}}}"#;
+        let review: AdmissionReview<'_> = serde_json::from_slice(body).expect("decodes");
+        let request = review.request.expect("request");
+        let pod = request.object.expect("object");
+        assert_eq!(pod.metadata.labels.inject.as_deref(), Some("disabled"));
+        assert!(pod.metadata.annotations.mirror.is_none());
+        let spec = pod.spec.expect("spec");
+        assert!(spec.init_containers.is_empty());
+        assert_eq!(spec.containers[0].image.as_deref(), Some("nginx"));
+        let secrets = spec.image_pull_secrets.expect("present");
+        assert_eq!(secrets[0].name.as_deref(), Some("own"));
+        assert!(secrets[1].name.is_none());
+    }
+
+    #[test]
+    fn response_patch_is_base64() {
+        let response = AdmissionResponse::allow("u1").with_patch(br#"[{"op":"add"}]"#);
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_response(API_VERSION_V1, &response)).expect("json");
+        assert_eq!(json["response"]["patch"], "W3sib3AiOiJhZGQifV0=");
+        assert_eq!(json["response"]["patchType"], "JSONPatch");
+        assert_eq!(json["response"]["allowed"], true);
+        assert!(json["response"].get("warnings").is_none());
+    }
+}

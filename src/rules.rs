@@ -1,0 +1,429 @@
+//! Registry patterns and rules: which secrets serve which images.
+//!
+//! A pattern is `host[:port][/path-prefix]` and matches like the kubelet matches docker
+//! config keys, with one deliberate difference:
+//! - the host is compared label by label, each label may be a glob (`*.example.com` matches
+//!   `a.example.com`, not `example.com` nor `a.b.example.com`), case-insensitively;
+//! - the port must be equal (no port matches only images without a port);
+//! - the path is a prefix of the image's repository path on whole segments, so `ghcr.io/acme`
+//!   matches `ghcr.io/acme/api` but not `ghcr.io/acme-evil/api` (the kubelet compares plain
+//!   string prefixes; we do not, on purpose).
+//!
+//! Among matching rules the most specific wins: an exact host before a glob, then the longer
+//! path; ties go to the earlier rule.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::image::{self, DOCKER_HUB, ImageRef};
+
+/// Where a rule came from, for explanations and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSource {
+    /// `rules[index]` of the configuration file.
+    Config { index: usize },
+    /// An `auths` key of a source Secret in the injector's namespace (discovery).
+    Discovered { secret: String },
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSource::Config { index } => write!(f, "config rules[{index}]"),
+            RuleSource::Discovered { secret } => write!(f, "discovered from Secret {secret}"),
+        }
+    }
+}
+
+/// One rule: images matching `pattern` get `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub pattern: RegistryPattern,
+    pub secrets: Vec<String>,
+    /// Also set `imagePullPolicy: Always` on matching containers.
+    pub pull_policy_always: bool,
+    pub source: RuleSource,
+}
+
+/// Rules in priority order (earlier wins ties), shared by every admission.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Arc<[Rule]>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self {
+            rules: rules.into(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The most specific rule matching `image`: exact host before glob, then longer path,
+    /// then the earlier rule.
+    pub fn best_match(&self, image: &ImageRef<'_>) -> Option<&Rule> {
+        let mut best: Option<(&Rule, Specificity)> = None;
+        for rule in self.rules.iter() {
+            if !rule.pattern.matches(image) {
+                continue;
+            }
+            let specificity = rule.pattern.specificity();
+            // Strictly greater only: ties keep the earlier rule.
+            if best.as_ref().is_none_or(|(_, s)| specificity > *s) {
+                best = Some((rule, specificity));
+            }
+        }
+        best.map(|(rule, _)| rule)
+    }
+}
+
+/// Ordering key for "most specific": exact hosts outrank globs, then longer paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    exact_host: bool,
+    path_segments: usize,
+}
+
+/// A parsed `host[:port][/path-prefix]` pattern.
+#[derive(Debug, Clone)]
+pub struct RegistryPattern {
+    /// The pattern as written, for messages and metric labels.
+    raw: String,
+    labels: Vec<LabelPattern>,
+    port: Option<String>,
+    path: Vec<String>,
+}
+
+impl PartialEq for RegistryPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+impl Eq for RegistryPattern {}
+
+#[derive(Debug, Clone)]
+enum LabelPattern {
+    Exact(String),
+    Glob(glob::Pattern),
+}
+
+impl LabelPattern {
+    fn matches(&self, label: &str) -> bool {
+        match self {
+            LabelPattern::Exact(want) => want.eq_ignore_ascii_case(label),
+            // Globs are compiled from lowercased text; image hosts are lowercased by the parser.
+            LabelPattern::Glob(glob) => glob.matches(label),
+        }
+    }
+}
+
+/// Why a pattern was rejected; the text completes "'X' is not a valid registry pattern: ...".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("it is empty")]
+    Empty,
+    #[error("drop the scheme ({0}://); patterns are host[:port][/path]")]
+    Scheme(String),
+    #[error("host label '{0}' is not a DNS label or glob")]
+    HostLabel(String),
+    #[error("port '{0}' must be a number from 1 to 65535")]
+    Port(String),
+    #[error("path segment '{0}' is not a valid repository path component")]
+    PathSegment(String),
+}
+
+impl RegistryPattern {
+    /// Parses a pattern from the configuration file: `host[:port][/path-prefix]`.
+    pub fn parse(raw: &str) -> Result<Self, PatternError> {
+        let text = raw.trim();
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(PatternError::Scheme(scheme.to_string()));
+        }
+        let text = text.trim_end_matches('/');
+        let (domain, path) = match text.split_once('/') {
+            Some((domain, path)) => (domain, Some(path)),
+            None => (text, None),
+        };
+        let (host, port) = split_port(domain);
+        let host = host.to_ascii_lowercase();
+        let host = normalise_docker_hub(&host);
+        let labels = host
+            .split('.')
+            .map(parse_label)
+            .collect::<Result<Vec<_>, _>>()?;
+        let port = match port {
+            Some(port) if port.parse::<u16>().is_ok_and(|p| p > 0) => Some(port.to_string()),
+            Some(port) => return Err(PatternError::Port(port.to_string())),
+            None => None,
+        };
+        let path = match path {
+            Some(path) => path
+                .split('/')
+                .map(|segment| {
+                    if image::is_path_component(segment) {
+                        Ok(segment.to_string())
+                    } else {
+                        Err(PatternError::PathSegment(segment.to_string()))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            raw: raw.trim().to_string(),
+            labels,
+            port,
+            path,
+        })
+    }
+
+    /// Parses an `auths` key of a docker config Secret, which may carry a scheme and an API
+    /// path: `https://index.docker.io/v1/` means `docker.io`; `/v1/` and `/v2/` mean the host.
+    pub fn from_docker_config_key(key: &str) -> Result<Self, PatternError> {
+        let text = key.trim();
+        let text = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+            .unwrap_or(text);
+        let text = text.trim_end_matches('/');
+        let text = text
+            .strip_suffix("/v1")
+            .or_else(|| text.strip_suffix("/v2"))
+            .unwrap_or(text);
+        Self::parse(text)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn matches(&self, image: &ImageRef<'_>) -> bool {
+        if self.port.as_deref() != image.port {
+            return false;
+        }
+        let mut host_labels = image.host.split('.');
+        for pattern in &self.labels {
+            match host_labels.next() {
+                Some(label) if pattern.matches(label) => {}
+                _ => return false,
+            }
+        }
+        if host_labels.next().is_some() {
+            return false;
+        }
+        let mut segments = image.path_segments();
+        self.path
+            .iter()
+            .all(|want| segments.next() == Some(want.as_str()))
+    }
+
+    fn specificity(&self) -> Specificity {
+        Specificity {
+            exact_host: self
+                .labels
+                .iter()
+                .all(|l| matches!(l, LabelPattern::Exact(_))),
+            path_segments: self.path.len(),
+        }
+    }
+}
+
+impl fmt::Display for RegistryPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// `host:port`, leaving bracketed IPv6 literals intact.
+fn split_port(domain: &str) -> (&str, Option<&str>) {
+    if domain.starts_with('[') {
+        return match domain.find("]:") {
+            Some(end) => (&domain[..=end], Some(&domain[end + 2..])),
+            None => (domain, None),
+        };
+    }
+    match domain.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (domain, None),
+    }
+}
+
+/// Docker Hub answers to several names; distribution and the kubelet treat them as one.
+fn normalise_docker_hub(host: &str) -> &str {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
+        other => other,
+    }
+}
+
+fn parse_label(label: &str) -> Result<LabelPattern, PatternError> {
+    let bad = || PatternError::HostLabel(label.to_string());
+    if label.starts_with('[') && label.ends_with(']') {
+        // An IPv6 literal is a single label; compare it as written.
+        return label[1..label.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| LabelPattern::Exact(label.to_string()))
+            .map_err(|_| bad());
+    }
+    if label.contains(['*', '?', '[']) {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-*?[]!^".contains(c);
+        if !label.chars().all(allowed) {
+            return Err(bad());
+        }
+        return glob::Pattern::new(label)
+            .map(LabelPattern::Glob)
+            .map_err(|_| bad());
+    }
+    if image::is_domain_component(label) {
+        Ok(LabelPattern::Exact(label.to_string()))
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str, secret: &str, index: usize) -> Rule {
+        Rule {
+            pattern: RegistryPattern::parse(pattern).expect(pattern),
+            secrets: vec![secret.to_string()],
+            pull_policy_always: false,
+            source: RuleSource::Config { index },
+        }
+    }
+
+    fn matches(pattern: &str, image_ref: &str) -> bool {
+        let pattern = RegistryPattern::parse(pattern).expect(pattern);
+        let image = image::parse(image_ref).expect(image_ref);
+        pattern.matches(&image)
+    }
+
+    #[test]
+    fn pattern_matching_table() {
+        let cases = [
+            // (pattern, image, matches)
+            ("docker.io", "nginx", true),
+            ("docker.io", "acme/app:1", true),
+            ("docker.io", "docker.io/acme/app", true),
+            ("index.docker.io", "nginx", true),
+            ("registry-1.docker.io", "acme/app", true),
+            ("docker.io/acme", "acme/app", true),
+            ("docker.io/acme", "acme-evil/app", false),
+            ("docker.io/library", "nginx", true),
+            ("ghcr.io/acme", "ghcr.io/acme/api", true),
+            ("ghcr.io/acme", "ghcr.io/acme/team/api", true),
+            ("ghcr.io/acme", "ghcr.io/acme-evil/api", false),
+            ("ghcr.io/acme/api", "ghcr.io/acme/api:v1", true),
+            ("ghcr.io/acme/api", "ghcr.io/acme/api2", false),
+            ("ghcr.io/acme/team", "ghcr.io/acme/api", false),
+            ("ghcr.io", "docker.io/acme/api", false),
+            ("GHCR.io", "ghcr.io/x/y", true),
+            ("ghcr.io", "GHCR.IO/x/y", true),
+            ("*.example.com", "a.example.com/app", true),
+            ("*.example.com", "example.com/app", false),
+            ("*.example.com", "a.b.example.com/app", false),
+            (
+                "*.dkr.ecr.*.amazonaws.com",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/api",
+                true,
+            ),
+            (
+                "*.dkr.ecr.*.amazonaws.com",
+                "123456789012.dkr.ecr.amazonaws.com/api",
+                false,
+            ),
+            ("reg?.example.com", "reg1.example.com/app", true),
+            ("reg[0-9].example.com", "regx.example.com/app", false),
+            ("localhost:5000", "localhost:5000/app", true),
+            ("localhost:5000", "localhost/app", false),
+            ("localhost", "localhost:5000/app", false),
+            ("localhost", "localhost/app", true),
+            ("10.0.0.1:5000", "10.0.0.1:5000/app", true),
+            ("[::1]:5000", "[::1]:5000/app", true),
+            ("[::1]:5000", "[::1]/app", false),
+            ("registry.example.com/", "registry.example.com/app", true),
+        ];
+        for (pattern, image, want) in cases {
+            assert_eq!(matches(pattern, image), want, "{pattern} vs {image}");
+        }
+    }
+
+    #[test]
+    fn most_specific_rule_wins_and_ties_go_to_the_earlier() {
+        let set = RuleSet::new(vec![
+            rule("*.example.com", "glob", 0),
+            rule("registry.example.com", "exact", 1),
+            rule("registry.example.com/team", "team", 2),
+            rule("registry.example.com/team", "team-later", 3),
+            rule("*.example.com/team/deep", "glob-deep", 4),
+        ]);
+        let cases = [
+            ("other.example.com/app", Some("glob")),
+            ("registry.example.com/app", Some("exact")),
+            ("registry.example.com/team/app", Some("team")),
+            // An exact host outranks a glob even with a longer path.
+            ("registry.example.com/team/deep/app", Some("team")),
+            ("other.example.com/team/deep/app", Some("glob-deep")),
+            ("ghcr.io/app", None),
+        ];
+        for (image_ref, want) in cases {
+            let image = image::parse(image_ref).expect(image_ref);
+            let got = set.best_match(&image).map(|r| r.secrets[0].as_str());
+            assert_eq!(got, want, "{image_ref}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_patterns() {
+        let cases = [
+            ("", PatternError::Empty),
+            ("   ", PatternError::Empty),
+            ("https://ghcr.io", PatternError::Scheme("https".into())),
+            ("*.io:x", PatternError::Port("x".into())),
+            ("ghcr.io:0", PatternError::Port("0".into())),
+            ("ghcr.io:70000", PatternError::Port("70000".into())),
+            ("ghcr..io", PatternError::HostLabel(String::new())),
+            ("gh_cr.io", PatternError::HostLabel("gh_cr".into())),
+            ("ghcr.io/Acme", PatternError::PathSegment("Acme".into())),
+            ("ghcr.io//acme", PatternError::PathSegment(String::new())),
+            ("*.ex%ample.com", PatternError::HostLabel("ex%ample".into())),
+            ("[nothex]:5000", PatternError::HostLabel("[nothex]".into())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(RegistryPattern::parse(input).err(), Some(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn docker_config_keys_normalise() {
+        let cases = [
+            ("https://index.docker.io/v1/", "nginx", true),
+            ("https://index.docker.io/v1/", "ghcr.io/a/b", false),
+            ("index.docker.io", "acme/app", true),
+            ("https://ghcr.io", "ghcr.io/acme/api", true),
+            (
+                "http://registry.local:5000/v2/",
+                "registry.local:5000/app",
+                true,
+            ),
+            ("registry.local:5000", "registry.local/app", false),
+            ("ghcr.io/acme", "ghcr.io/acme/api", true),
+            ("ghcr.io/acme", "ghcr.io/acme-evil/api", false),
+        ];
+        for (key, image_ref, want) in cases {
+            let pattern = RegistryPattern::from_docker_config_key(key).expect(key);
+            let image = image::parse(image_ref).expect(image_ref);
+            assert_eq!(pattern.matches(&image), want, "{key} vs {image_ref}");
+        }
+        assert!(RegistryPattern::from_docker_config_key("not a registry!").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! `serve`: wires configuration, TLS, the cluster view, the listeners and the reloaders, then
+//! runs the shutdown sequence described in [`crate::shutdown`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::{App, ClusterView, Readiness, Standalone};
+use crate::cli::ServeArgs;
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+use crate::server::{self, Drained};
+use crate::shutdown::Trigger;
+use crate::tls::{self, ReloadingResolver, TlsError};
+use crate::{admin, admission, cluster, reload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("--config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("TLS setup failed: {0}")]
+    TlsSetup(#[from] rustls::Error),
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error("forced exit on a second signal")]
+    Forced,
+}
+
+/// Runs until `signals` yields twice (second = immediate exit) or once and the drain finishes.
+pub async fn run<S, F>(args: ServeArgs, mut signals: S) -> Result<(), StartupError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let config = config::load(&args.config)?;
+    let pair = tls::load_pair(&args.tls_cert, &args.tls_key)?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.certificate_expiry.set(pair.not_after);
+    let resolver = ReloadingResolver::new(&pair);
+    let tls_config = Arc::new(tls::server_config(resolver.clone())?);
+    let own_namespace = args.cluster.own_namespace();
+    let policy = Arc::new(PolicyStore::new(config));
+    let readiness = Arc::new(Readiness::default());
+    let stop_background = Trigger::default();
+
+    let cluster: Arc<dyn ClusterView> = if args.standalone {
+        readiness.set_caches_synced();
+        Arc::new(Standalone)
+    } else {
+        cluster::start(
+            &args.cluster,
+            own_namespace.clone(),
+            policy.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            stop_background.clone(),
+        )
+        .await?
+    };
+    let app = Arc::new(App {
+        policy: policy.clone(),
+        cluster,
+        own_namespace,
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    });
+
+    let webhook = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| StartupError::Bind {
+            flag: "--listen",
+            addr: args.listen,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| StartupError::Bind {
+            flag: "--admin-listen",
+            addr: args.admin_listen,
+            source,
+        })?;
+    readiness.set_tls_loaded();
+    tracing::info!(
+        listen = %args.listen,
+        admin = %args.admin_listen,
+        standalone = args.standalone,
+        rules = policy.load().rules.rules().len(),
+        "pullsecret-injector serving"
+    );
+
+    let reloaders = [
+        tokio::spawn(reload::watch_certificate(
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            args.reload_interval,
+            resolver,
+            metrics.clone(),
+        )),
+        tokio::spawn(reload::watch_config(
+            args.config.clone(),
+            args.reload_interval,
+            policy,
+            metrics,
+        )),
+    ];
+    let admin_server = {
+        let stop = stop_background.wait();
+        let router = admin::router(app.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        })
+    };
+
+    // First signal: not ready, keep serving for the delay; a second signal during shutdown
+    // ends the process at once.
+    let first = signals();
+    let forced = Trigger::default();
+    let stop_accepting = {
+        let readiness = readiness.clone();
+        let delay = args.shutdown_delay;
+        let forced = forced.clone();
+        let second = signals();
+        async move {
+            first.await;
+            readiness.set_shutting_down();
+            tracing::info!(delay = ?delay, "signal received: not ready; still answering during the shutdown delay");
+            tokio::spawn(async move {
+                second.await;
+                forced.fire();
+            });
+            tokio::time::sleep(delay).await;
+        }
+    };
+    let served = server::serve_tls(
+        webhook,
+        tls_config,
+        admission::router(app),
+        stop_accepting,
+        args.drain_timeout,
+    );
+    let drained = tokio::select! {
+        drained = served => drained,
+        () = forced.wait() => return Err(StartupError::Forced),
+    };
+    stop_background.fire();
+    for task in reloaders {
+        task.abort();
+    }
+    let _ = admin_server.await;
+    match drained {
+        Drained::Clean => tracing::info!("drained; exiting"),
+        Drained::TimedOut => {
+            tracing::warn!("exiting with connections still open after the drain timeout")
+        }
+    }
+    Ok(())
+}

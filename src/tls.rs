@@ -1,0 +1,175 @@
+//! Serving certificate: loading, validation, and the resolver that lets a reload swap the
+//! certificate under live connections.
+//!
+//! A new pair replaces the served one only if the certificate parses, the key parses and
+//! matches it, and the certificate has not expired; otherwise the old pair keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--tls-cert {}: cannot read: {source}", path.display())]
+    ReadCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--tls-key {}: cannot read: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--tls-cert {}: no PEM certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("--tls-cert {}: the certificate cannot be parsed: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("--tls-key {}: no usable PEM private key found: {reason}", path.display())]
+    BadKey { path: PathBuf, reason: String },
+    #[error("--tls-cert {} and --tls-key {} do not belong together: {reason}", cert.display(), key.display())]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("--tls-cert {}: the certificate expired at Unix time {not_after}", path.display())]
+    Expired { path: PathBuf, not_after: i64 },
+}
+
+/// A validated certificate and key, with the certificate's expiry.
+#[derive(Debug, Clone)]
+pub struct LoadedPair {
+    pub certified: Arc<CertifiedKey>,
+    /// notAfter of the leaf certificate, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads and validates the pair from disk.
+pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsError> {
+    let cert = std::fs::read(cert_path).map_err(|source| TlsError::ReadCert {
+        path: cert_path.into(),
+        source,
+    })?;
+    let key = std::fs::read(key_path).map_err(|source| TlsError::ReadKey {
+        path: key_path.into(),
+        source,
+    })?;
+    pair_from_pem(cert_path, &cert, key_path, &key)
+}
+
+/// Validates a PEM pair; the paths are only used in messages.
+pub fn pair_from_pem(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<LoadedPair, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert_path.into(),
+            reason: e.to_string(),
+        })?;
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
+        path: cert_path.into(),
+    })?;
+    let not_after = match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, parsed)) => parsed.validity().not_after.timestamp(),
+        Err(e) => {
+            return Err(TlsError::BadCertificate {
+                path: cert_path.into(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    if not_after < crate::metrics::unix_now() {
+        return Err(TlsError::Expired {
+            path: cert_path.into(),
+            not_after,
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
+        path: key_path.into(),
+        reason: e.to_string(),
+    })?;
+    let provider = provider();
+    let signing_key =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadKey {
+                path: key_path.into(),
+                reason: e.to_string(),
+            })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert_path.into(),
+        key: key_path.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(LoadedPair {
+        certified: Arc::new(certified),
+        not_after,
+    })
+}
+
+/// The process-wide crypto provider (ring), installed once by `main` and by tests.
+pub fn provider() -> Arc<CryptoProvider> {
+    match CryptoProvider::get_default() {
+        Some(provider) => provider.clone(),
+        None => {
+            // Losing the race to another installer is fine: both install ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+        }
+    }
+}
+
+/// Serves whichever pair was loaded last.
+#[derive(Debug)]
+pub struct ReloadingResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadingResolver {
+    pub fn new(pair: &LoadedPair) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(pair.certified.clone()),
+        })
+    }
+
+    pub fn replace(&self, pair: &LoadedPair) {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc; the value is intact.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = pair.certified.clone();
+    }
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(
+    resolver: Arc<ReloadingResolver>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Checks rendered chart manifests: Kubernetes schema validation and structural properties.
+
+Usage: check.py CHART_DIR RENDER_DIR
+RENDER_DIR holds one file per render, named <case>@<kube-version>.yaml, rendered with
+CHART_DIR/ci/<case>-values.yaml. The values a render used are the chart defaults merged with
+that file the way Helm merges them (maps merge, everything else replaces). Prints PASS/FAIL
+lines; exits 1 on any failure.
+"""
+import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+try:
+    import kubernetes_validate
+except ImportError:  # pragma: no cover
+    kubernetes_validate = None
+
+# Kinds from CRDs kubernetes-validate has no schema for. Checked structurally below instead.
+CRD_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+# Kubernetes versions with a schema in kubernetes-validate; older renders are checked
+# structurally only (and for real against the 1.20 API server by the e2e tests).
+SCHEMA_MIN = (1, 25)
+
+RELEASE_NS = os.environ.get("RELEASE_NS", "pullsecret-injector")
+ALWAYS_EXCLUDED = {"kube-system", "kube-node-lease", RELEASE_NS}
+SECRET_WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+EXPECTED_ARGS_PREFIX = [
+    "serve",
+    "--config", "/etc/pullsecret-injector/config.yaml",
+    "--listen", "0.0.0.0:8443",
+    "--admin-listen", "0.0.0.0:8080",
+    "--tls-cert", "/etc/pullsecret-injector/tls/tls.crt",
+    "--tls-key", "/etc/pullsecret-injector/tls/tls.key",
+]
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+
+failures = 0
+passes = 0
+notes_printed = set()
+
+
+def note(msg):
+    if msg not in notes_printed:
+        notes_printed.add(msg)
+        print(f"NOTE {msg}")
+
+
+class Case:
+    def __init__(self, name, kube, docs, values):
+        self.name, self.kube, self.docs, self.values = name, kube, docs, values
+        self.errors = []
+
+    def check(self, cond, msg):
+        if not cond:
+            self.errors.append(msg)
+        return cond
+
+    def kind(self, kind):
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def one(self, kind):
+        objs = self.kind(kind)
+        self.check(len(objs) == 1, f"expected exactly one {kind}, got {len(objs)}")
+        return objs[0] if objs else {}
+
+
+def version_tuple(v):
+    m = re.match(r"v?(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2)))
+
+
+def selector_matches(sel, labels):
+    """Evaluates a metav1.LabelSelector the way the API server does."""
+    if sel is None:
+        return True
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in sel.get("matchExpressions") or []:
+        key, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in vals:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in vals:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def check_schema(c):
+    if version_tuple(c.kube) < SCHEMA_MIN:
+        note(f"Kubernetes {c.kube}: no schema in kubernetes-validate; those renders are checked structurally only")
+        return
+    version = ".".join(str(x) for x in version_tuple(c.kube)) + ".0"
+    for d in c.docs:
+        kind = d.get("kind")
+        if kind in CRD_KINDS:
+            note(f"schema validation skipped for CRD kind {kind} ({d.get('apiVersion')}): no schema in kubernetes-validate; checked structurally")
+            continue
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            c.errors.append(f"schema {version} {kind}/{d['metadata']['name']}: {e.message} at {'.'.join(str(p) for p in e.path)}")
+        except Exception as e:  # SchemaNotFoundError and friends
+            c.errors.append(f"schema {version} {kind}: {type(e).__name__}: {e}")
+
+
+def check_common(c):
+    for d in c.docs:
+        md = d.get("metadata", {})
+        if d["kind"] not in CLUSTER_SCOPED:
+            c.check(md.get("namespace") == RELEASE_NS, f"{d['kind']}/{md.get('name')} has no metadata.namespace {RELEASE_NS}")
+        c.check("app.kubernetes.io/instance" in (md.get("labels") or {}), f"{d['kind']}/{md.get('name')} lacks standard labels")
+
+
+def check_config(c):
+    cm = c.one("ConfigMap")
+    cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
+    v = c.values["config"]
+    c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness"},
+            f"config.yaml keys {sorted(cfg)}")
+    c.check(cfg["mode"] == v["mode"], "config.yaml mode differs from values")
+    c.check(cfg["namespaces"]["selection"] == v["namespaces"]["selection"], "config.yaml selection differs")
+    excl = set(cfg["namespaces"]["exclude"])
+    c.check(ALWAYS_EXCLUDED <= excl and set(v["namespaces"]["exclude"]) <= excl,
+            f"config.yaml exclude {sorted(excl)} misses {sorted(ALWAYS_EXCLUDED - excl)}")
+    c.check(cfg["rules"] == v["rules"], "config.yaml rules differ from values")
+    for k in ("discovery", "sync", "secretAwareness"):
+        c.check(cfg[k] is v[k], f"config.yaml {k} differs from values")
+    return cfg
+
+
+def check_webhook(c, svc):
+    v = c.values
+    mwc = c.one("MutatingWebhookConfiguration")
+    hooks = mwc.get("webhooks", [])
+    c.check([h["name"] for h in hooks] == ["inject.pullsecret-injector.io", "audit.pullsecret-injector.io"],
+            f"webhook names {[h['name'] for h in hooks]}")
+    excluded = ALWAYS_EXCLUDED | set(v["config"]["namespaces"]["exclude"])
+    own_pod_labels = (c.one("Deployment").get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}))
+    for h in hooks:
+        n = h["name"]
+        c.check(h.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                    "resources": ["pods"], "scope": "Namespaced"}], f"{n}: rules are not exactly pods CREATE")
+        c.check(h.get("sideEffects") == "None", f"{n}: sideEffects")
+        c.check(h.get("admissionReviewVersions") == ["v1"], f"{n}: admissionReviewVersions")
+        c.check(h.get("reinvocationPolicy") == "IfNeeded", f"{n}: reinvocationPolicy")
+        c.check(h.get("failurePolicy") == v["webhook"]["failurePolicy"], f"{n}: failurePolicy")
+        c.check(1 <= h.get("timeoutSeconds", 0) <= 30 and h["timeoutSeconds"] == v["webhook"]["timeoutSeconds"], f"{n}: timeoutSeconds")
+        cc = h.get("clientConfig", {})
+        s = cc.get("service", {})
+        c.check(s.get("name") == svc["metadata"]["name"] and s.get("namespace") == RELEASE_NS
+                and s.get("port") == v["service"]["port"], f"{n}: clientConfig.service does not point at the Service")
+        want_path = "/audit" if (n.startswith("audit.") or v["config"]["mode"] == "audit") else "/mutate"
+        c.check(s.get("path") == want_path, f"{n}: path {s.get('path')} != {want_path}")
+        # caBundle per certificate source.
+        src = v["tls"]["source"]
+        if src == "cert-manager":
+            c.check("caBundle" not in cc, f"{n}: caBundle must be left to cainjector")
+        else:
+            ca = cc.get("caBundle", "")
+            c.check(b"-----BEGIN CERTIFICATE-----" in base64.b64decode(ca or "AA=="), f"{n}: caBundle is not base64 PEM")
+        # Exclusions: expressed in the selector...
+        exprs = h.get("namespaceSelector", {}).get("matchExpressions", [])
+        name_excl = [e for e in exprs if e["key"] == "kubernetes.io/metadata.name"]
+        c.check(len(name_excl) == 1 and name_excl[0]["operator"] == "NotIn" and excluded <= set(name_excl[0]["values"]),
+                f"{n}: namespaceSelector does not exclude {sorted(excluded)}")
+        # ...and proven by evaluating it: no excluded namespace matches, whatever its labels.
+        for ns in excluded:
+            for inject in (None, "enabled", "audit", "disabled"):
+                labels = {"kubernetes.io/metadata.name": ns}
+                if inject:
+                    labels["pullsecret-injector/inject"] = inject
+                c.check(not selector_matches(h["namespaceSelector"], labels), f"{n}: matches namespace {labels}")
+        c.check(h.get("objectSelector") == {"matchExpressions": [
+            {"key": "pullsecret-injector/inject", "operator": "NotIn", "values": ["disabled"]}]}, f"{n}: objectSelector")
+        c.check(not selector_matches(h.get("objectSelector"), own_pod_labels), f"{n}: objectSelector matches the injector's own Pods")
+        c.check(not selector_matches(h.get("objectSelector"), {"pullsecret-injector/inject": "disabled"}), f"{n}: Pod opt-out ignored")
+    # Which namespaces each entry selects.
+    def sel(i, labels):
+        return selector_matches(hooks[i]["namespaceSelector"], dict(labels, **{"kubernetes.io/metadata.name": "team-a"}))
+    if len(hooks) == 2:
+        lab = lambda x: {"pullsecret-injector/inject": x} if x else {}
+        c.check(sel(0, lab("enabled")) and not sel(0, lab("audit")) and not sel(0, lab("disabled")), "inject entry selection")
+        c.check(sel(1, lab("audit")) and not sel(1, lab("enabled")) and not sel(1, lab(None)), "audit entry selection")
+        c.check(sel(0, lab(None)) == (v["config"]["namespaces"]["selection"] == "all"), "unlabelled namespace selection")
+    if v["tls"]["source"] == "cert-manager":
+        ann = mwc["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from", "")
+        certs = {f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in c.kind("Certificate")}
+        c.check(ann in certs, f"inject-ca-from {ann!r} names no rendered Certificate")
+    else:
+        c.check("cert-manager.io/inject-ca-from" not in mwc["metadata"].get("annotations", {}), "stray inject-ca-from")
+
+
+def check_deployment(c, cfg):
+    v = c.values
+    dep = c.one("Deployment")
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    c.check(spec["replicas"] == v["replicaCount"], "replicas")
+    c.check(psc.get("runAsNonRoot") is True and psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532
+            and psc.get("seccompProfile") == {"type": "RuntimeDefault"}, "pod securityContext not restricted")
+    c.check(pod.get("automountServiceAccountToken") is (not v["standalone"]), "automountServiceAccountToken")
+    c.check(pod.get("serviceAccountName") == c.one("ServiceAccount")["metadata"]["name"], "serviceAccountName")
+    tsc = pod.get("topologySpreadConstraints", [])
+    c.check(any(t["topologyKey"] == "kubernetes.io/hostname" and t["whenUnsatisfiable"] == "ScheduleAnyway" for t in tsc),
+            "topologySpreadConstraints")
+    c.check(pod["securityContext"].get("fsGroup") == 65532, "fsGroup")
+    (ctr,) = pod["containers"]
+    sc = ctr.get("securityContext", {})
+    c.check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+            and sc.get("runAsNonRoot") is True and sc.get("capabilities") == {"drop": ["ALL"]}
+            and sc.get("seccompProfile") == {"type": "RuntimeDefault"} and sc.get("privileged") is False,
+            "container securityContext not restricted")
+    sh = v["shutdown"]
+    want = EXPECTED_ARGS_PREFIX + ["--log-format", v["logFormat"], "--log-level", v["logLevel"],
+                                   "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"])]
+    if v["standalone"]:
+        want.append("--standalone")
+    c.check(ctr.get("args") == want, f"args {ctr.get('args')} != {want}")
+    ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+    c.check(ports == {"https": 8443, "admin": 8080}, f"ports {ports}")
+    c.check(ctr.get("livenessProbe", {}).get("httpGet") == {"path": "/livez", "port": "admin"}, "livenessProbe")
+    c.check(ctr.get("readinessProbe", {}).get("httpGet") == {"path": "/readyz", "port": "admin"}, "readinessProbe")
+    c.check({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in ctr.get("env", []), "POD_NAMESPACE env")
+    c.check(ctr.get("resources") == v["resources"], "resources differ from values")
+    # Config and TLS: one directory mount, no subPath (kubelet updates must reach the files).
+    mounts = ctr.get("volumeMounts", [])
+    c.check(all("subPath" not in m and "subPathExpr" not in m for m in mounts), "a volumeMount uses subPath")
+    c.check([m["mountPath"] for m in mounts] == ["/etc/pullsecret-injector"], f"mounts {mounts}")
+    (vol,) = pod["volumes"]
+    srcs = vol.get("projected", {}).get("sources", [])
+    paths = sorted(i["path"] for s in srcs for src in s.values() for i in src.get("items", []))
+    c.check(paths == ["config.yaml", "tls/tls.crt", "tls/tls.key"], f"projected paths {paths}")
+    ann = spec["template"]["metadata"].get("annotations") or {}
+    c.check(not any("config" in k for k in ann if k.startswith("checksum/")), "config checksum annotation (config is hot-reloaded)")
+    c.check(("checksum/tls" in ann) == (v["tls"]["source"] == "helm"), "checksum/tls annotation iff tls.source=helm")
+    # Shutdown: preStop sleep only on 1.30+, grace above the whole shutdown sequence.
+    pre = ctr.get("lifecycle", {}).get("preStop")
+    want_pre = version_tuple(c.kube) >= (1, 30) and sh["preStopSleepSeconds"] > 0
+    c.check(bool(pre) == want_pre, f"preStop present={bool(pre)} on {c.kube}")
+    if pre:
+        c.check(pre == {"sleep": {"seconds": sh["preStopSleepSeconds"]}}, "preStop must be a sleep action (no shell in the image)")
+    total = sh["delaySeconds"] + sh["drainTimeoutSeconds"] + (sh["preStopSleepSeconds"] if pre else 0)
+    c.check(pod["terminationGracePeriodSeconds"] > total, f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} <= {total}")
+    return dep
+
+
+def check_pdb(c, dep):
+    v = c.values
+    pdbs = c.kind("PodDisruptionBudget")
+    want = v["podDisruptionBudget"]["enabled"] and v["replicaCount"] > 1
+    c.check(bool(pdbs) == want, f"PodDisruptionBudget present={bool(pdbs)}, want {want}")
+    if pdbs:
+        p = pdbs[0]
+        api = "policy/v1" if version_tuple(c.kube) >= (1, 21) else "policy/v1beta1"
+        c.check(p["apiVersion"] == api, f"PDB apiVersion {p['apiVersion']} on {c.kube}")
+        c.check(p["spec"]["minAvailable"] < v["replicaCount"], "PDB minAvailable >= replicas")
+        c.check(p["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "PDB selector")
+
+
+def check_rbac(c):
+    v = c.values
+    roles = c.kind("ClusterRole") + c.kind("Role")
+    bindings = c.kind("ClusterRoleBinding") + c.kind("RoleBinding")
+    if v["standalone"]:
+        c.check(not roles and not bindings, "standalone renders RBAC")
+        return
+    sa = c.one("ServiceAccount")["metadata"]["name"]
+    for r in roles:
+        for rule in r.get("rules", []):
+            for f in ("verbs", "resources", "apiGroups"):
+                c.check("*" not in rule.get(f, []), f"{r['kind']}/{r['metadata']['name']} has '*' in {f}")
+            c.check(set(rule["resources"]) <= {"namespaces", "secrets"}, f"unexpected resources {rule['resources']}")
+            c.check(rule["apiGroups"] == [""], "unexpected apiGroups")
+            if "secrets" in rule["resources"] and SECRET_WRITE_VERBS & set(rule["verbs"]):
+                c.check(v["config"]["sync"], f"{r['kind']} can write secrets without config.sync")
+                c.check(r["kind"] == "ClusterRole", "secret writes belong to the sync ClusterRole")
+            if "namespaces" in rule["resources"]:
+                c.check(set(rule["verbs"]) == {"get", "list", "watch"}, "namespaces verbs")
+    cluster_secret = [rule for r in c.kind("ClusterRole") for rule in r["rules"] if "secrets" in rule["resources"]]
+    want_cluster_secret = v["config"]["sync"] or v["config"]["secretAwareness"]
+    c.check(bool(cluster_secret) == want_cluster_secret, f"cluster-wide secrets rule present={bool(cluster_secret)}")
+    if cluster_secret and not v["config"]["sync"]:
+        c.check(set(cluster_secret[0]["verbs"]) == {"list", "watch"}, "secretAwareness must be list/watch only")
+    ns_secret = [r for r in c.kind("Role") if any("secrets" in x["resources"] for x in r["rules"])]
+    c.check(bool(ns_secret) == (v["config"]["discovery"] or v["config"]["sync"]), "namespaced secrets Role iff discovery or sync")
+    for r in ns_secret:
+        c.check(r["metadata"]["namespace"] == RELEASE_NS, "source Role outside the release namespace")
+        c.check(all(set(x["verbs"]) == {"get", "list", "watch"} for x in r["rules"]), "source Role verbs")
+    for b in bindings:
+        c.check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}], f"{b['kind']} subjects")
+        c.check(any(r["kind"] == b["roleRef"]["kind"] and r["metadata"]["name"] == b["roleRef"]["name"] for r in roles),
+                f"{b['kind']}/{b['metadata']['name']} binds a role that is not rendered")
+    c.check(len(bindings) == len(roles), "every role has one binding")
+
+
+def check_service(c):
+    svc = c.one("Service")
+    c.check(svc["spec"].get("type") == "ClusterIP", "Service type")
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    c.check(ports == {"https": (c.values["service"]["port"], "https"), "admin": (8080, "admin")}, f"Service ports {ports}")
+    return svc
+
+
+def openssl(*args, stdin=None):
+    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True)
+
+
+def check_tls(c, svc):
+    v = c.values
+    name = svc["metadata"]["name"]
+    dns = [name, f"{name}.{RELEASE_NS}", f"{name}.{RELEASE_NS}.svc", f"{name}.{RELEASE_NS}.svc.cluster.local"]
+    secret_name = (v["tls"]["secretName"] or f"{c.one('Deployment')['metadata']['name']}-tls")
+    vol_secret = [s["secret"]["name"] for s in c.one("Deployment")["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"] if "secret" in s]
+    c.check(vol_secret == [secret_name], f"TLS volume uses {vol_secret}, want {secret_name}")
+    src = v["tls"]["source"]
+    secrets = c.kind("Secret")
+    if src == "helm":
+        (s,) = secrets or [{}]
+        c.check(s.get("type") == "kubernetes.io/tls" and s["metadata"]["name"] == secret_name, "helm TLS Secret")
+        data = {k: base64.b64decode(x).decode() for k, x in s.get("data", {}).items()}
+        c.check(set(data) == {"ca.crt", "tls.crt", "tls.key"}, "TLS Secret keys")
+        hook_ca = base64.b64decode(c.one("MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+        c.check(hook_ca == data.get("ca.crt"), "caBundle differs from the Secret's ca.crt")
+        with tempfile.TemporaryDirectory() as t:
+            for k, x in data.items():
+                open(os.path.join(t, k), "w").write(x)
+            r = openssl("verify", "-CAfile", f"{t}/ca.crt", "-purpose", "sslserver", f"{t}/tls.crt")
+            c.check(r.returncode == 0, f"serving cert does not verify against the CA: {r.stdout}{r.stderr}")
+            r = openssl("x509", "-in", f"{t}/tls.crt", "-noout", "-ext", "subjectAltName")
+            sans = set(re.findall(r"DNS:([^,\s]+)", r.stdout))
+            c.check(set(dns) <= sans, f"serving cert SANs {sorted(sans)} miss {sorted(set(dns) - sans)}")
+            pub_crt = openssl("x509", "-in", f"{t}/tls.crt", "-noout", "-pubkey").stdout
+            pub_key = openssl("pkey", "-in", f"{t}/tls.key", "-pubout").stdout
+            c.check(pub_crt and pub_crt == pub_key, "tls.key does not match tls.crt")
+    else:
+        c.check(not secrets, "a Secret is rendered although the chart does not generate certificates")
+    certs = c.kind("Certificate")
+    if src == "cert-manager":
+        serving = [x for x in certs if not x["spec"].get("isCA")]
+        c.check(len(serving) == 1, "one serving Certificate")
+        if serving:
+            s = serving[0]["spec"]
+            c.check(s["secretName"] == secret_name, "Certificate secretName")
+            c.check(sorted(s["dnsNames"]) == sorted(dns), f"Certificate dnsNames {s['dnsNames']}")
+            c.check("server auth" in s.get("usages", []), "Certificate usages")
+            ref = v["tls"]["certManager"]["issuerRef"]
+            issuers = {x["metadata"]["name"] for x in c.kind("Issuer")}
+            if ref:
+                c.check(s["issuerRef"]["name"] == ref["name"] and not issuers, "issuerRef not used")
+            else:
+                c.check(s["issuerRef"]["name"] in issuers and s["issuerRef"]["kind"] == "Issuer", "generated CA Issuer not used")
+                ca = [x for x in certs if x["spec"].get("isCA")]
+                c.check(len(ca) == 1 and ca[0]["spec"]["issuerRef"]["name"] in issuers, "CA Certificate")
+    else:
+        c.check(not certs and not c.kind("Issuer"), "cert-manager objects without tls.source=cert-manager")
+
+
+def check_optional(c):
+    v = c.values
+    sms = c.kind("ServiceMonitor")
+    c.check(bool(sms) == v["metrics"]["serviceMonitor"]["enabled"], "ServiceMonitor iff metrics.serviceMonitor.enabled")
+    for sm in sms:
+        c.check(sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor endpoint")
+    nps = c.kind("NetworkPolicy")
+    c.check(bool(nps) == v["networkPolicy"]["enabled"], "NetworkPolicy iff networkPolicy.enabled")
+    for np in nps:
+        s = np["spec"]
+        c.check(sorted(s["policyTypes"]) == ["Egress", "Ingress"], "NetworkPolicy policyTypes")
+        ing = s.get("ingress", [])
+        c.check(ing and ing[0] == {"ports": [{"port": 8443, "protocol": "TCP"}]}, "ingress to 8443 from anywhere")
+        for rule in ing[1:]:
+            c.check(rule.get("from") and [p["port"] for p in rule["ports"]] == [8080], "admin port only from configured peers")
+        egress_ports = {p["port"] for r in s.get("egress", []) for p in r.get("ports", [])}
+        if v["standalone"]:
+            c.check(s.get("egress") == [], "standalone NetworkPolicy must deny all egress")
+        else:
+            c.check(egress_ports == set(v["networkPolicy"]["apiServer"]["ports"]) | {53}, f"egress ports {egress_ports}")
+            c.check(all("ports" in r for r in s.get("egress", [])), "an egress rule without ports")
+
+
+def run_case(c):
+    check_schema(c)
+    check_common(c)
+    cfg = check_config(c)
+    svc = check_service(c)
+    dep = check_deployment(c, cfg)
+    check_webhook(c, svc)
+    check_pdb(c, dep)
+    check_rbac(c)
+    check_tls(c, svc)
+    check_optional(c)
+
+
+def merge(base, over):
+    out = dict(base)
+    for k, x in (over or {}).items():
+        if x is None:
+            out.pop(k, None)
+        elif isinstance(x, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], x)
+        else:
+            out[k] = x
+    return out
+
+
+def main():
+    global failures, passes
+    chart_dir, render_dir = sys.argv[1], sys.argv[2]
+    defaults = yaml.safe_load(open(os.path.join(chart_dir, "values.yaml")))
+    if kubernetes_validate is None:
+        print("FAIL kubernetes-validate is not installed")
+        sys.exit(1)
+    for fn in sorted(os.listdir(render_dir)):
+        if not fn.endswith(".yaml") or "@" not in fn:
+            continue
+        case, kube = fn[:-5].split("@")
+        values = merge(defaults, yaml.safe_load(open(os.path.join(chart_dir, "ci", f"{case}-values.yaml"))))
+        docs = [d for d in yaml.safe_load_all(open(os.path.join(render_dir, fn))) if d]
+        c = Case(case, kube, docs, values)
+        try:
+            run_case(c)
+        except Exception as e:  # a crash in a check is a failure of that case, not of the run
+            c.errors.append(f"check crashed: {type(e).__name__}: {e}")
+        if c.errors:
+            failures += 1
+            print(f"FAIL manifests {case} @ Kubernetes {kube}")
+            for e in c.errors:
+                print(f"       {e}")
+        else:
+            passes += 1
+            print(f"PASS manifests {case} @ Kubernetes {kube} ({len(docs)} objects)")
+    print(f"manifests: {passes} passed, {failures} failed")
+    sys.exit(1 if failures or not passes else 0)
+
+
+if __name__ == "__main__":
+    main()

