@@ -28,7 +28,7 @@ pub struct AdmissionReview<'a> {
     pub api_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub request: Option<AdmissionRequest<'a>>,
 }
 
@@ -46,7 +46,7 @@ pub struct AdmissionRequest<'a> {
     pub name: Cow<'a, str>,
     #[serde(default, rename = "dryRun")]
     pub dry_run: Option<bool>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub object: Option<Pod<'a>>,
 }
 
@@ -67,7 +67,7 @@ pub struct LooseReview<'a> {
     pub api_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub request: Option<LooseRequest<'a>>,
 }
 
@@ -158,6 +158,32 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Accepts a JSON object (or null) only. serde's derived structs also accept arrays, filling
+/// fields by position, which no AdmissionReview ever uses.
+fn object_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(ObjectVisitor(std::marker::PhantomData))
 }
 
 /// The response half of an AdmissionReview. `allowed` is always true: the injector never

@@ -1,0 +1,215 @@
+//! Router-level tests: captured AdmissionReview fixtures through the real axum router.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Reply, app, fixture, post};
+use serde_json::json;
+
+/// (fixture, endpoint, expected patch or None, expected warning fragments)
+#[tokio::test]
+async fn fixtures_get_the_expected_answers() {
+    let add_list = json!([
+        {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "ghcr-acme"}, {"name": "dockerhub"}]},
+        {"op": "add", "path": "/spec/initContainers/0/imagePullPolicy", "value": "Always"},
+        {"op": "add", "path": "/spec/containers/0/imagePullPolicy", "value": "Always"},
+    ]);
+    let append = json!([
+        {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "ghcr-acme"}},
+        {"op": "add", "path": "/spec/initContainers/0/imagePullPolicy", "value": "Always"},
+        {"op": "add", "path": "/spec/containers/0/imagePullPolicy", "value": "Always"},
+    ]);
+    let cases: Vec<(&str, &str, Option<serde_json::Value>, Vec<&str>)> = vec![
+        ("pod-create.json", "/mutate", Some(add_list.clone()), vec![]),
+        ("pod-create-v1beta1.json", "/mutate", Some(add_list), vec![]),
+        ("pod-existing-secrets.json", "/mutate", Some(append), vec![]),
+        ("pod-already-injected.json", "/mutate", None, vec![]),
+        ("pod-update.json", "/mutate", None, vec![]),
+        ("pod-opted-out.json", "/mutate", None, vec![]),
+        ("pod-mirror.json", "/mutate", None, vec![]),
+        ("pod-kube-system.json", "/mutate", None, vec![]),
+        ("secret-create.json", "/mutate", None, vec![]),
+        ("deployment-create.json", "/mutate", None, vec![]),
+        ("pod-no-containers.json", "/mutate", None, vec![]),
+        (
+            "pod-unreadable-spec.json",
+            "/mutate",
+            None,
+            vec!["Pod not inspected"],
+        ),
+        (
+            "pod-bad-images.json",
+            "/mutate",
+            Some(
+                json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "dockerhub"}]}]),
+            ),
+            vec![
+                "container upper image \"NGINX\"",
+                "container garbage image \"::::\"",
+            ],
+        ),
+        (
+            "pod-create.json",
+            "/audit",
+            None,
+            vec![
+                "would add imagePullSecret ghcr-acme for ghcr.io/acme/migrate:1.4, ghcr.io/acme/api:2.1.0 (rule ghcr.io/acme)",
+                "would add imagePullSecret dockerhub for nginx:1.27 (rule docker.io)",
+                "would set imagePullPolicy Always on container migrate",
+                "would set imagePullPolicy Always on container api",
+            ],
+        ),
+    ];
+    for (name, path, want_patch, want_warnings) in cases {
+        let body = fixture(name);
+        let (status, bytes) = post(app(), path, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{name}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let reply = Reply::parse(&bytes);
+        let request: serde_json::Value = serde_json::from_slice(&body).expect("fixture");
+        assert_eq!(reply.review["apiVersion"], request["apiVersion"], "{name}");
+        assert_eq!(reply.review["kind"], "AdmissionReview", "{name}");
+        assert_eq!(
+            reply.response()["uid"],
+            request["request"]["uid"],
+            "{name}: uid echoed"
+        );
+        assert_eq!(reply.response()["allowed"], true, "{name}");
+        assert_eq!(reply.patch, want_patch, "{name} {path}");
+        if want_patch.is_some() {
+            assert_eq!(reply.response()["patchType"], "JSONPatch", "{name}");
+        } else {
+            assert!(reply.response().get("patchType").is_none(), "{name}");
+        }
+        let warnings = reply.warnings();
+        for fragment in &want_warnings {
+            assert!(
+                warnings.iter().any(|w| w.contains(fragment)),
+                "{name}: no warning with {fragment:?} in {warnings:?}"
+            );
+        }
+        assert_eq!(warnings.len(), want_warnings.len(), "{name}: {warnings:?}");
+    }
+}
+
+#[tokio::test]
+async fn audit_annotations_record_what_was_done() {
+    let (_, bytes) = post(app(), "/mutate", fixture("pod-create.json")).await;
+    let reply = Reply::parse(&bytes);
+    assert_eq!(
+        reply.response()["auditAnnotations"],
+        json!({"injected-secrets": "ghcr-acme,dockerhub"})
+    );
+    let (_, bytes) = post(app(), "/audit", fixture("pod-create.json")).await;
+    let reply = Reply::parse(&bytes);
+    assert_eq!(
+        reply.response()["auditAnnotations"],
+        json!({"would-inject-secrets": "ghcr-acme,dockerhub"})
+    );
+}
+
+#[tokio::test]
+async fn patched_pod_gets_no_second_patch() {
+    let body = fixture("pod-create.json");
+    let (_, bytes) = post(app(), "/mutate", body.clone()).await;
+    let patch: json_patch::Patch =
+        serde_json::from_value(Reply::parse(&bytes).patch.expect("patch")).expect("patch");
+    let mut review: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    json_patch::patch(&mut review["request"]["object"], &patch).expect("patch applies to the Pod");
+    let (_, bytes) = post(app(), "/mutate", serde_json::to_vec(&review).expect("json")).await;
+    assert_eq!(
+        Reply::parse(&bytes).patch,
+        None,
+        "reinvocation must not patch again"
+    );
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_admission_reviews_get_4xx() {
+    let cases = [
+        ("malformed.json", "body is not an AdmissionReview"),
+        ("no-request.json", "AdmissionReview has no request"),
+        ("wrong-kind.json", "expected kind AdmissionReview"),
+        ("no-uid.json", "missing field `uid`"),
+    ];
+    for (name, reason) in cases {
+        let (status, bytes) = post(app(), "/mutate", fixture(name)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {text}");
+        assert!(text.contains(reason), "{name}: {text}");
+    }
+    let (status, _) = post(app(), "/mutate", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, bytes) = post(
+        app(),
+        "/mutate",
+        r#"{"apiVersion":"admission.k8s.io/v2","kind":"AdmissionReview","request":{"uid":"x"}}"#,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_large_ones_are_accepted() {
+    // A legitimate 3 MiB review (the API server's request limit) is answered.
+    let mut review: serde_json::Value =
+        serde_json::from_slice(&fixture("pod-create.json")).expect("json");
+    review["request"]["object"]["metadata"]["annotations"] =
+        json!({"big": "x".repeat(3 * 1024 * 1024)});
+    let (status, bytes) = post(app(), "/mutate", serde_json::to_vec(&review).expect("json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(Reply::parse(&bytes).patch.is_some());
+
+    let huge = vec![b' '; pullsecret_injector::admission::MAX_BODY_BYTES + 1];
+    let (status, bytes) = post(app(), "/mutate", huge).await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
+#[tokio::test]
+async fn only_post_is_routed() {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get("/mutate")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = pullsecret_injector::admission::router(app())
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_and_injected_secrets() {
+    let app = app();
+    post(app.clone(), "/mutate", fixture("pod-create.json")).await;
+    post(app.clone(), "/mutate", fixture("pod-update.json")).await;
+    post(app.clone(), "/audit", fixture("pod-create.json")).await;
+    post(app.clone(), "/mutate", fixture("malformed.json")).await;
+    let text = app.metrics.encode();
+    for line in [
+        r#"pullsecret_injector_admissions_total{endpoint="mutate",outcome="patched"} 1"#,
+        r#"pullsecret_injector_admissions_total{endpoint="mutate",outcome="skipped"} 1"#,
+        r#"pullsecret_injector_admissions_total{endpoint="mutate",outcome="rejected"} 1"#,
+        r#"pullsecret_injector_admissions_total{endpoint="audit",outcome="audited"} 1"#,
+        r#"pullsecret_injector_secrets_injected_total{rule="ghcr.io/acme"} 1"#,
+        r#"pullsecret_injector_secrets_injected_total{rule="docker.io"} 1"#,
+        r#"pullsecret_injector_audit_findings_total{rule="docker.io"} 1"#,
+        r#"pullsecret_injector_admission_duration_seconds_count{endpoint="mutate"} 3"#,
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+}
