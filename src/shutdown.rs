@@ -54,7 +54,7 @@ impl Trigger {
     }
 
     /// Resolves once fired (immediately if already fired).
-    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
         let mut receiver = self.sender.subscribe();
         async move {
             // An error means the sender is gone, which also means stop.

@@ -1,0 +1,633 @@
+//! The server over real sockets: TLS with ALPN (HTTP/1.1 and HTTP/2), certificate and config
+//! reload under live traffic, startup errors, admin endpoints and the shutdown sequence.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Reply, fixture};
+use pullsecret_injector::cli::{ClusterArgs, ServeArgs};
+use pullsecret_injector::serve::{self, StartupError};
+use pullsecret_injector::shutdown::Trigger;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const CONFIG: &str = "rules:\n  - registry: docker.io\n    secrets: [dockerhub]\n";
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA");
+        Self { cert, key }
+    }
+
+    /// A serving certificate for localhost/127.0.0.1: (cert PEM, key PEM).
+    fn leaf(&self, expired: bool) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn connector(&self, alpn: &[u8]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).expect("root");
+        let provider = pullsecret_injector::tls::provider();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Writes a file the way Kubernetes updates a mounted volume: a new file renamed into place.
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    first_signal: Trigger,
+    second_signal: Trigger,
+    task: tokio::task::JoinHandle<Result<(), StartupError>>,
+}
+
+impl Server {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn args(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> ServeArgs {
+    ServeArgs {
+        config: dir.join("config.yaml"),
+        listen: addr,
+        tls_cert: dir.join("tls.crt"),
+        tls_key: dir.join("tls.key"),
+        admin_listen: admin,
+        standalone: true,
+        cluster: ClusterArgs {
+            kubeconfig: None,
+            namespace: Some("pullsecret-injector".into()),
+        },
+        shutdown_delay: Duration::from_millis(600),
+        drain_timeout: Duration::from_secs(5),
+        reload_interval: Duration::from_millis(100),
+    }
+}
+
+async fn start(ca: &Ca) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.leaf(false);
+    std::fs::write(dir.path().join("tls.crt"), cert).expect("write");
+    std::fs::write(dir.path().join("tls.key"), key).expect("write");
+    std::fs::write(dir.path().join("config.yaml"), CONFIG).expect("write");
+    let (addr, admin) = (free_port(), free_port());
+    let (first_signal, second_signal) = (Trigger::default(), Trigger::default());
+    let signals = {
+        let triggers = [first_signal.clone(), second_signal.clone()];
+        let mut calls = 0;
+        move || {
+            let trigger = triggers[calls.min(1)].clone();
+            calls += 1;
+            trigger.wait()
+        }
+    };
+    let task = tokio::spawn(serve::run(args(dir.path(), addr, admin), signals));
+    for _ in 0..200 {
+        if admin_get(admin, "/readyz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+        {
+            return Server {
+                dir,
+                addr,
+                admin,
+                first_signal,
+                second_signal,
+                task,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server did not become ready");
+}
+
+/// A plain HTTP/1.1 GET on the admin port: (status, body).
+async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(admin).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A TLS connection with a hyper client on it, HTTP/1.1 or HTTP/2 by ALPN.
+enum Client {
+    H1(hyper::client::conn::http1::SendRequest<String>),
+    H2(hyper::client::conn::http2::SendRequest<String>),
+}
+
+struct Connection {
+    client: Client,
+    alpn: Option<Vec<u8>>,
+    peer_certificate: Vec<u8>,
+}
+
+async fn connect(ca: &Ca, addr: SocketAddr, alpn: &[u8]) -> Result<Connection, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let tls: TlsStream<TcpStream> = ca
+        .connector(alpn)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let peer_certificate = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let client = if alpn.as_deref() == Some(b"h2") {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Client::H2(sender)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Client::H1(sender)
+    };
+    Ok(Connection {
+        client,
+        alpn,
+        peer_certificate,
+    })
+}
+
+impl Connection {
+    async fn post(&mut self, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let request = hyper::Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/json")
+            .body(String::from_utf8_lossy(body).into_owned())
+            .map_err(|e| e.to_string())?;
+        let response = match &mut self.client {
+            Client::H1(sender) => {
+                sender.ready().await.map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+            Client::H2(sender) => {
+                sender.ready().await.map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_bytes().to_vec()))
+    }
+}
+
+fn leaf_der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn serves_http1_and_http2_by_alpn_with_keep_alive() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut conn = connect(&ca, server.addr, alpn).await.expect("connect");
+        assert_eq!(conn.alpn.as_deref(), Some(alpn));
+        for _ in 0..3 {
+            let (status, body) = conn
+                .post("/mutate", &fixture("pod-create.json"))
+                .await
+                .expect("request");
+            assert_eq!(status, 200);
+            let reply = Reply::parse(&body);
+            assert_eq!(reply.response()["allowed"], true);
+            assert!(reply.patch.is_some(), "dockerhub rule applies to nginx");
+        }
+    }
+    let (status, body) = admin_get(server.admin, "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(
+            r#"pullsecret_injector_admissions_total{endpoint="mutate",outcome="patched"} 6"#
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("pullsecret_injector_certificate_expiry_timestamp_seconds"),
+        "{body}"
+    );
+    assert_eq!(
+        admin_get(server.admin, "/livez").await.map(|r| r.0),
+        Some(200)
+    );
+}
+
+#[tokio::test]
+async fn certificate_rotates_under_load_with_zero_failed_requests() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    let original = leaf_der(&std::fs::read_to_string(server.path("tls.crt")).expect("read"));
+    let ca = Arc::new(ca);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (ca, stop, sent, failed, addr) = (
+            ca.clone(),
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            server.addr,
+        );
+        clients.push(tokio::spawn(async move {
+            let body = fixture("pod-create.json");
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection (new handshake) followed by keep-alive requests on it.
+                let result = async {
+                    let mut conn = connect(&ca, addr, alpn).await?;
+                    for _ in 0..5 {
+                        let (status, _) = conn.post("/mutate", &body).await?;
+                        if status != 200 {
+                            return Err(format!("status {status}"));
+                        }
+                    }
+                    Ok::<_, String>(())
+                }
+                .await;
+                sent.fetch_add(5, Ordering::Relaxed);
+                if let Err(e) = result {
+                    eprintln!("request failed: {e}");
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (cert, key) = ca.leaf(false);
+    write_atomically(&server.path("tls.key"), &key);
+    write_atomically(&server.path("tls.crt"), &cert);
+    let rotated = leaf_der(&cert);
+    assert_ne!(rotated, original);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let conn = connect(&ca, server.addr, b"http/1.1")
+            .await
+            .expect("connect");
+        if conn.peer_certificate == rotated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new certificate never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during rotation"
+    );
+    assert!(sent >= 50, "too little traffic to prove anything: {sent}");
+    let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains(r#"pullsecret_injector_certificate_reloads_total{result="success"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn broken_certificate_is_rejected_and_the_old_one_keeps_serving() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    let original = leaf_der(&std::fs::read_to_string(server.path("tls.crt")).expect("read"));
+    // A key that belongs to another certificate, then garbage in the certificate file.
+    let (_, other_key) = ca.leaf(false);
+    write_atomically(&server.path("tls.key"), &other_key);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    write_atomically(
+        &server.path("tls.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let mut conn = connect(&ca, server.addr, b"h2")
+        .await
+        .expect("still serving");
+    assert_eq!(conn.peer_certificate, original);
+    assert_eq!(
+        conn.post("/mutate", &fixture("pod-create.json"))
+            .await
+            .expect("request")
+            .0,
+        200
+    );
+    let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains(r#"pullsecret_injector_certificate_reloads_total{result="failure"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"certificate_reloads_total{result="success"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn config_reloads_and_a_broken_file_keeps_the_last_good_one() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    let body = fixture("pod-create.json");
+    let injected = |reply: &Reply| {
+        reply.response()["auditAnnotations"]["injected-secrets"]
+            .as_str()
+            .map(String::from)
+    };
+    let mut conn = connect(&ca, server.addr, b"http/1.1")
+        .await
+        .expect("connect");
+    let (_, answer) = conn.post("/mutate", &body).await.expect("request");
+    assert_eq!(
+        injected(&Reply::parse(&answer)).as_deref(),
+        Some("dockerhub")
+    );
+
+    let config = format!("{CONFIG}  - registry: ghcr.io/acme\n    secrets: [ghcr-acme]\n");
+    write_atomically(&server.path("config.yaml"), &config);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, answer) = conn.post("/mutate", &body).await.expect("request");
+        if injected(&Reply::parse(&answer)).as_deref() == Some("ghcr-acme,dockerhub") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new configuration never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    write_atomically(
+        &server.path("config.yaml"),
+        "rules:\n  - registry: '*.io:x'\n    secrets: [x]\n",
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, answer) = conn.post("/mutate", &body).await.expect("request");
+    assert_eq!(
+        injected(&Reply::parse(&answer)).as_deref(),
+        Some("ghcr-acme,dockerhub"),
+        "last good config serves"
+    );
+    let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains(r#"pullsecret_injector_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pullsecret_injector_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Reads an HTTP/1.1 response with Content-Length from a raw stream.
+async fn read_response(stream: &mut TlsStream<TcpStream>) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                return Ok((status, buf[end + 4..end + 4 + length].to_vec()));
+            }
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn raw_connect(ca: &Ca, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    ca.connector(b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .expect("tls")
+}
+
+#[tokio::test]
+async fn sigterm_reports_not_ready_closes_idle_connections_and_drains_in_flight() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    let body = fixture("pod-create.json");
+
+    // An idle keep-alive connection that has served one request.
+    let mut idle = raw_connect(&ca, server.addr).await;
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    idle.write_all(request.as_bytes()).await.expect("write");
+    idle.write_all(&body).await.expect("write");
+    assert_eq!(read_response(&mut idle).await.expect("response").0, 200);
+
+    // An in-flight request: headers and half the body sent before the signal.
+    let mut in_flight = raw_connect(&ca, server.addr).await;
+    in_flight
+        .write_all(request.as_bytes())
+        .await
+        .expect("write");
+    in_flight
+        .write_all(&body[..body.len() / 2])
+        .await
+        .expect("write");
+    in_flight.flush().await.expect("flush");
+
+    server.first_signal.fire();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, reason) = admin_get(server.admin, "/readyz").await.expect("readyz");
+    assert_eq!((status, reason.trim()), (503, "shutting down"));
+    // Still answering during the shutdown delay, on new connections too.
+    let mut late = connect(&ca, server.addr, b"h2")
+        .await
+        .expect("still accepting during the delay");
+    assert_eq!(late.post("/mutate", &body).await.expect("request").0, 200);
+
+    // After the delay the idle connection is closed by the server.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle keep-alive connection not closed: {closed:?}"
+    );
+    // New connections are refused once draining.
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "listener should be closed"
+    );
+
+    // The in-flight request completes.
+    in_flight
+        .write_all(&body[body.len() / 2..])
+        .await
+        .expect("write rest");
+    let (status, answer) = read_response(&mut in_flight)
+        .await
+        .expect("in-flight answered");
+    assert_eq!(status, 200);
+    assert!(Reply::parse(&answer).patch.is_some());
+    drop(in_flight);
+
+    let result = tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("exits")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+    let _ = server.second_signal;
+    let _ = server.dir;
+}
+
+#[tokio::test]
+async fn second_signal_forces_exit() {
+    let ca = Ca::new();
+    let server = start(&ca).await;
+    server.first_signal.fire();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.second_signal.fire();
+    let result = tokio::time::timeout(Duration::from_secs(2), server.task)
+        .await
+        .expect("exits")
+        .expect("task");
+    assert!(matches!(result, Err(StartupError::Forced)), "{result:?}");
+}
+
+#[tokio::test]
+async fn startup_errors_name_the_flag() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (cert, key) = ca.leaf(false);
+    let (_, other_key) = ca.leaf(false);
+    let (expired_cert, expired_key) = ca.leaf(true);
+    std::fs::write(d.join("config.yaml"), CONFIG).expect("write");
+    let cases: Vec<(&str, Option<&str>, Option<&str>, &str)> = vec![
+        ("missing cert", None, Some(&key), "--tls-cert"),
+        ("missing key", Some(&cert), None, "--tls-key"),
+        (
+            "key of another cert",
+            Some(&cert),
+            Some(&other_key),
+            "do not belong together",
+        ),
+        (
+            "expired",
+            Some(&expired_cert),
+            Some(&expired_key),
+            "expired",
+        ),
+        (
+            "not a certificate",
+            Some("hello"),
+            Some(&key),
+            "no PEM certificate found",
+        ),
+        ("not a key", Some(&cert), Some("hello"), "--tls-key"),
+    ];
+    for (what, cert, key, want) in cases {
+        let _ = std::fs::remove_file(d.join("tls.crt"));
+        let _ = std::fs::remove_file(d.join("tls.key"));
+        if let Some(cert) = cert {
+            std::fs::write(d.join("tls.crt"), cert).expect("write");
+        }
+        if let Some(key) = key {
+            std::fs::write(d.join("tls.key"), key).expect("write");
+        }
+        let result = serve::run(args(d, free_port(), free_port()), || {
+            std::future::pending::<()>()
+        })
+        .await;
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(want), "{what}: {message:?}");
+    }
+    std::fs::write(d.join("tls.crt"), &cert).expect("write");
+    std::fs::write(d.join("tls.key"), &key).expect("write");
+    std::fs::write(d.join("config.yaml"), "mode: sometimes\n").expect("write");
+    let result = serve::run(args(d, free_port(), free_port()), || {
+        std::future::pending::<()>()
+    })
+    .await;
+    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("--config") && message.contains("mode: 'sometimes'"),
+        "{message}"
+    );
+}
