@@ -303,11 +303,20 @@ mod tests {
     const SHA: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 
     /// (input, host, port, path, tag, digest)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
     #[test]
     fn normalises_like_distribution() {
         let digest_ref = format!("ubuntu@{SHA}");
         let tag_digest = format!("ghcr.io/acme/api:1.2@{SHA}");
-        let cases: Vec<(&str, &str, Option<&str>, &str, Option<&str>, Option<&str>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("nginx", "docker.io", None, "library/nginx", None, None),
             (
                 "nginx:1.25",

@@ -1,0 +1,236 @@
+//! The binary itself: `check-config`, `explain`, and `serve` answering a real SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn check_config_exits_0_for_valid_and_1_with_every_error() {
+    let ok = bin()
+        .args(["check-config", "--config", &repo("examples/config.yaml")])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "mode: x\nrules:\n  - registry: ok.io\n    secrets: [a]\n  - registry: ghcr.io\n  - registry: '*.io:x'\n    secrets: [b]\n").expect("write");
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for line in [
+        "mode: 'x' is not one of: enforce, audit",
+        "rules[1].secrets: is required",
+        "rules[2].registry: '*.io:x' is not a valid registry pattern",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in {stderr}");
+    }
+    // The env var works like the flag.
+    let out = bin()
+        .arg("check-config")
+        .env("PULLSECRET_INJECTOR_CONFIG", &bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = bin()
+        .args(["check-config", "--config", "/nonexistent.yaml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
+}
+
+#[test]
+fn explain_reads_files_and_stdin_in_text_and_json() {
+    let out = bin()
+        .args([
+            "explain",
+            "--config",
+            &repo("examples/config.yaml"),
+            "-f",
+            &repo("examples/workloads.yaml"),
+        ])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Pod team-a/web",
+        "rule ghcr.io/acme (config rules[2]) -> secrets ghcr-acme; imagePullPolicy -> Always",
+        "imagePullSecrets: adds ghcr-acme, dockerhub",
+        "Deployment team-b/api (pod template)",
+        "registry ghcr.io, repository acme-evil/report: no rule matches",
+        "left alone: namespace excluded by configuration",
+        "left alone: Pod labelled pullsecret-injector/inject=disabled",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+
+    let mut child = bin()
+        .args([
+            "explain",
+            "--config",
+            &repo("examples/config.yaml"),
+            "-f",
+            "-",
+            "-o",
+            "json",
+            "-n",
+            "team-z",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"nginx"}]}}"#;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(pod.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("waits");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    assert_eq!(json[0]["namespace"], "team-z");
+    assert_eq!(json[0]["add"], serde_json::json!(["dockerhub"]));
+    assert_eq!(
+        json[0]["patch"],
+        serde_json::json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "dockerhub"}]}])
+    );
+
+    let out = bin()
+        .args([
+            "explain",
+            "--config",
+            &repo("examples/config.yaml"),
+            "-f",
+            &repo("Cargo.toml"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a file that is not YAML is an error"
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+#[test]
+fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).expect("write");
+    std::fs::write(dir.path().join("tls.key"), cert.key_pair.serialize_pem()).expect("write");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--standalone",
+            "--log-format",
+            "json",
+            "--shutdown-delay",
+            "1s",
+            "--drain-timeout",
+            "2s",
+        ])
+        .args(["--config", &repo("examples/config.yaml")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-listen",
+            &admin,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&admin, "/readyz") != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        http_get(&admin, "/readyz"),
+        Some(503),
+        "not ready during the shutdown delay"
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    assert!(
+        logs.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "json logs: {logs}"
+    );
+    assert!(logs.contains("drained; exiting"), "{logs}");
+}
