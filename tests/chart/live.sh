@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Installs the chart into a real kube-apiserver (no kubelet: Pods are stored, never run) and
+# checks what only a server can: the objects are accepted (webhook configuration, RBAC,
+# policy/v1beta1 PDB on 1.20), the service account gets exactly the access each feature
+# needs (kubectl auth can-i), helm upgrade keeps the generated CA, helm uninstall removes
+# the cluster-scoped objects.
+# Needs a kube-apiserver binary (KUBE_APISERVER, default /var/cache/e2e-k8s/kube-apiserver,
+# as built by the e2e setup) and etcd on PATH; exits 0 with a NOTE when they are missing.
+# Called by run.sh; standalone: tests/chart/live.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+# shellcheck source=tests/chart/tools.sh
+source tests/chart/tools.sh
+tools_install --no-checkov
+
+APISERVER=${KUBE_APISERVER:-/var/cache/e2e-k8s/kube-apiserver}
+if [ ! -x "$APISERVER" ] || ! command -v etcd >/dev/null; then
+  echo "NOTE live API server checks skipped: no kube-apiserver at $APISERVER or no etcd on PATH"
+  exit 0
+fi
+ETCD_PORT=${LIVE_ETCD_PORT:-23797} ETCD_PEER_PORT=${LIVE_ETCD_PEER_PORT:-23807} API_PORT=${LIVE_API_PORT:-16447}
+CHART=charts/pullsecret-injector
+KUBECTL="$TOOLS/bin/kubectl"
+DIR=$(mktemp -d)
+etcd_pid='' api_pid=''
+cleanup() {
+  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null || true
+  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+passes=0 fails=0
+pass() { echo "PASS $*"; passes=$((passes + 1)); }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+cd "$DIR"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=live-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout api.key -out api.csr -subj /CN=kube-apiserver 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+openssl x509 -req -in api.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out api.crt -days 2 -extfile san.ext 2>/dev/null
+openssl genrsa -out sa.key 2048 2>/dev/null
+openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+token=$(openssl rand -hex 16)
+printf '%s,admin,admin,system:masters\n' "$token" >tokens.csv
+etcd --data-dir etcd-data --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" >etcd.log 2>&1 </dev/null &
+etcd_pid=$!
+"$APISERVER" --etcd-servers="http://127.0.0.1:$ETCD_PORT" --bind-address=127.0.0.1 --secure-port="$API_PORT" \
+  --tls-cert-file=api.crt --tls-private-key-file=api.key --client-ca-file=ca.crt \
+  --token-auth-file=tokens.csv --authorization-mode=RBAC \
+  --service-account-key-file=sa.pub --service-account-signing-key-file=sa.key \
+  --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
+  --service-cluster-ip-range=10.96.0.0/16 --advertise-address=127.0.0.1 \
+  --enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,NamespaceLifecycle \
+  --disable-admission-plugins=ServiceAccount >apiserver.log 2>&1 </dev/null &
+api_pid=$!
+cat >kubeconfig <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: live, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$DIR/ca.crt"}}]
+users: [{name: admin, user: {token: $token}}]
+contexts: [{name: live, context: {cluster: live, user: admin}}]
+current-context: live
+KC
+export KUBECONFIG=$DIR/kubeconfig
+cd "$ROOT"
+for _ in $(seq 1 120); do
+  "$KUBECTL" get --raw /readyz >/dev/null 2>&1 && break
+  sleep 0.5
+done
+if ! "$KUBECTL" get --raw /readyz >/dev/null 2>&1; then
+  fail "kube-apiserver did not become ready"; tail -n 20 "$DIR/apiserver.log"; exit 1
+fi
+server=$("$KUBECTL" version -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
+echo "--- live checks against kube-apiserver $server"
+k() { "$KUBECTL" "$@" 2>/dev/null; }
+
+# can NS VERB RESOURCE [-n NS | -A] -> yes/no for the release's service account
+can() {
+  local sa=$1; shift
+  k auth can-i --as "system:serviceaccount:$sa" "$@" || true
+}
+expect_can() {
+  local case=$1 sa=$2 want=$3; shift 3
+  local got; got=$(can "$sa" "$@")
+  if [ "$got" = "$want" ]; then pass "$case: can-i $* = $want"; else fail "$case: can-i $* = $got, want $want"; fi
+}
+
+# case values-file: install into namespace = case; checks per case below.
+for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery monitoring-netpol; do
+  ns=live-$case
+  values=$CHART/ci/$case-values.yaml
+  if ! "$HELM" install "$case" "$CHART" -n "$ns" --create-namespace -f "$values" \
+      --set metrics.serviceMonitor.enabled=false --wait=false >"$DIR/install.out" 2>&1; then
+    fail "$case: helm install on $server"; sed 's/^/       /' "$DIR/install.out" | head -n 20; continue
+  fi
+  pass "$case: helm install on $server accepted every object"
+  name=$(k get deploy -n "$ns" -o jsonpath='{.items[0].metadata.name}')
+  sa="$ns:$name"
+  read -r sync disc aware standalone < <("$PY" - "$CHART/values.yaml" "$values" <<'PY'
+import sys, yaml
+def merge(a, b):
+    out = dict(a)
+    for k, x in (b or {}).items():
+        out[k] = merge(out[k], x) if isinstance(x, dict) and isinstance(out.get(k), dict) else x
+    return out
+v = merge(yaml.safe_load(open(sys.argv[1])), yaml.safe_load(open(sys.argv[2])))
+c = v["config"]
+print(*(int(bool(x)) for x in (c["sync"], c["discovery"], c["secretAwareness"], v["standalone"])))
+PY
+)
+  # Never: pods, configmaps, webhook configurations, RBAC.
+  expect_can "$case" "$sa" no create pods -n default
+  expect_can "$case" "$sa" no patch mutatingwebhookconfigurations
+  expect_can "$case" "$sa" no create rolebindings -n "$ns"
+  if [ "$standalone" = 1 ]; then
+    expect_can "$case" "$sa" no list namespaces
+    expect_can "$case" "$sa" no get secrets -n "$ns"
+    continue
+  fi
+  expect_can "$case" "$sa" yes watch namespaces
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" list secrets -A
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n default
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" delete secrets -n default
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" get secrets -n default
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" watch secrets -n "$ns"
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] && echo yes || echo no)" get secrets -n "$ns"
+  # RBAC is additive: the sync ClusterRole also covers the release namespace.
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n "$ns"
+done
+
+# Upgrade keeps the Helm-generated CA (lookup), and with it the Pods (checksum/tls).
+ca() { k get mutatingwebhookconfiguration defaults-pullsecret-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | sha256sum; }
+sum() { k get deploy -n live-defaults defaults-pullsecret-injector -o jsonpath='{.spec.template.metadata.annotations.checksum/tls}'; }
+ca1=$(ca) sum1=$(sum)
+if "$HELM" upgrade defaults "$CHART" -n live-defaults --set logLevel=debug >"$DIR/upgrade.out" 2>&1 \
+   && [ "$(ca)" = "$ca1" ] && [ "$(sum)" = "$sum1" ] && [ -n "$sum1" ]; then
+  pass "defaults: helm upgrade reuses the generated CA and serving certificate"
+else
+  fail "defaults: helm upgrade changed the CA or the TLS checksum"; cat "$DIR/upgrade.out"
+fi
+
+# Pods in a selected namespace are still created while no webhook Pod runs (failurePolicy Ignore).
+k create namespace team-a >/dev/null && k label namespace team-a pullsecret-injector/inject=enabled >/dev/null
+if k run probe -n team-a --image=docker.io/library/busybox:1.36 --restart=Never >/dev/null; then
+  pass "failurePolicy=Ignore: a Pod is admitted while the webhook is unreachable"
+else
+  fail "a Pod was refused while the webhook is unreachable (failurePolicy Ignore)"
+fi
+
+# Uninstall removes the cluster-scoped objects.
+"$HELM" uninstall defaults -n live-defaults --debug >"$DIR/uninstall.out" 2>&1 || true
+order=$(grep -o 'starting delete resource.*kind=[A-Za-z]*' "$DIR/uninstall.out" | sed 's/.*kind=//' | tr '\n' ' ')
+if [ "${order%% *}" = MutatingWebhookConfiguration ]; then
+  pass "defaults: helm uninstall deletes the MutatingWebhookConfiguration first ($order)"
+else
+  fail "defaults: helm uninstall order: $order"
+fi
+if ! k get mutatingwebhookconfiguration defaults-pullsecret-injector >/dev/null && ! k get clusterrole defaults-pullsecret-injector >/dev/null; then
+  pass "defaults: helm uninstall removes the MutatingWebhookConfiguration and ClusterRole"
+else
+  fail "defaults: helm uninstall left cluster-scoped objects behind"
+fi
+
+echo "live: $passes passed, $fails failed"
+[ "$fails" -eq 0 ]
