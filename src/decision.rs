@@ -340,13 +340,26 @@ fn scope(pod: &Pod<'_>, ctx: &Context<'_>) -> Result<Mode, SkipReason> {
     if pod_label == Some("disabled") {
         return Err(SkipReason::PodOptedOut);
     }
-    if ctx.own_namespace == Some(ctx.namespace) {
+    let mode = namespace_mode(ctx.config, ctx.own_namespace, ctx.namespace, ctx.namespace_label)?;
+    let audit = mode == Mode::Audit || pod_label == Some("audit") || ctx.endpoint == Endpoint::Audit;
+    Ok(if audit { Mode::Audit } else { Mode::Enforce })
+}
+
+/// Whether a namespace is in scope, and in which mode (before Pod labels and the endpoint).
+/// Secret sync uses the same answer to choose the namespaces that get copies.
+pub fn namespace_mode(
+    config: &Config,
+    own_namespace: Option<&str>,
+    namespace: &str,
+    label: NamespaceLabel,
+) -> Result<Mode, SkipReason> {
+    if own_namespace == Some(namespace) {
         return Err(SkipReason::OwnNamespace);
     }
-    if ctx.config.exclude.iter().any(|n| n == ctx.namespace) {
+    if config.exclude.iter().any(|n| n == namespace) {
         return Err(SkipReason::NamespaceExcluded);
     }
-    let namespace_audit = match (ctx.config.selection, ctx.namespace_label) {
+    let namespace_audit = match (config.selection, label) {
         (_, NamespaceLabel::Disabled) => return Err(SkipReason::NamespaceDisabled),
         (_, NamespaceLabel::Audit) => true,
         (Selection::OptIn, NamespaceLabel::Unlabelled | NamespaceLabel::Other) => {
@@ -354,11 +367,7 @@ fn scope(pod: &Pod<'_>, ctx: &Context<'_>) -> Result<Mode, SkipReason> {
         }
         _ => false,
     };
-    let audit = namespace_audit
-        || pod_label == Some("audit")
-        || ctx.endpoint == Endpoint::Audit
-        || ctx.config.mode == Mode::Audit;
-    Ok(if audit { Mode::Audit } else { Mode::Enforce })
+    Ok(if namespace_audit || config.mode == Mode::Audit { Mode::Audit } else { Mode::Enforce })
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => match run_explain(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -61,8 +61,7 @@ fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,173 @@
+//! Discovery: rules derived from docker config Secrets in the injector's namespace labelled
+//! `pullsecret-injector/source=true`. Each key of the config's `auths` (or, for the legacy
+//! `kubernetes.io/dockercfg` type, of the top-level object) becomes a registry pattern served
+//! by that Secret.
+//!
+//! Pure: a Secret in, rules or a reason out. Credentials are decoded only to read the keys;
+//! no value is ever kept, logged or put in an error message.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::rules::{RegistryPattern, Rule, RuleSource};
+
+pub const SOURCE_LABEL: &str = "pullsecret-injector/source";
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+
+/// Why a source Secret (or one of its keys) was skipped. Never contains credential values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("Secret {secret}: type {kind:?} is not {DOCKER_CONFIG_JSON} or {DOCKER_CFG}")]
+    WrongType { secret: String, kind: String },
+    #[error("Secret {secret}: no {field} key in data")]
+    MissingData { secret: String, field: &'static str },
+    #[error("Secret {secret}: {field} is not base64-encoded JSON")]
+    Unparsable { secret: String, field: &'static str },
+    #[error("Secret {secret}: {field} has no auths object")]
+    NoAuths { secret: String, field: &'static str },
+    #[error("Secret {secret}: key {key:?} is not a registry: {reason}")]
+    BadKey { secret: String, key: String, reason: String },
+}
+
+impl SourceError {
+    /// Stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::WrongType { .. } => "wrong_type",
+            SourceError::MissingData { .. } => "missing_data",
+            SourceError::Unparsable { .. } => "unparsable",
+            SourceError::NoAuths { .. } => "no_auths",
+            SourceError::BadKey { .. } => "bad_key",
+        }
+    }
+}
+
+/// The parts of a Secret discovery reads (taken from the API object as JSON so that one
+/// undecodable Secret cannot stop the watch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSecret {
+    pub name: String,
+    pub kind: String,
+    /// `data` as sent by the API server: base64 strings.
+    pub data: serde_json::Map<String, Value>,
+}
+
+/// Rules from one source Secret. Bad keys are reported and skipped; the others still count.
+pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
+    let name = &secret.name;
+    let field = match secret.kind.as_str() {
+        DOCKER_CONFIG_JSON => ".dockerconfigjson",
+        DOCKER_CFG => ".dockercfg",
+        other => {
+            return (Vec::new(), vec![SourceError::WrongType { secret: name.clone(), kind: other.to_string() }]);
+        }
+    };
+    let Some(encoded) = secret.data.get(field).and_then(Value::as_str) else {
+        return (Vec::new(), vec![SourceError::MissingData { secret: name.clone(), field }]);
+    };
+    let parsed = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    let Some(config) = parsed else {
+        return (Vec::new(), vec![SourceError::Unparsable { secret: name.clone(), field }]);
+    };
+    let auths = if secret.kind == DOCKER_CONFIG_JSON { config.get("auths") } else { Some(&config) };
+    let Some(auths) = auths.and_then(Value::as_object) else {
+        return (Vec::new(), vec![SourceError::NoAuths { secret: name.clone(), field }]);
+    };
+    let mut rules = Vec::with_capacity(auths.len());
+    let mut errors = Vec::new();
+    for key in auths.keys() {
+        match RegistryPattern::from_docker_config_key(key) {
+            Ok(pattern) => rules.push(Rule {
+                pattern,
+                secrets: vec![name.clone()],
+                pull_policy_always: false,
+                source: RuleSource::Discovered { secret: name.clone() },
+            }),
+            Err(e) => errors.push(SourceError::BadKey { secret: name.clone(), key: key.clone(), reason: e.to_string() }),
+        }
+    }
+    (rules, errors)
+}
+
+/// Reads a Secret as JSON; `None` unless it has a name.
+pub fn source_from_json(object: &Value) -> Option<SourceSecret> {
+    let name = object.pointer("/metadata/name")?.as_str()?.to_string();
+    let kind = object.get("type").and_then(Value::as_str).unwrap_or("Opaque").to_string();
+    let data = object.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+    Some(SourceSecret { name, kind, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image;
+    use serde_json::json;
+
+    fn secret(name: &str, kind: &str, field: &str, config: &Value) -> SourceSecret {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(config.to_string());
+        SourceSecret {
+            name: name.into(),
+            kind: kind.into(),
+            data: json!({ field: encoded }).as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn patterns(secret: &SourceSecret) -> Vec<String> {
+        rules_from(secret).0.iter().map(|r| r.pattern.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn keys_become_patterns() {
+        let config = json!({"auths": {
+            "https://index.docker.io/v1/": {"auth": "dTpw"},
+            "ghcr.io": {"username": "u", "password": "p"},
+            "registry.local:5000": {},
+        }});
+        let s = secret("regcred", DOCKER_CONFIG_JSON, ".dockerconfigjson", &config);
+        let (rules, errors) = rules_from(&s);
+        assert!(errors.is_empty(), "{errors:?}");
+        let nginx = image::parse("nginx").expect("valid");
+        assert!(rules.iter().any(|r| r.pattern.matches(&nginx)), "the Docker Hub key serves nginx");
+        assert_eq!(rules.len(), 3);
+        assert!(rules.iter().all(|r| r.secrets == ["regcred"]));
+    }
+
+    #[test]
+    fn legacy_dockercfg_has_no_auths_wrapper() {
+        let s = secret("old", DOCKER_CFG, ".dockercfg", &json!({"quay.io": {"auth": "x"}}));
+        assert_eq!(patterns(&s), ["quay.io"]);
+    }
+
+    #[test]
+    fn broken_sources_are_reported_by_name_without_values() {
+        let good_and_bad = secret(
+            "mixed",
+            DOCKER_CONFIG_JSON,
+            ".dockerconfigjson",
+            &json!({"auths": {"ghcr.io": {}, "not a registry!": {"password": "hunter2"}}}),
+        );
+        let (rules, errors) = rules_from(&good_and_bad);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(errors.len(), 1);
+        let message = errors[0].to_string();
+        assert!(message.contains("mixed") && message.contains("not a registry!"), "{message}");
+        assert!(!message.contains("hunter2"));
+
+        let opaque = SourceSecret { name: "o".into(), kind: "Opaque".into(), data: Default::default() };
+        assert_eq!(rules_from(&opaque).1[0].kind(), "wrong_type");
+        let missing = SourceSecret { name: "m".into(), kind: DOCKER_CONFIG_JSON.into(), data: Default::default() };
+        assert_eq!(rules_from(&missing).1[0].kind(), "missing_data");
+        let garbage = SourceSecret {
+            name: "g".into(),
+            kind: DOCKER_CONFIG_JSON.into(),
+            data: json!({".dockerconfigjson": "!!!"}).as_object().cloned().unwrap_or_default(),
+        };
+        assert_eq!(rules_from(&garbage).1[0].kind(), "unparsable");
+        let no_auths = secret("n", DOCKER_CONFIG_JSON, ".dockerconfigjson", &json!({"credsStore": "x"}));
+        assert_eq!(rules_from(&no_auths).1[0].kind(), "no_auths");
+    }
+}
