@@ -155,15 +155,15 @@ pub enum AuditFormat {
 pub struct AuditArgs {
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
-    /// Only this namespace.
+    /// Only Pods in this namespace (default: the kubeconfig context's namespace).
     #[arg(
         short = 'n',
-        long = "audit-namespace",
+        long,
         conflicts_with = "all_namespaces",
         env = "PULLSECRET_INJECTOR_AUDIT_NAMESPACE"
     )]
-    pub audit_namespace: Option<String>,
-    /// Every namespace.
+    pub namespace: Option<String>,
+    /// Pods in every namespace.
     #[arg(short = 'A', long, env = "PULLSECRET_INJECTOR_ALL_NAMESPACES")]
     pub all_namespaces: bool,
     #[arg(
@@ -174,8 +174,12 @@ pub struct AuditArgs {
         env = "PULLSECRET_INJECTOR_OUTPUT"
     )]
     pub output: AuditFormat,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
+    /// Kubeconfig file; otherwise in-cluster config or $KUBECONFIG.
+    #[arg(long, env = "PULLSECRET_INJECTOR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The injector's namespace, where discovery reads source Secrets (default $POD_NAMESPACE).
+    #[arg(long, env = "PULLSECRET_INJECTOR_INJECTOR_NAMESPACE")]
+    pub injector_namespace: Option<String>,
 }
 
 /// `5`, `5s`, `500ms` or `1m`.

@@ -340,8 +340,14 @@ fn scope(pod: &Pod<'_>, ctx: &Context<'_>) -> Result<Mode, SkipReason> {
     if pod_label == Some("disabled") {
         return Err(SkipReason::PodOptedOut);
     }
-    let mode = namespace_mode(ctx.config, ctx.own_namespace, ctx.namespace, ctx.namespace_label)?;
-    let audit = mode == Mode::Audit || pod_label == Some("audit") || ctx.endpoint == Endpoint::Audit;
+    let mode = namespace_mode(
+        ctx.config,
+        ctx.own_namespace,
+        ctx.namespace,
+        ctx.namespace_label,
+    )?;
+    let audit =
+        mode == Mode::Audit || pod_label == Some("audit") || ctx.endpoint == Endpoint::Audit;
     Ok(if audit { Mode::Audit } else { Mode::Enforce })
 }
 
@@ -367,7 +373,11 @@ pub fn namespace_mode(
         }
         _ => false,
     };
-    Ok(if namespace_audit || config.mode == Mode::Audit { Mode::Audit } else { Mode::Enforce })
+    Ok(if namespace_audit || config.mode == Mode::Audit {
+        Mode::Audit
+    } else {
+        Mode::Enforce
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@ pub enum SourceError {
     #[error("Secret {secret}: {field} has no auths object")]
     NoAuths { secret: String, field: &'static str },
     #[error("Secret {secret}: key {key:?} is not a registry: {reason}")]
-    BadKey { secret: String, key: String, reason: String },
+    BadKey {
+        secret: String,
+        key: String,
+        reason: String,
+    },
 }
 
 impl SourceError {
@@ -60,22 +64,50 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
         DOCKER_CONFIG_JSON => ".dockerconfigjson",
         DOCKER_CFG => ".dockercfg",
         other => {
-            return (Vec::new(), vec![SourceError::WrongType { secret: name.clone(), kind: other.to_string() }]);
+            return (
+                Vec::new(),
+                vec![SourceError::WrongType {
+                    secret: name.clone(),
+                    kind: other.to_string(),
+                }],
+            );
         }
     };
     let Some(encoded) = secret.data.get(field).and_then(Value::as_str) else {
-        return (Vec::new(), vec![SourceError::MissingData { secret: name.clone(), field }]);
+        return (
+            Vec::new(),
+            vec![SourceError::MissingData {
+                secret: name.clone(),
+                field,
+            }],
+        );
     };
     let parsed = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     let Some(config) = parsed else {
-        return (Vec::new(), vec![SourceError::Unparsable { secret: name.clone(), field }]);
+        return (
+            Vec::new(),
+            vec![SourceError::Unparsable {
+                secret: name.clone(),
+                field,
+            }],
+        );
     };
-    let auths = if secret.kind == DOCKER_CONFIG_JSON { config.get("auths") } else { Some(&config) };
+    let auths = if secret.kind == DOCKER_CONFIG_JSON {
+        config.get("auths")
+    } else {
+        Some(&config)
+    };
     let Some(auths) = auths.and_then(Value::as_object) else {
-        return (Vec::new(), vec![SourceError::NoAuths { secret: name.clone(), field }]);
+        return (
+            Vec::new(),
+            vec![SourceError::NoAuths {
+                secret: name.clone(),
+                field,
+            }],
+        );
     };
     let mut rules = Vec::with_capacity(auths.len());
     let mut errors = Vec::new();
@@ -85,9 +117,15 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
                 pattern,
                 secrets: vec![name.clone()],
                 pull_policy_always: false,
-                source: RuleSource::Discovered { secret: name.clone() },
+                source: RuleSource::Discovered {
+                    secret: name.clone(),
+                },
             }),
-            Err(e) => errors.push(SourceError::BadKey { secret: name.clone(), key: key.clone(), reason: e.to_string() }),
+            Err(e) => errors.push(SourceError::BadKey {
+                secret: name.clone(),
+                key: key.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
     (rules, errors)
@@ -96,8 +134,16 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
 /// Reads a Secret as JSON; `None` unless it has a name.
 pub fn source_from_json(object: &Value) -> Option<SourceSecret> {
     let name = object.pointer("/metadata/name")?.as_str()?.to_string();
-    let kind = object.get("type").and_then(Value::as_str).unwrap_or("Opaque").to_string();
-    let data = object.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("Opaque")
+        .to_string();
+    let data = object
+        .get("data")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     Some(SourceSecret { name, kind, data })
 }
 
@@ -112,12 +158,19 @@ mod tests {
         SourceSecret {
             name: name.into(),
             kind: kind.into(),
-            data: json!({ field: encoded }).as_object().cloned().unwrap_or_default(),
+            data: json!({ field: encoded })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
     fn patterns(secret: &SourceSecret) -> Vec<String> {
-        rules_from(secret).0.iter().map(|r| r.pattern.as_str().to_string()).collect()
+        rules_from(secret)
+            .0
+            .iter()
+            .map(|r| r.pattern.as_str().to_string())
+            .collect()
     }
 
     #[test]
@@ -131,14 +184,22 @@ mod tests {
         let (rules, errors) = rules_from(&s);
         assert!(errors.is_empty(), "{errors:?}");
         let nginx = image::parse("nginx").expect("valid");
-        assert!(rules.iter().any(|r| r.pattern.matches(&nginx)), "the Docker Hub key serves nginx");
+        assert!(
+            rules.iter().any(|r| r.pattern.matches(&nginx)),
+            "the Docker Hub key serves nginx"
+        );
         assert_eq!(rules.len(), 3);
         assert!(rules.iter().all(|r| r.secrets == ["regcred"]));
     }
 
     #[test]
     fn legacy_dockercfg_has_no_auths_wrapper() {
-        let s = secret("old", DOCKER_CFG, ".dockercfg", &json!({"quay.io": {"auth": "x"}}));
+        let s = secret(
+            "old",
+            DOCKER_CFG,
+            ".dockercfg",
+            &json!({"quay.io": {"auth": "x"}}),
+        );
         assert_eq!(patterns(&s), ["quay.io"]);
     }
 
@@ -154,20 +215,39 @@ mod tests {
         assert_eq!(rules.len(), 1);
         assert_eq!(errors.len(), 1);
         let message = errors[0].to_string();
-        assert!(message.contains("mixed") && message.contains("not a registry!"), "{message}");
+        assert!(
+            message.contains("mixed") && message.contains("not a registry!"),
+            "{message}"
+        );
         assert!(!message.contains("hunter2"));
 
-        let opaque = SourceSecret { name: "o".into(), kind: "Opaque".into(), data: Default::default() };
+        let opaque = SourceSecret {
+            name: "o".into(),
+            kind: "Opaque".into(),
+            data: Default::default(),
+        };
         assert_eq!(rules_from(&opaque).1[0].kind(), "wrong_type");
-        let missing = SourceSecret { name: "m".into(), kind: DOCKER_CONFIG_JSON.into(), data: Default::default() };
+        let missing = SourceSecret {
+            name: "m".into(),
+            kind: DOCKER_CONFIG_JSON.into(),
+            data: Default::default(),
+        };
         assert_eq!(rules_from(&missing).1[0].kind(), "missing_data");
         let garbage = SourceSecret {
             name: "g".into(),
             kind: DOCKER_CONFIG_JSON.into(),
-            data: json!({".dockerconfigjson": "!!!"}).as_object().cloned().unwrap_or_default(),
+            data: json!({".dockerconfigjson": "!!!"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         };
         assert_eq!(rules_from(&garbage).1[0].kind(), "unparsable");
-        let no_auths = secret("n", DOCKER_CONFIG_JSON, ".dockerconfigjson", &json!({"credsStore": "x"}));
+        let no_auths = secret(
+            "n",
+            DOCKER_CONFIG_JSON,
+            ".dockerconfigjson",
+            &json!({"credsStore": "x"}),
+        );
         assert_eq!(rules_from(&no_auths).1[0].kind(), "no_auths");
     }
 }

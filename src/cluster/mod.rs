@@ -45,8 +45,13 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("--kubeconfig {}: {source}", path.display())]
-    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
-    #[error("cannot find Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config): {0}; use --kubeconfig, or --standalone to run without the API")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "cannot find Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config): {0}; use --kubeconfig, or --standalone to run without the API"
+    )]
     Infer(#[from] kube::config::InferConfigError),
     #[error("cannot build the Kubernetes client: {0}")]
     Client(#[from] kube::Error),
@@ -58,11 +63,21 @@ pub enum ClusterError {
 pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
     let mut config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|source| ClusterError::Kubeconfig { path: path.clone(), source })?
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|source| ClusterError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?
         }
         None => kube::Config::infer().await?,
     };
@@ -121,26 +136,44 @@ pub async fn start(
     let changed = Arc::new(Notify::new());
 
     let (namespaces, writer) = reflector::store();
-    let stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|ns| {
-            ns.metadata.managed_fields = None;
-            ns.metadata.annotations = None;
-        });
-    spawn_watch("namespaces", reflector::reflector(writer, stream), &metrics, &changed, &stop);
+    let stream = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|ns| {
+        ns.metadata.managed_fields = None;
+        ns.metadata.annotations = None;
+    });
+    spawn_watch(
+        "namespaces",
+        reflector::reflector(writer, stream),
+        &metrics,
+        &changed,
+        &stop,
+    );
 
     let secrets_ready = Arc::new(AtomicBool::new(false));
     let secrets = if config.secret_awareness || config.sync {
         let (store, writer) = reflector::store();
-        let stream = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(|secret| {
-                secret.metadata.managed_fields = None;
-                if let Some(annotations) = secret.metadata.annotations.as_mut() {
-                    annotations.remove(LAST_APPLIED);
-                }
-            });
-        spawn_watch("secrets", reflector::reflector(writer, stream), &metrics, &changed, &stop);
+        let stream = watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|secret| {
+            secret.metadata.managed_fields = None;
+            if let Some(annotations) = secret.metadata.annotations.as_mut() {
+                annotations.remove(LAST_APPLIED);
+            }
+        });
+        spawn_watch(
+            "secrets",
+            reflector::reflector(writer, stream),
+            &metrics,
+            &changed,
+            &stop,
+        );
         Some(store)
     } else {
         None
@@ -165,8 +198,12 @@ pub async fn start(
 
     // Ready once every cache has its first full list.
     {
-        let (namespaces, secrets, secrets_ready, readiness) =
-            (namespaces.clone(), secrets.clone(), secrets_ready.clone(), readiness.clone());
+        let (namespaces, secrets, secrets_ready, readiness) = (
+            namespaces.clone(),
+            secrets.clone(),
+            secrets_ready.clone(),
+            readiness.clone(),
+        );
         tokio::spawn(async move {
             let _ = namespaces.wait_until_ready().await;
             if let Some(secrets) = &secrets {
@@ -196,12 +233,21 @@ pub async fn start(
         };
         tokio::spawn(sync_loop.run(changed, stop));
     }
-    Ok(Arc::new(ClusterCache { namespaces, secrets, secrets_ready }))
+    Ok(Arc::new(ClusterCache {
+        namespaces,
+        secrets,
+        secrets_ready,
+    }))
 }
 
 /// Drives a reflector stream: counts errors (the watcher retries with backoff) and wakes sync.
-fn spawn_watch<S, K>(kind: &'static str, stream: S, metrics: &Arc<Metrics>, changed: &Arc<Notify>, stop: &Trigger)
-where
+fn spawn_watch<S, K>(
+    kind: &'static str,
+    stream: S,
+    metrics: &Arc<Metrics>,
+    changed: &Arc<Notify>,
+    stop: &Trigger,
+) where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
@@ -240,7 +286,9 @@ async fn watch_sources_task(
 ) {
     let resource = ApiResource::erase::<Secret>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client, &own_namespace, &resource);
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut objects: BTreeMap<String, DynamicObject> = BTreeMap::new();
     let mut pending: Option<BTreeMap<String, DynamicObject>> = None;
     let stopped = stop.wait();
@@ -256,7 +304,12 @@ async fn watch_sources_task(
         let name_of = |o: &DynamicObject| o.metadata.name.clone().unwrap_or_default();
         match event {
             Err(e) => {
-                metrics.watch_errors.get_or_create(&KindLabels { kind: "source_secrets" }).inc();
+                metrics
+                    .watch_errors
+                    .get_or_create(&KindLabels {
+                        kind: "source_secrets",
+                    })
+                    .inc();
                 tracing::warn!(error = %e, "source Secret watch error; retrying with backoff");
                 continue;
             }
@@ -299,19 +352,44 @@ fn read_sources(
     let mut sources = BTreeMap::new();
     let mut rules = Vec::new();
     for (name, object) in objects {
-        let kind = object.data.get("type").and_then(|v| v.as_str()).unwrap_or("Opaque").to_string();
-        let data = object.data.get("data").and_then(|v| v.as_object()).cloned().unwrap_or_default();
+        let kind = object
+            .data
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("Opaque")
+            .to_string();
+        let data = object
+            .data
+            .get("data")
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default();
         if discovery && label(&object.metadata, discovery::SOURCE_LABEL) == Some("true") {
-            let secret = discovery::SourceSecret { name: name.clone(), kind: kind.clone(), data: data.clone() };
+            let secret = discovery::SourceSecret {
+                name: name.clone(),
+                kind: kind.clone(),
+                data: data.clone(),
+            };
             let (found, errors) = discovery::rules_from(&secret);
             for error in errors {
-                metrics.source_secret_errors.get_or_create(&KindLabels { kind: error.kind() }).inc();
+                metrics
+                    .source_secret_errors
+                    .get_or_create(&KindLabels { kind: error.kind() })
+                    .inc();
                 tracing::warn!(error = %error, "source Secret skipped");
             }
             rules.extend(found);
         }
         let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
-        sources.insert(name.clone(), sync::Source { name: name.clone(), resource_version, kind, data });
+        sources.insert(
+            name.clone(),
+            sync::Source {
+                name: name.clone(),
+                resource_version,
+                kind,
+                data,
+            },
+        );
     }
     (sources, rules)
 }
@@ -358,11 +436,23 @@ impl SyncLoop {
             .filter(|ns| ns.metadata.deletion_timestamp.is_none())
             .filter_map(|ns| {
                 let name = ns.metadata.name.clone()?;
-                Some((name, NamespaceLabel::from_value(label(&ns.metadata, INJECT_LABEL))))
+                Some((
+                    name,
+                    NamespaceLabel::from_value(label(&ns.metadata, INJECT_LABEL)),
+                ))
             })
             .collect();
-        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let names: HashSet<&str> = policy.rules.rules().iter().flat_map(|r| r.secrets.iter().map(String::as_str)).collect();
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let names: HashSet<&str> = policy
+            .rules
+            .rules()
+            .iter()
+            .flat_map(|r| r.secrets.iter().map(String::as_str))
+            .collect();
         let existing: Vec<sync::Existing> = self
             .secrets
             .state()
@@ -371,12 +461,22 @@ impl SyncLoop {
                 let meta = &s.metadata;
                 let (namespace, name) = (meta.namespace.clone()?, meta.name.clone()?);
                 let managed = label(meta, sync::MANAGED_BY_LABEL) == Some(sync::MANAGED_BY);
-                let managed_source = annotation(meta, sync::SOURCE_ANNOTATION).filter(|_| managed).map(String::from);
-                if namespace == self.own_namespace || (managed_source.is_none() && !names.contains(name.as_str())) {
+                let managed_source = annotation(meta, sync::SOURCE_ANNOTATION)
+                    .filter(|_| managed)
+                    .map(String::from);
+                if namespace == self.own_namespace
+                    || (managed_source.is_none() && !names.contains(name.as_str()))
+                {
                     return None;
                 }
-                let source_version = annotation(meta, sync::SOURCE_VERSION_ANNOTATION).map(String::from);
-                Some(sync::Existing { namespace, name, managed_source, source_version })
+                let source_version =
+                    annotation(meta, sync::SOURCE_VERSION_ANNOTATION).map(String::from);
+                Some(sync::Existing {
+                    namespace,
+                    name,
+                    managed_source,
+                    source_version,
+                })
             })
             .collect();
         let actions = sync::plan(&sync::Inputs {
@@ -388,13 +488,28 @@ impl SyncLoop {
             existing: &existing,
         });
         let before = self.reported.len();
-        let applied = sync::apply(&self.client, &self.own_namespace, &sources, &actions, &mut self.reported).await;
-        self.metrics.sync_conflicts.inc_by((self.reported.len() - before) as u64);
+        let applied = sync::apply(
+            &self.client,
+            &self.own_namespace,
+            &sources,
+            &actions,
+            &mut self.reported,
+        )
+        .await;
+        self.metrics
+            .sync_conflicts
+            .inc_by((self.reported.len() - before) as u64);
         if applied.written > 0 {
-            self.metrics.secrets_synced.get_or_create(&KindLabels { kind: "written" }).inc_by(applied.written as u64);
+            self.metrics
+                .secrets_synced
+                .get_or_create(&KindLabels { kind: "written" })
+                .inc_by(applied.written as u64);
         }
         if applied.deleted > 0 {
-            self.metrics.secrets_synced.get_or_create(&KindLabels { kind: "deleted" }).inc_by(applied.deleted as u64);
+            self.metrics
+                .secrets_synced
+                .get_or_create(&KindLabels { kind: "deleted" })
+                .inc_by(applied.deleted as u64);
         }
         if applied.failed == 0 {
             self.metrics.mark_synced_now();

@@ -45,11 +45,23 @@ pub struct Existing {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Create { namespace: String, source: String },
-    Update { namespace: String, source: String },
-    Delete { namespace: String, name: String },
+    Create {
+        namespace: String,
+        source: String,
+    },
+    Update {
+        namespace: String,
+        source: String,
+    },
+    Delete {
+        namespace: String,
+        name: String,
+    },
     /// A Secret of that name exists and is not managed by the injector: left alone.
-    Conflict { namespace: String, name: String },
+    Conflict {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Everything [`plan`] reads.
@@ -77,11 +89,16 @@ pub fn plan(inputs: &Inputs<'_>) -> Vec<Action> {
     let targets: BTreeSet<&str> = inputs
         .namespaces
         .iter()
-        .filter(|(name, label)| namespace_mode(inputs.config, Some(own), name, *label) == Ok(Mode::Enforce))
+        .filter(|(name, label)| {
+            namespace_mode(inputs.config, Some(own), name, *label) == Ok(Mode::Enforce)
+        })
         .map(|(name, _)| name.as_str())
         .collect();
-    let existing: BTreeMap<(&str, &str), &Existing> =
-        inputs.existing.iter().map(|e| ((e.namespace.as_str(), e.name.as_str()), e)).collect();
+    let existing: BTreeMap<(&str, &str), &Existing> = inputs
+        .existing
+        .iter()
+        .map(|e| ((e.namespace.as_str(), e.name.as_str()), e))
+        .collect();
 
     let mut actions = Vec::new();
     for namespace in &targets {
@@ -89,22 +106,41 @@ pub fn plan(inputs: &Inputs<'_>) -> Vec<Action> {
             let source = &inputs.sources[*name];
             let ours = format!("{own}/{name}");
             match existing.get(&(*namespace, *name)) {
-                None => actions.push(Action::Create { namespace: namespace.to_string(), source: name.to_string() }),
+                None => actions.push(Action::Create {
+                    namespace: namespace.to_string(),
+                    source: name.to_string(),
+                }),
                 Some(e) if e.managed_source.as_deref() == Some(ours.as_str()) => {
                     if e.source_version.as_deref() != Some(source.resource_version.as_str()) {
-                        actions.push(Action::Update { namespace: namespace.to_string(), source: name.to_string() });
+                        actions.push(Action::Update {
+                            namespace: namespace.to_string(),
+                            source: name.to_string(),
+                        });
                     }
                 }
-                Some(_) => actions.push(Action::Conflict { namespace: namespace.to_string(), name: name.to_string() }),
+                Some(_) => actions.push(Action::Conflict {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }),
             }
         }
     }
     let prefix = format!("{own}/");
     for e in inputs.existing {
-        let Some(source) = e.managed_source.as_deref().and_then(|s| s.strip_prefix(&prefix)) else { continue };
-        let still_wanted = targets.contains(e.namespace.as_str()) && wanted.contains(source) && source == e.name;
+        let Some(source) = e
+            .managed_source
+            .as_deref()
+            .and_then(|s| s.strip_prefix(&prefix))
+        else {
+            continue;
+        };
+        let still_wanted =
+            targets.contains(e.namespace.as_str()) && wanted.contains(source) && source == e.name;
         if !still_wanted && e.namespace != own {
-            actions.push(Action::Delete { namespace: e.namespace.clone(), name: e.name.clone() });
+            actions.push(Action::Delete {
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+            });
         }
     }
     actions
@@ -151,7 +187,9 @@ pub async fn apply(
     for action in actions {
         let outcome: Result<(), kube::Error> = match action {
             Action::Create { namespace, source } | Action::Update { namespace, source } => {
-                let Some(source) = sources.get(source) else { continue };
+                let Some(source) = sources.get(source) else {
+                    continue;
+                };
                 let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
                 match serde_json::from_value::<Secret>(copy_of(source, own_namespace, namespace)) {
                     Err(e) => {
@@ -167,7 +205,10 @@ pub async fn apply(
                             other => other.map(|_| ()),
                         }
                     }
-                    Ok(copy) => api.replace(&source.name, &PostParams::default(), &copy).await.map(|_| ()),
+                    Ok(copy) => api
+                        .replace(&source.name, &PostParams::default(), &copy)
+                        .await
+                        .map(|_| ()),
                 }
             }
             Action::Delete { namespace, name } => {
@@ -190,19 +231,17 @@ pub async fn apply(
             }
         };
         match outcome {
-            Ok(()) => {
-                match action {
-                    Action::Delete { namespace, name } => {
-                        tracing::info!(namespace = %namespace, secret = %name, "removed Secret copy");
-                        result.deleted += 1;
-                    }
-                    Action::Create { namespace, source } | Action::Update { namespace, source } => {
-                        tracing::info!(namespace = %namespace, secret = %source, "wrote Secret copy");
-                        result.written += 1;
-                    }
-                    Action::Conflict { .. } => {}
+            Ok(()) => match action {
+                Action::Delete { namespace, name } => {
+                    tracing::info!(namespace = %namespace, secret = %name, "removed Secret copy");
+                    result.deleted += 1;
                 }
-            }
+                Action::Create { namespace, source } | Action::Update { namespace, source } => {
+                    tracing::info!(namespace = %namespace, secret = %source, "wrote Secret copy");
+                    result.written += 1;
+                }
+                Action::Conflict { .. } => {}
+            },
             Err(e) => {
                 tracing::warn!(action = ?action, error = %e, "sync action failed; will retry");
                 result.failed += 1;
@@ -230,11 +269,21 @@ mod tests {
     fn source(name: &str, rv: &str) -> (String, Source) {
         (
             name.to_string(),
-            Source { name: name.into(), resource_version: rv.into(), kind: "kubernetes.io/dockerconfigjson".into(), data: Default::default() },
+            Source {
+                name: name.into(),
+                resource_version: rv.into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: Default::default(),
+            },
         )
     }
 
-    fn existing(namespace: &str, name: &str, managed: Option<&str>, version: Option<&str>) -> Existing {
+    fn existing(
+        namespace: &str,
+        name: &str,
+        managed: Option<&str>,
+        version: Option<&str>,
+    ) -> Existing {
         Existing {
             namespace: namespace.into(),
             name: name.into(),
@@ -277,11 +326,26 @@ mod tests {
         let mut got = plan(&inputs);
         got.sort_by_key(|a| format!("{a:?}"));
         let mut want = vec![
-            Action::Create { namespace: "new-ns".into(), source: "regcred".into() },
-            Action::Update { namespace: "stale".into(), source: "regcred".into() },
-            Action::Conflict { namespace: "foreign".into(), name: "regcred".into() },
-            Action::Delete { namespace: "left".into(), name: "regcred".into() },
-            Action::Delete { namespace: "current".into(), name: "old-copy".into() },
+            Action::Create {
+                namespace: "new-ns".into(),
+                source: "regcred".into(),
+            },
+            Action::Update {
+                namespace: "stale".into(),
+                source: "regcred".into(),
+            },
+            Action::Conflict {
+                namespace: "foreign".into(),
+                name: "regcred".into(),
+            },
+            Action::Delete {
+                namespace: "left".into(),
+                name: "regcred".into(),
+            },
+            Action::Delete {
+                namespace: "current".into(),
+                name: "old-copy".into(),
+            },
         ];
         want.sort_by_key(|a| format!("{a:?}"));
         assert_eq!(got, want);
@@ -289,7 +353,10 @@ mod tests {
 
     #[test]
     fn all_mode_targets_every_namespace_but_excluded_and_disabled() {
-        let config = Config { selection: Selection::All, ..Config::default() };
+        let config = Config {
+            selection: Selection::All,
+            ..Config::default()
+        };
         let rules = rules(&["regcred"]);
         let sources: BTreeMap<_, _> = [source("regcred", "1")].into();
         let namespaces = vec![
@@ -305,7 +372,13 @@ mod tests {
             sources: &sources,
             existing: &[],
         };
-        assert_eq!(plan(&inputs), [Action::Create { namespace: "a".into(), source: "regcred".into() }]);
+        assert_eq!(
+            plan(&inputs),
+            [Action::Create {
+                namespace: "a".into(),
+                source: "regcred".into()
+            }]
+        );
     }
 
     #[test]
@@ -323,19 +396,35 @@ mod tests {
             sources: &sources,
             existing: &existing,
         };
-        assert_eq!(plan(&inputs), [Action::Delete { namespace: "a".into(), name: "regcred".into() }]);
+        assert_eq!(
+            plan(&inputs),
+            [Action::Delete {
+                namespace: "a".into(),
+                name: "regcred".into()
+            }]
+        );
     }
 
     #[test]
     fn copies_carry_the_marks_and_the_data() {
         let (_, mut s) = source("regcred", "9");
-        s.data.insert(".dockerconfigjson".into(), Value::from("e30="));
+        s.data
+            .insert(".dockerconfigjson".into(), Value::from("e30="));
         let copy = copy_of(&s, "psi", "team-a");
         assert_eq!(copy["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
-        assert_eq!(copy["metadata"]["annotations"][SOURCE_ANNOTATION], "psi/regcred");
-        assert_eq!(copy["metadata"]["annotations"][SOURCE_VERSION_ANNOTATION], "9");
+        assert_eq!(
+            copy["metadata"]["annotations"][SOURCE_ANNOTATION],
+            "psi/regcred"
+        );
+        assert_eq!(
+            copy["metadata"]["annotations"][SOURCE_VERSION_ANNOTATION],
+            "9"
+        );
         assert_eq!(copy["data"][".dockerconfigjson"], "e30=");
         let typed: Secret = serde_json::from_value(copy).expect("a valid Secret");
-        assert_eq!(typed.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(
+            typed.type_.as_deref(),
+            Some("kubernetes.io/dockerconfigjson")
+        );
     }
 }
