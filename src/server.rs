@@ -20,8 +20,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// Time allowed for a client to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for a client to send a request's headers on HTTP/1.1.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a client to send a request's headers on HTTP/1.1. hyper arms this timer
+/// as soon as a connection waits for a request, so it is also the keep-alive idle timeout:
+/// long enough that a busy API server keeps its connections warm, short enough that idle or
+/// stalled clients cannot hold sockets for long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -196,7 +196,10 @@ pub async fn start(
         ));
     }
 
-    // Ready once every cache has its first full list.
+    // Ready once every cache has its first full list. Only this task waits on the stores: a
+    // store's readiness is a oneshot channel that wakes a single waiter; others wait on
+    // `caches_ready`.
+    let (caches_ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     {
         let (namespaces, secrets, secrets_ready, readiness) = (
             namespaces.clone(),
@@ -214,6 +217,7 @@ pub async fn start(
                 let _ = sources_listed.wait_for(|listed| *listed).await;
             }
             readiness.set_caches_synced();
+            caches_ready_tx.send_replace(true);
             tracing::info!("Kubernetes caches synced; ready");
         });
     }
@@ -231,7 +235,7 @@ pub async fn start(
             metrics,
             reported: HashSet::new(),
         };
-        tokio::spawn(sync_loop.run(changed, stop));
+        tokio::spawn(sync_loop.run(caches_ready, changed, stop));
     }
     Ok(Arc::new(ClusterCache {
         namespaces,
@@ -407,11 +411,18 @@ struct SyncLoop {
 }
 
 impl SyncLoop {
-    async fn run(mut self, changed: Arc<Notify>, stop: Trigger) {
+    async fn run(
+        mut self,
+        mut caches_ready: tokio::sync::watch::Receiver<bool>,
+        changed: Arc<Notify>,
+        stop: Trigger,
+    ) {
         let stopped = stop.wait();
         tokio::pin!(stopped);
-        let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.secrets.wait_until_ready().await;
+        tokio::select! {
+            _ = caches_ready.wait_for(|ready| *ready) => {}
+            () = &mut stopped => return,
+        }
         loop {
             self.pass().await;
             tokio::select! {
