@@ -21,16 +21,23 @@ pub const INJECT_LABEL: &str = "pullsecret-injector/inject";
 /// Annotation the kubelet sets on mirror Pods of static Pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// An AdmissionReview whose object is decoded as a Pod.
+/// The AdmissionReview envelope around a request of type `R`.
 #[derive(Debug, Deserialize)]
-pub struct AdmissionReview<'a> {
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
+pub struct Envelope<'a, R> {
     #[serde(borrow, rename = "apiVersion")]
     pub api_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "object_or_null")]
-    pub request: Option<AdmissionRequest<'a>>,
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub request: Option<R>,
 }
+
+/// An AdmissionReview whose object is decoded as a Pod.
+pub type AdmissionReview<'a> = Envelope<'a, AdmissionRequest<'a>>;
+
+/// The envelope alone, for answering reviews whose object is not a Pod we can read.
+pub type LooseReview<'a> = Envelope<'a, LooseRequest<'a>>;
 
 #[derive(Debug, Deserialize)]
 pub struct AdmissionRequest<'a> {
@@ -58,17 +65,6 @@ pub struct GroupVersionKind<'a> {
     pub version: Cow<'a, str>,
     #[serde(borrow, default)]
     pub kind: Cow<'a, str>,
-}
-
-/// The envelope alone, for answering reviews whose object is not a Pod we can read.
-#[derive(Debug, Deserialize)]
-pub struct LooseReview<'a> {
-    #[serde(borrow, rename = "apiVersion")]
-    pub api_version: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "object_or_null")]
-    pub request: Option<LooseRequest<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
