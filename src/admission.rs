@@ -209,7 +209,7 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
                         if !plan.add.is_empty() {
                             response
                                 .audit_annotations
-                                .insert("injected-secrets".into(), names());
+                                .insert(annotation_key("injected-secrets", plan), names());
                         }
                         for secret in &plan.add {
                             let rule = secret.rule.pattern.as_str().to_string();
@@ -218,7 +218,9 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
                                 .get_or_create(&RuleLabels { rule })
                                 .inc();
                         }
-                        tracing::info!(secrets = %names(), "imagePullSecrets injected");
+                        // Per-admission lines are debug: at thousands of Pods a second an info line costs more
+                        // than the decision; metrics and audit annotations carry the counts.
+                        tracing::debug!(secrets = %names(), "imagePullSecrets injected");
                         Outcome::patched
                     }
                     None => Outcome::unchanged,
@@ -227,7 +229,7 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
                     if !plan.add.is_empty() {
                         response
                             .audit_annotations
-                            .insert("would-inject-secrets".into(), names());
+                            .insert(annotation_key("would-inject-secrets", plan), names());
                     }
                     for secret in &plan.add {
                         let rule = secret.rule.pattern.as_str().to_string();
@@ -236,7 +238,7 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
                             .get_or_create(&RuleLabels { rule })
                             .inc();
                     }
-                    tracing::info!(secrets = %names(), "audit: imagePullSecrets would be injected");
+                    tracing::debug!(secrets = %names(), "audit: imagePullSecrets would be injected");
                     Outcome::audited
                 }
                 Mode::Audit => Outcome::unchanged,
@@ -248,6 +250,16 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
         status: StatusCode::OK,
         body: review::encode_response(api_version, &response),
         outcome,
+    }
+}
+
+/// Audit annotation key for this round. The API server refuses to overwrite an annotation
+/// set in an earlier round of the same request (reinvocation), so a round that finds the Pod
+/// already listing N pull secrets writes `<base>-after-N` instead of `<base>`.
+fn annotation_key(base: &str, plan: &crate::decision::Plan<'_>) -> String {
+    match plan.existing_pull_secrets {
+        0 => base.to_string(),
+        n => format!("{base}-after-{n}"),
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Plan<'a> {
     pub missing: Vec<SecretToAdd<'a>>,
     /// Whether the Pod already has an `imagePullSecrets` list (append) or not (create).
     pub has_pull_secret_list: bool,
+    /// How many entries that list has.
+    pub existing_pull_secrets: usize,
 }
 
 impl Plan<'_> {
@@ -255,6 +257,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, ctx: &Context<'a>) -> Decision<'a> {
             add: Vec::new(),
             missing: Vec::new(),
             has_pull_secret_list: false,
+            existing_pull_secrets: 0,
         });
     };
 
@@ -328,6 +331,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, ctx: &Context<'a>) -> Decision<'a> {
         add,
         missing,
         has_pull_secret_list: spec.image_pull_secrets.is_some(),
+        existing_pull_secrets: existing.len(),
     })
 }
 

@@ -86,6 +86,19 @@ pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Retry delays for the watches: 0.1 s doubling to 5 s, with jitter, reset after a minute of
+/// success. kube's default starts at 0.8 s and grows to 30 s, which kept the caches several
+/// seconds stale after a brief API server restart; 5 s still spares a struggling API server.
+fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
 /// Answers admissions from the watch caches.
 pub struct ClusterCache {
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -140,7 +153,7 @@ pub async fn start(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(watch_backoff())
     .modify(|ns| {
         ns.metadata.managed_fields = None;
         ns.metadata.annotations = None;
@@ -160,7 +173,7 @@ pub async fn start(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|secret| {
             secret.metadata.managed_fields = None;
             if let Some(annotations) = secret.metadata.annotations.as_mut() {
@@ -291,7 +304,7 @@ async fn watch_sources_task(
     let resource = ApiResource::erase::<Secret>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client, &own_namespace, &resource);
     let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(watch_backoff())
         .boxed();
     let mut objects: BTreeMap<String, DynamicObject> = BTreeMap::new();
     let mut pending: Option<BTreeMap<String, DynamicObject>> = None;
