@@ -21,6 +21,8 @@
 #   WARMUP [5000]       warm-up requests (h2, 10x10) before measuring; 0 = none
 #   SCENARIOS ["h2:1:1 h2:10:10 h2:50:1 h1:10:1"]  proto:clients:streams
 #   RUN_TIMEOUT [180]   seconds per scenario (h2load is killed after that)
+#   RPS [0]             requests per second per client (h2load --rps): an open-ish load below
+#                       saturation, for latency at a given rate; 0 = as fast as possible
 #   SERVER_CPU [0] CLIENT_CPU [1]
 #   OUT [bench-out]     results.tsv is appended there; raw logs in OUT/runs/
 #   CERTS [OUT/certs]   made with certs.sh if missing (exported as BENCH_CERTS)
@@ -154,6 +156,7 @@ echo "$patch" > "$RUNDIR/verify.patch.json"
 h2load_run() {  # proto clients streams n logfile  -> stdout of h2load
   local proto=$1 c=$2 m=$3 n=$4 log=$5 extra=()
   [ "$proto" = h1 ] && extra+=(--h1)
+  [ "${RPS:-0}" != 0 ] && extra+=(--rps "$RPS")
   timeout --signal=INT --kill-after=5 "$RUN_TIMEOUT" taskset -c "$CLIENT_CPU" \
     h2load "${extra[@]}" -t 1 -c "$c" -m "$m" -n "$n" \
       -d "$REVIEW" -H 'Content-Type: application/json' \
