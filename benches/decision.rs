@@ -67,6 +67,13 @@ fn bench(c: &mut Criterion) {
             .map(|r| r.request.is_some())
         })
     });
+    parts.bench_function("decode_review_from_str", |b| {
+        b.iter(|| {
+            let text = std::str::from_utf8(black_box(&review)).expect("utf-8");
+            serde_json::from_str::<pullsecret_injector::review::AdmissionReview<'_>>(text)
+                .map(|r| r.request.is_some())
+        })
+    });
     parts.bench_function("skip_review_floor", |b| {
         b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&review)).is_ok())
     });

@@ -131,9 +131,20 @@ fn is_length_limit(error: &axum::Error) -> bool {
 
 /// Answers one AdmissionReview body: the complete synchronous decision path.
 pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
-    let review: AdmissionReview<'_> = match serde_json::from_slice(body) {
+    // JSON is UTF-8. Checking the whole body once up front is cheaper than serde_json checking
+    // every string it reads (about 15% of the decode on a typical review).
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            return Answer::rejected(
+                StatusCode::BAD_REQUEST,
+                format!("body is not an AdmissionReview: not UTF-8: {e}"),
+            );
+        }
+    };
+    let review: AdmissionReview<'_> = match serde_json::from_str(text) {
         Ok(review) => review,
-        Err(e) => return answer_unreadable_object(body, e),
+        Err(e) => return answer_unreadable_object(text, e),
     };
     let api_version =
         match envelope_api_version(review.api_version.as_deref(), review.kind.as_deref()) {
@@ -188,64 +199,45 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
             Outcome::skipped
         }
         Decision::Plan(plan) => {
-            span.record(
-                "mode",
-                if plan.mode == Mode::Enforce {
-                    "enforce"
-                } else {
-                    "audit"
-                },
-            );
+            let enforce = plan.mode == Mode::Enforce;
+            span.record("mode", if enforce { "enforce" } else { "audit" });
             response.warnings = plan.warnings();
-            let names = || {
-                plan.add
+            let patch = if enforce { patch::build(plan) } else { None };
+            if let Some(patch) = &patch {
+                // Serialising typed patch operations cannot fail.
+                response = response.with_patch(&serde_json::to_vec(patch).unwrap_or_default());
+            }
+            let changes = patch.is_some() || (!enforce && plan.changes_pod());
+            if changes && !plan.add.is_empty() {
+                let (key, counter) = if enforce {
+                    ("injected-secrets", &app.metrics.secrets_injected)
+                } else {
+                    ("would-inject-secrets", &app.metrics.audit_findings)
+                };
+                let names = plan
+                    .add
                     .iter()
                     .map(|s| s.name)
                     .collect::<Vec<_>>()
-                    .join(",")
-            };
-            match plan.mode {
-                Mode::Enforce => match patch::build(plan) {
-                    Some(patch) => {
-                        // Serialising typed patch operations cannot fail.
-                        let json = serde_json::to_vec(&patch).unwrap_or_default();
-                        response = response.with_patch(&json);
-                        if !plan.add.is_empty() {
-                            response
-                                .audit_annotations
-                                .insert(annotation_key("injected-secrets", plan), names());
-                        }
-                        for secret in &plan.add {
-                            let rule = secret.rule.pattern.as_str().to_string();
-                            app.metrics
-                                .secrets_injected
-                                .get_or_create(&RuleLabels { rule })
-                                .inc();
-                        }
-                        // Per-admission lines are debug: at thousands of Pods a second an info line costs more
-                        // than the decision; metrics and audit annotations carry the counts.
-                        tracing::debug!(secrets = %names(), "imagePullSecrets injected");
-                        Outcome::patched
-                    }
-                    None => Outcome::unchanged,
-                },
-                Mode::Audit if plan.changes_pod() => {
-                    if !plan.add.is_empty() {
-                        response
-                            .audit_annotations
-                            .insert(annotation_key("would-inject-secrets", plan), names());
-                    }
-                    for secret in &plan.add {
-                        let rule = secret.rule.pattern.as_str().to_string();
-                        app.metrics
-                            .audit_findings
-                            .get_or_create(&RuleLabels { rule })
-                            .inc();
-                    }
-                    tracing::debug!(secrets = %names(), "audit: imagePullSecrets would be injected");
-                    Outcome::audited
+                    .join(",");
+                // Debug: at thousands of Pods a second an info line costs more than the
+                // decision; metrics and audit annotations carry the record.
+                tracing::debug!(secrets = %names, "imagePullSecrets {}", if enforce { "injected" } else { "would be injected" });
+                response
+                    .audit_annotations
+                    .insert(annotation_key(key, plan), names);
+                for secret in &plan.add {
+                    counter
+                        .get_or_create(&RuleLabels {
+                            rule: secret.rule.pattern.as_str().to_string(),
+                        })
+                        .inc();
                 }
-                Mode::Audit => Outcome::unchanged,
+            }
+            match (changes, enforce) {
+                (false, _) => Outcome::unchanged,
+                (true, true) => Outcome::patched,
+                (true, false) => Outcome::audited,
             }
         }
     };
@@ -288,8 +280,8 @@ fn envelope_api_version<'a>(
 
 /// The typed decode failed. If the envelope still carries a request uid, answer it (allowed,
 /// no patch, a warning); otherwise the body is not an AdmissionReview.
-fn answer_unreadable_object(body: &[u8], error: serde_json::Error) -> Answer {
-    let loose: LooseReview<'_> = match serde_json::from_slice(body) {
+fn answer_unreadable_object(body: &str, error: serde_json::Error) -> Answer {
+    let loose: LooseReview<'_> = match serde_json::from_str(body) {
         Ok(loose) => loose,
         Err(e) => {
             return Answer::rejected(
