@@ -94,6 +94,19 @@ expect_can() {
 for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery monitoring-netpol; do
   ns=live-$case
   values=$CHART/ci/$case-values.yaml
+  # Server-side dry run of the rendered objects first: the API server validates and admits
+  # them without storing anything.
+  k create namespace "$ns" >/dev/null || true
+  if "$HELM" template "$case" "$CHART" -n "$ns" -f "$values" --set metrics.serviceMonitor.enabled=false \
+      --kube-version "${server#v}" >"$DIR/rendered.yaml" 2>"$DIR/render.err" \
+     && "$KUBECTL" apply --dry-run=server -n "$ns" -f "$DIR/rendered.yaml" >"$DIR/dryrun.out" 2>&1; then
+    pass "$case: kubectl apply --dry-run=server accepted $(grep -c 'created (server dry run)' "$DIR/dryrun.out") objects"
+  else
+    fail "$case: kubectl apply --dry-run=server"; cat "$DIR/render.err" "$DIR/dryrun.out" 2>/dev/null | head -n 20 | sed 's/^/       /'
+  fi
+  if [ "$(k get all,secrets,configmaps -n "$ns" -o name | grep -vc 'default-token\|kube-root-ca' || true)" != 0 ]; then
+    fail "$case: the dry run stored objects"
+  fi
   if ! "$HELM" install "$case" "$CHART" -n "$ns" --create-namespace -f "$values" \
       --set metrics.serviceMonitor.enabled=false --wait=false >"$DIR/install.out" 2>&1; then
     fail "$case: helm install on $server"; sed 's/^/       /' "$DIR/install.out" | head -n 20; continue
