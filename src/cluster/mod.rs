@@ -148,49 +148,22 @@ pub async fn start(
     let config = policy.load().config.clone();
     let changed = Arc::new(Notify::new());
 
-    let (namespaces, writer) = reflector::store();
-    let stream = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .backoff(watch_backoff())
-    .modify(|ns| {
-        ns.metadata.managed_fields = None;
-        ns.metadata.annotations = None;
-    });
-    spawn_watch(
-        "namespaces",
-        reflector::reflector(writer, stream),
-        &metrics,
-        &changed,
-        &stop,
-    );
-
+    let watch = Watch {
+        client: &client,
+        metrics: &metrics,
+        changed: &changed,
+        stop: &stop,
+    };
+    let namespaces =
+        watch.metadata_cache::<Namespace>("namespaces", |meta| meta.annotations = None);
     let secrets_ready = Arc::new(AtomicBool::new(false));
-    let secrets = if config.secret_awareness || config.sync {
-        let (store, writer) = reflector::store();
-        let stream = watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .backoff(watch_backoff())
-        .modify(|secret| {
-            secret.metadata.managed_fields = None;
-            if let Some(annotations) = secret.metadata.annotations.as_mut() {
+    let secrets = (config.secret_awareness || config.sync).then(|| {
+        watch.metadata_cache::<Secret>("secrets", |meta| {
+            if let Some(annotations) = meta.annotations.as_mut() {
                 annotations.remove(LAST_APPLIED);
             }
-        });
-        spawn_watch(
-            "secrets",
-            reflector::reflector(writer, stream),
-            &metrics,
-            &changed,
-            &stop,
-        );
-        Some(store)
-    } else {
-        None
-    };
+        })
+    });
 
     let sources = Arc::new(Mutex::new(BTreeMap::<String, sync::Source>::new()));
     let (sources_listed_tx, mut sources_listed) = tokio::sync::watch::channel(false);
@@ -255,6 +228,52 @@ pub async fn start(
         secrets,
         secrets_ready,
     }))
+}
+
+/// What every watch needs.
+struct Watch<'a> {
+    client: &'a kube::Client,
+    metrics: &'a Arc<Metrics>,
+    changed: &'a Arc<Notify>,
+    stop: &'a Trigger,
+}
+
+impl Watch<'_> {
+    /// A cluster-wide, metadata-only cache of `K`, without `managedFields` and with whatever
+    /// else `strip` removes, kept up to date by a background task.
+    fn metadata_cache<K>(
+        &self,
+        kind: &'static str,
+        strip: fn(&mut kube::api::ObjectMeta),
+    ) -> Store<PartialObjectMeta<K>>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (store, writer) = reflector::store();
+        let stream = watcher(
+            Api::<PartialObjectMeta<K>>::all(self.client.clone()),
+            watcher::Config::default(),
+        )
+        .backoff(watch_backoff())
+        .modify(move |object: &mut PartialObjectMeta<K>| {
+            object.metadata.managed_fields = None;
+            strip(&mut object.metadata);
+        });
+        spawn_watch(
+            kind,
+            reflector::reflector(writer, stream),
+            self.metrics,
+            self.changed,
+            self.stop,
+        );
+        store
+    }
 }
 
 /// Drives a reflector stream: counts errors (the watcher retries with backoff) and wakes sync.

@@ -278,6 +278,23 @@ mod tests {
         )
     }
 
+    fn plan_for(
+        config: &Config,
+        rules: &RuleSet,
+        namespaces: &[(String, NamespaceLabel)],
+        sources: &BTreeMap<String, Source>,
+        existing: &[Existing],
+    ) -> Vec<Action> {
+        plan(&Inputs {
+            config,
+            rules,
+            own_namespace: "psi",
+            namespaces,
+            sources,
+            existing,
+        })
+    }
+
     fn existing(
         namespace: &str,
         name: &str,
@@ -315,15 +332,7 @@ mod tests {
             existing("current", "old-copy", Some("psi/old-copy"), Some("1")),
             existing("current", "someone-elses", Some("other-ns/x"), Some("1")),
         ];
-        let inputs = Inputs {
-            config: &config,
-            rules: &rules,
-            own_namespace: "psi",
-            namespaces: &namespaces,
-            sources: &sources,
-            existing: &existing,
-        };
-        let mut got = plan(&inputs);
+        let mut got = plan_for(&config, &rules, &namespaces, &sources, &existing);
         got.sort_by_key(|a| format!("{a:?}"));
         let mut want = vec![
             Action::Create {
@@ -364,16 +373,8 @@ mod tests {
             ("b".to_string(), NamespaceLabel::Disabled),
             ("kube-public".to_string(), NamespaceLabel::Unlabelled),
         ];
-        let inputs = Inputs {
-            config: &config,
-            rules: &rules,
-            own_namespace: "psi",
-            namespaces: &namespaces,
-            sources: &sources,
-            existing: &[],
-        };
         assert_eq!(
-            plan(&inputs),
+            plan_for(&config, &rules, &namespaces, &sources, &[]),
             [Action::Create {
                 namespace: "a".into(),
                 source: "regcred".into()
@@ -388,16 +389,8 @@ mod tests {
         let sources = BTreeMap::new();
         let namespaces = vec![("a".to_string(), NamespaceLabel::Enabled)];
         let existing = vec![existing("a", "regcred", Some("psi/regcred"), Some("1"))];
-        let inputs = Inputs {
-            config: &config,
-            rules: &rules,
-            own_namespace: "psi",
-            namespaces: &namespaces,
-            sources: &sources,
-            existing: &existing,
-        };
         assert_eq!(
-            plan(&inputs),
+            plan_for(&config, &rules, &namespaces, &sources, &existing),
             [Action::Delete {
                 namespace: "a".into(),
                 name: "regcred".into()
