@@ -559,3 +559,54 @@ impl SyncLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use serde_json::json;
+
+    fn secret(name: &str, labelled: bool, body: serde_json::Value) -> DynamicObject {
+        let mut object = DynamicObject::new(name, &ApiResource::erase::<Secret>(&())).data(body);
+        if labelled {
+            object.metadata.labels =
+                Some([(discovery::SOURCE_LABEL.to_string(), "true".to_string())].into());
+        }
+        object.metadata.resource_version = Some("1".into());
+        object
+    }
+
+    #[test]
+    fn odd_source_secrets_are_skipped_and_counted_not_fatal() {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let objects: BTreeMap<String, DynamicObject> = [
+            secret("good", true, json!({"type": discovery::DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}})),
+            secret("no-data", true, json!({"type": discovery::DOCKER_CONFIG_JSON})),
+            secret("data-not-a-map", true, json!({"type": discovery::DOCKER_CONFIG_JSON, "data": "x"})),
+            secret("no-type", true, json!({"data": {"a": "eA=="}})),
+            secret("unlabelled", false, json!({"type": discovery::DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": "!"}})),
+        ]
+        .into_iter()
+        .map(|o| (o.metadata.name.clone().unwrap_or_default(), o))
+        .collect();
+        let metrics = Metrics::default();
+        let (sources, rules) = read_sources(&objects, true, &metrics);
+        assert_eq!(
+            sources.len(),
+            5,
+            "every Secret stays a possible sync source"
+        );
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].pattern.as_str(), "ghcr.io");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"source_secret_errors_total{kind="missing_data"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"source_secret_errors_total{kind="wrong_type"} 1"#),
+            "{text}"
+        );
+    }
+}
