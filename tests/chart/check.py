@@ -286,17 +286,20 @@ def check_rbac(c):
                 c.check(v["config"]["sync"], f"{r['kind']} can write secrets without config.sync")
                 c.check(r["kind"] == "ClusterRole", "secret writes belong to the sync ClusterRole")
             if "namespaces" in rule["resources"]:
-                c.check(set(rule["verbs"]) == {"get", "list", "watch"}, "namespaces verbs")
+                c.check(set(rule["verbs"]) == {"list", "watch"}, "namespaces verbs")
     cluster_secret = [rule for r in c.kind("ClusterRole") for rule in r["rules"] if "secrets" in rule["resources"]]
     want_cluster_secret = v["config"]["sync"] or v["config"]["secretAwareness"]
     c.check(bool(cluster_secret) == want_cluster_secret, f"cluster-wide secrets rule present={bool(cluster_secret)}")
     if cluster_secret and not v["config"]["sync"]:
         c.check(set(cluster_secret[0]["verbs"]) == {"list", "watch"}, "secretAwareness must be list/watch only")
+    if cluster_secret and v["config"]["sync"]:
+        want = {"list", "watch", "create", "update", "delete"}
+        c.check(set(cluster_secret[0]["verbs"]) == want, "sync verbs must be exactly what the binary uses")
     ns_secret = [r for r in c.kind("Role") if any("secrets" in x["resources"] for x in r["rules"])]
     c.check(bool(ns_secret) == (v["config"]["discovery"] or v["config"]["sync"]), "namespaced secrets Role iff discovery or sync")
     for r in ns_secret:
         c.check(r["metadata"]["namespace"] == RELEASE_NS, "source Role outside the release namespace")
-        c.check(all(set(x["verbs"]) == {"get", "list", "watch"} for x in r["rules"]), "source Role verbs")
+        c.check(all(set(x["verbs"]) == {"list", "watch"} for x in r["rules"]), "source Role verbs")
     for b in bindings:
         c.check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}], f"{b['kind']} subjects")
         c.check(any(r["kind"] == b["roleRef"]["kind"] and r["metadata"]["name"] == b["roleRef"]["name"] for r in roles),

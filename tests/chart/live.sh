@@ -139,9 +139,12 @@ PY
   expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" list secrets -A
   expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n default
   expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" delete secrets -n default
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" get secrets -n default
+  expect_can "$case" "$sa" no get secrets -n default
+  expect_can "$case" "$sa" no patch secrets -n default
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" update secrets -n default
   expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" watch secrets -n "$ns"
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] && echo yes || echo no)" get secrets -n "$ns"
+  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" list secrets -n "$ns"
+  expect_can "$case" "$sa" no get secrets -n "$ns"
   # RBAC is additive: the sync ClusterRole also covers the release namespace.
   expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n "$ns"
 done

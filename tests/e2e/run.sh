@@ -784,12 +784,12 @@ scenario_rbac() {
       check no get secrets "$OWN_NS" ;;
     discovery) # discovery, no awareness, no sync
       check yes list namespaces; check yes watch namespaces
-      check yes get secrets "$OWN_NS"; check yes list secrets "$OWN_NS"; check yes watch secrets "$OWN_NS"
+      check no get secrets "$OWN_NS"; check yes list secrets "$OWN_NS"; check yes watch secrets "$OWN_NS"
       check no list secrets; check no get secrets default; check no create secrets default
       check no create secrets "$OWN_NS" ;;
     sync)
-      check yes list namespaces; check yes get secrets "$OWN_NS"
-      check yes list secrets; check yes watch secrets
+      check yes list namespaces; check yes list secrets "$OWN_NS"; check no get secrets "$OWN_NS"
+      check yes list secrets; check yes watch secrets; check no patch secrets default
       check yes create secrets default; check yes update secrets default; check yes delete secrets default ;;
   esac
   # The injector's own kubeconfig (not impersonation): reading a Secret elsewhere.
