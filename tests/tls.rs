@@ -80,6 +80,19 @@ fn write_atomically(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// Writes a new `..data` generation and swaps the `..data` symlink to it in one rename, the
+/// way the kubelet updates Secret and ConfigMap volumes.
+fn kubelet_swap(server: &Server, generation: &str, cert: &str, key: &str) {
+    let dir = server.path(generation);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("tls.crt"), cert).expect("write");
+    std::fs::write(dir.join("tls.key"), key).expect("write");
+    let tmp = server.path("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(generation, &tmp).expect("symlink");
+    std::fs::rename(&tmp, server.path("..data")).expect("swap ..data");
+}
+
 struct Server {
     dir: tempfile::TempDir,
     addr: SocketAddr,
@@ -285,7 +298,16 @@ async fn serves_http1_and_http2_by_alpn_with_keep_alive() {
 async fn certificate_rotates_under_load_with_zero_failed_requests() {
     let ca = Ca::new();
     let server = start(&ca).await;
-    let original = leaf_der(&std::fs::read_to_string(server.path("tls.crt")).expect("read"));
+    let original_pem = std::fs::read_to_string(server.path("tls.crt")).expect("read");
+    let original = leaf_der(&original_pem);
+    // Lay the files out as the kubelet does for a mounted Secret: tls.crt -> ..data/tls.crt,
+    // ..data -> a timestamped directory, swapped atomically on update.
+    let key_pem = std::fs::read_to_string(server.path("tls.key")).expect("read");
+    kubelet_swap(&server, "v1", &original_pem, &key_pem);
+    for name in ["tls.crt", "tls.key"] {
+        std::fs::remove_file(server.path(name)).expect("remove");
+        std::os::unix::fs::symlink(format!("..data/{name}"), server.path(name)).expect("symlink");
+    }
     let ca = Arc::new(ca);
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -324,8 +346,7 @@ async fn certificate_rotates_under_load_with_zero_failed_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (cert, key) = ca.leaf(false);
-    write_atomically(&server.path("tls.key"), &key);
-    write_atomically(&server.path("tls.crt"), &cert);
+    kubelet_swap(&server, "v2", &cert, &key);
     let rotated = leaf_der(&cert);
     assert_ne!(rotated, original);
     let deadline = Instant::now() + Duration::from_secs(10);
