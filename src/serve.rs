@@ -55,6 +55,10 @@ where
     let stop_background = Trigger::default();
 
     let cluster: Arc<dyn ClusterView> = if args.standalone {
+        let config = &policy.load().config;
+        if config.discovery || config.sync {
+            tracing::warn!("discovery and sync need the Kubernetes API; ignored with --standalone");
+        }
         readiness.set_caches_synced();
         Arc::new(Standalone)
     } else {
