@@ -76,9 +76,14 @@ async fn handle(app: &App, endpoint: Endpoint, request: Request) -> Response {
     };
     if answer.status != StatusCode::OK {
         span.record("outcome", format_args!("{:?}", answer.outcome));
-    }
-    if answer.status != StatusCode::OK {
-        span.in_scope(|| tracing::warn!(status = answer.status.as_u16(), "request rejected"));
+        let reason = String::from_utf8_lossy(&answer.body);
+        span.in_scope(|| {
+            tracing::warn!(
+                status = answer.status.as_u16(),
+                reason = reason.trim(),
+                "request rejected"
+            )
+        });
     }
     app.metrics
         .record_admission(endpoint, answer.outcome, started.elapsed().as_secs_f64());
