@@ -291,7 +291,7 @@ fn answer_unreadable_object(body: &str, error: serde_json::Error) -> Answer {
         Err(e) => {
             return Answer::rejected(
                 StatusCode::BAD_REQUEST,
-                format!("body is not an AdmissionReview: {e}"),
+                format!("body is not an AdmissionReview: {}", redacted(&e)),
             );
         }
     };
@@ -314,12 +314,12 @@ fn answer_unreadable_object(body: &str, error: serde_json::Error) -> Answer {
         tracing::warn!(
             uid = &*request.uid,
             namespace = &*request.namespace,
-            error = %error,
+            error = %redacted(&error),
             "Pod object could not be read; allowed unchanged"
         );
         response.warnings.push(format!(
             "pullsecret-injector: Pod not inspected: {}",
-            short(&error)
+            redacted(&error)
         ));
     }
     Answer {
@@ -329,9 +329,32 @@ fn answer_unreadable_object(body: &str, error: serde_json::Error) -> Answer {
     }
 }
 
-/// serde_json errors name line and column, which is enough for a warning.
-fn short(error: &serde_json::Error) -> String {
-    error.to_string().chars().take(200).collect()
+/// A decode error without the input it quotes: serde_json repeats offending string values
+/// (`invalid type: string "..."`), which could be anything a client sent, so quoted text is
+/// elided before the message is logged or returned. Line and column stay.
+pub fn redacted(error: &serde_json::Error) -> String {
+    let mut out = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in error.to_string().chars() {
+        if quoted {
+            match (c, escaped) {
+                (_, true) => escaped = false,
+                ('\\', false) => escaped = true,
+                ('"', false) => {
+                    out.push_str("...\"");
+                    quoted = false;
+                }
+                _ => {}
+            }
+        } else {
+            out.push(c);
+            quoted = c == '"';
+        }
+        if out.len() >= 200 {
+            break;
+        }
+    }
+    out
 }
 
 /// `/mutate` and `/audit`, POST only.
@@ -340,4 +363,26 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/mutate", axum::routing::post(mutate))
         .route("/audit", axum::routing::post(audit))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_errors_do_not_repeat_the_input() {
+        let error =
+            serde_json::from_str::<Vec<u32>>(r#"["hunter\"2 secret"]"#).expect_err("a type error");
+        let text = redacted(&error);
+        assert!(
+            !text.contains("hunter") && !text.contains("secret"),
+            "{text}"
+        );
+        assert!(
+            text.contains("invalid type: string \"...\"") && text.contains("line 1"),
+            "{text}"
+        );
+        let error = serde_json::from_str::<serde_json::Value>("{").expect_err("EOF");
+        assert_eq!(redacted(&error), error.to_string());
+    }
 }
