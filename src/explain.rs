@@ -4,7 +4,6 @@
 //! would create). Offline, namespace labels and existing Secrets are unknown, so namespace
 //! selection is taken as granted (as in standalone mode) except for excluded namespaces.
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::Serialize;
@@ -77,13 +76,12 @@ pub struct ContainerReport {
 /// Reads `-f FILE` (or `-` for stdin) into documents.
 pub fn read_documents(path: &Path) -> Result<Vec<Value>, ExplainError> {
     let shown = path.display().to_string();
-    let mut text = String::new();
     let read = if shown == "-" {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
+        std::io::read_to_string(std::io::stdin())
     } else {
-        std::fs::read_to_string(path).map(|t| text = t)
+        std::fs::read_to_string(path)
     };
-    read.map_err(|source| ExplainError::Read {
+    let text = read.map_err(|source| ExplainError::Read {
         path: shown.clone(),
         source,
     })?;
