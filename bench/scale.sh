@@ -17,7 +17,7 @@ export DIR=${DIR:-/tmp/psi-scale} API_PORT=${API_PORT:-36443} ETCD_PORT=${ETCD_P
 ADMIN_PORT=${ADMIN_PORT:-38080} TLS_PORT=${TLS_PORT:-38443}
 [ -x "$BIN" ] || { echo "scale.sh: no binary at $BIN (scripts/build-static.sh)" >&2; exit 2; }
 
-"$ROOT/tests/e2e/kube-apiserver-build.sh" >/dev/null
+"$ROOT/tests/e2e/kube-build.sh" >/dev/null
 "$ROOT/tests/e2e/kube-up.sh"
 INJECTOR_PID=
 cleanup() {

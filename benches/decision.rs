@@ -1,5 +1,5 @@
 //! The whole decision path on a realistic 5 KiB Pod review: decode, decide, build the patch,
-//! encode the response (`admission::answer`), plus its parts.
+//! encode the response (`webhook::handler::answer`), plus its parts.
 //!
 //! Run: `cargo bench --bench decision`
 
@@ -7,12 +7,12 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pullsecret_injector::admission::answer;
-use pullsecret_injector::app::App;
-use pullsecret_injector::config::{self, Config};
-use pullsecret_injector::decision::Endpoint;
-use pullsecret_injector::policy::PolicyStore;
-use pullsecret_injector::rules::{RegistryPattern, Rule, RuleSet, RuleSource};
+use pullsecret_injector::core::config::{self, Config};
+use pullsecret_injector::core::decision::Endpoint;
+use pullsecret_injector::core::policy::PolicyStore;
+use pullsecret_injector::core::rules::{RegistryPattern, Rule, RuleSource};
+use pullsecret_injector::webhook::handler::answer;
+use pullsecret_injector::webhook::state::App;
 
 fn load(path: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -23,9 +23,8 @@ fn load(path: &str) -> Vec<u8> {
 fn config_with(extra: usize) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/config.yaml");
     let mut config = config::load(&path).expect("bench config");
-    let mut rules = config.rules.rules().to_vec();
     for i in 0..extra {
-        rules.push(Rule {
+        config.rules.push(Rule {
             pattern: RegistryPattern::parse(&format!("registry{i}.example.com/team{i}"))
                 .expect("pattern"),
             secrets: vec![format!("extra-{i}")],
@@ -33,7 +32,6 @@ fn config_with(extra: usize) -> Config {
             source: RuleSource::Config { index: 4 + i },
         });
     }
-    config.rules = RuleSet::new(rules);
     config
 }
 
@@ -61,16 +59,16 @@ fn bench(c: &mut Criterion) {
     let mut parts = c.benchmark_group("parts");
     parts.bench_function("decode_review", |b| {
         b.iter(|| {
-            serde_json::from_slice::<pullsecret_injector::review::AdmissionReview<'_>>(black_box(
-                &review,
-            ))
+            serde_json::from_slice::<pullsecret_injector::core::review::AdmissionReview<'_>>(
+                black_box(&review),
+            )
             .map(|r| r.request.is_some())
         })
     });
     parts.bench_function("decode_review_from_str", |b| {
         b.iter(|| {
             let text = std::str::from_utf8(black_box(&review)).expect("utf-8");
-            serde_json::from_str::<pullsecret_injector::review::AdmissionReview<'_>>(text)
+            serde_json::from_str::<pullsecret_injector::core::review::AdmissionReview<'_>>(text)
                 .map(|r| r.request.is_some())
         })
     });
@@ -89,7 +87,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             images
                 .iter()
-                .filter(|i| pullsecret_injector::image::parse(black_box(i)).is_ok())
+                .filter(|i| pullsecret_injector::core::image::parse(black_box(i)).is_ok())
                 .count()
         })
     });

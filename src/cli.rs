@@ -1,5 +1,9 @@
 //! Command line: subcommands and flags. Every flag can also be set through the environment as
-//! `PULLSECRET_INJECTOR_<FLAG>` (e.g. `PULLSECRET_INJECTOR_TLS_CERT`).
+//! `PULLSECRET_INJECTOR_<FLAG>` (e.g. `PULLSECRET_INJECTOR_TLS_CERT`), one variable per
+//! meaning: commands that talk to a cluster share [`ClusterArgs`] (`--kubeconfig`,
+//! `--namespace` = the injector's own namespace), `-n`/`--target-namespace` is the namespace of
+//! the Pods a command looks at, and each command's `-o` has its own variable because their
+//! formats differ.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::core::names::MANAGED_BY;
 use crate::telemetry::LogFormat;
 
 pub const DEFAULT_CONFIG: &str = "/etc/pullsecret-injector/config.yaml";
@@ -89,6 +94,10 @@ pub struct ServeArgs {
     /// How often the config, certificate and key files are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
+    /// Name of the Lease (in the injector's namespace) that picks the one replica that writes
+    /// (sync). One per installation.
+    #[arg(long, default_value = MANAGED_BY, env = "PULLSECRET_INJECTOR_LEASE_NAME")]
+    pub lease_name: String,
 }
 
 /// How to reach the Kubernetes API.
@@ -133,14 +142,19 @@ pub struct ExplainArgs {
     #[arg(short = 'f', long = "filename", env = "PULLSECRET_INJECTOR_FILENAME")]
     pub file: PathBuf,
     /// Namespace to assume for objects that do not name one (default: `default`).
-    #[arg(short = 'n', long, env = "PULLSECRET_INJECTOR_EXPLAIN_NAMESPACE")]
-    pub namespace: Option<String>,
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        env = "PULLSECRET_INJECTOR_TARGET_NAMESPACE"
+    )]
+    pub target_namespace: String,
     #[arg(
         short = 'o',
         long,
         value_enum,
         default_value = "text",
-        env = "PULLSECRET_INJECTOR_OUTPUT"
+        env = "PULLSECRET_INJECTOR_EXPLAIN_OUTPUT"
     )]
     pub output: ExplainFormat,
 }
@@ -160,9 +174,9 @@ pub struct AuditArgs {
         short = 'n',
         long,
         conflicts_with = "all_namespaces",
-        env = "PULLSECRET_INJECTOR_AUDIT_NAMESPACE"
+        env = "PULLSECRET_INJECTOR_TARGET_NAMESPACE"
     )]
-    pub namespace: Option<String>,
+    pub target_namespace: Option<String>,
     /// Pods in every namespace.
     #[arg(short = 'A', long, env = "PULLSECRET_INJECTOR_ALL_NAMESPACES")]
     pub all_namespaces: bool,
@@ -171,15 +185,11 @@ pub struct AuditArgs {
         long,
         value_enum,
         default_value = "table",
-        env = "PULLSECRET_INJECTOR_OUTPUT"
+        env = "PULLSECRET_INJECTOR_AUDIT_OUTPUT"
     )]
     pub output: AuditFormat,
-    /// Kubeconfig file; otherwise in-cluster config or $KUBECONFIG.
-    #[arg(long, env = "PULLSECRET_INJECTOR_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The injector's namespace, where discovery reads source Secrets (default $POD_NAMESPACE).
-    #[arg(long, env = "PULLSECRET_INJECTOR_INJECTOR_NAMESPACE")]
-    pub injector_namespace: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `5`, `5s`, `500ms` or `1m`.
@@ -209,6 +219,40 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_share_one_env_var_per_meaning() {
+        use std::collections::BTreeMap;
+        // Every variable names one meaning: all flags that read it have the same name, and the
+        // output flags (whose formats differ per command) share none.
+        let mut uses: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for command in Cli::command().get_subcommands() {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    uses.entry(env.to_string_lossy().to_string())
+                        .or_default()
+                        .push((arg.get_id().to_string(), command.get_name().to_string()));
+                }
+            }
+        }
+        for (env, flags) in &uses {
+            assert!(
+                flags.iter().all(|(flag, _)| *flag == flags[0].0),
+                "{env} is read by different flags: {flags:?}"
+            );
+            assert!(
+                flags[0].0 != "output" || flags.len() == 1,
+                "{env} is shared by several -o flags: {flags:?}"
+            );
+        }
+        assert_eq!(uses["PULLSECRET_INJECTOR_EXPLAIN_OUTPUT"].len(), 1);
+        assert_eq!(uses["PULLSECRET_INJECTOR_AUDIT_OUTPUT"].len(), 1);
+        let namespace: Vec<&str> = uses["PULLSECRET_INJECTOR_NAMESPACE"]
+            .iter()
+            .map(|(_, command)| command.as_str())
+            .collect();
+        assert_eq!(namespace, ["serve", "audit"]);
     }
 
     #[test]

@@ -1,37 +1,27 @@
 //! pullsecret-injector: a mutating admission webhook that adds the right `imagePullSecrets`
-//! to Pods, chosen from each container image's registry host and path.
+//! to Pods, chosen from each image's registry host and path.
 //!
-//! # Request flow
-//! `server` (TLS, HTTP/1.1 + HTTP/2) → `admission` (body limits, one span per review) →
-//! `review` (borrowed decode of the AdmissionReview) → `decision` (scope, one rule per image
-//! via `image` + `rules`) → `patch` (typed JSON Patch) → `review` (encoded response).
+//! # The admission path, in five files
+//! 1. [`webhook::handler`]: reads the body (size and time limits), guards against panics.
+//! 2. [`core::review`]: decodes the AdmissionReview into borrowed, typed structs.
+//! 3. [`core::decision`]: scope (namespace, labels, mode), then one rule per image
+//!    ([`core::image`] parses references, [`core::rules`] matches them).
+//! 4. [`core::verdict`]: the complete answer: outcome, patch, warnings, audit annotation.
+//! 5. [`core::patch`]: the typed JSON Patch; back in the handler, [`core::review`] encodes it.
 //!
 //! # Layout
-//! - Pure decision code, no I/O: [`image`], [`rules`], [`config`], [`decision`], [`patch`],
-//!   [`review`].
-//! - I/O shell: [`admission`], [`server`], [`tls`], [`reload`], [`admin`], [`metrics`],
-//!   [`telemetry`], [`shutdown`], [`serve`] (wiring), [`app`] (shared state), [`policy`].
-//! - Cluster mode: [`cluster`] (namespace and Secret caches, discovery, sync).
-//! - Commands: [`explain`] (offline), [`audit`] (live cluster), `check-config` in `main`.
+//! - [`core`]: pure and synchronous; everything that decides.
+//! - [`webhook`]: the server: TLS listener, handlers, reloads, admin endpoints, and
+//!   [`webhook::run`], the composition root of `serve`.
+//! - [`cluster`]: cluster mode: watches into compact indexes, source Secrets, sync, the Lease.
+//! - [`commands`]: `check-config`, `explain`, `audit`.
+//! - [`cli`], [`metrics`], [`telemetry`], [`shutdown`]: shared by all of them.
 
-pub mod admin;
-pub mod admission;
-pub mod app;
-pub mod audit;
 pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod decision;
-pub mod explain;
-pub mod image;
+pub(crate) mod cluster;
+pub mod commands;
+pub mod core;
 pub mod metrics;
-pub mod patch;
-pub mod policy;
-pub mod reload;
-pub mod review;
-pub mod rules;
-pub mod serve;
-pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod tls;
+pub mod webhook;

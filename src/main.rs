@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pullsecret_injector::cli::{Cli, Command, ExplainFormat};
-use pullsecret_injector::{audit, config, explain, serve, shutdown, telemetry, tls};
+use pullsecret_injector::cli::{Cli, Command};
+use pullsecret_injector::commands::{audit, check_config, explain};
+use pullsecret_injector::{shutdown, telemetry, webhook};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,53 +14,35 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // rustls needs one process-wide crypto provider (ring) before any TLS is set up.
-    tls::provider();
+    webhook::tls::provider();
     match cli.command {
-        Command::CheckConfig(args) => match config::load(&args.config) {
-            Ok(config) => {
-                println!(
-                    "{}: valid ({} rules)",
-                    args.config.display(),
-                    config.rules.rules().len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Explain(args) => match run_explain(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
         Command::Serve(args) => run_async(async move {
-            serve::run(args, shutdown::signal)
-                .await
-                .map_err(anyhow::Error::from)
+            webhook::run(args, shutdown::signal).await?;
+            Ok(String::new())
         }),
-        Command::Audit(args) => {
-            run_async(async move { audit::run(args).await.map_err(anyhow::Error::from) })
-        }
+        Command::CheckConfig(args) => match check_config::run(&args) {
+            Ok(line) => finish(Ok(line)),
+            // The error is the report itself: one line per problem, no "error:" prefix.
+            Err(report) => {
+                eprintln!("{report}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain(args) => finish(explain::run(&args).map_err(Into::into)),
+        Command::Audit(args) => run_async(async move { Ok(audit::run(args).await?) }),
     }
 }
 
-fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+/// Prints a command's output, or its error, and turns it into the exit code.
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            if !output.is_empty() && !output.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
         }
-    };
-    match runtime.block_on(future) {
-        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -67,18 +50,12 @@ fn run_async(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-fn run_explain(args: &pullsecret_injector::cli::ExplainArgs) -> anyhow::Result<()> {
-    let config = config::load(&args.config)?;
-    let docs = explain::read_documents(&args.file)?;
-    let namespace = args.namespace.as_deref().unwrap_or("default");
-    let (targets, notes) = explain::find_targets(&docs, namespace);
-    let explanations: Vec<_> = targets
-        .iter()
-        .map(|t| explain::explain(t, &config, &config.rules))
-        .collect();
-    match args.output {
-        ExplainFormat::Text => print!("{}", explain::render_text(&explanations, &notes)),
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&explanations)?),
+fn run_async(future: impl Future<Output = anyhow::Result<String>>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => finish(runtime.block_on(future)),
+        Err(e) => finish(Err(anyhow::anyhow!("cannot start the async runtime: {e}"))),
     }
-    Ok(())
 }

@@ -11,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::decision::Endpoint;
+use crate::core::decision::Endpoint;
+use crate::core::verdict::{Outcome, Verdict};
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values are written as-is
@@ -29,10 +30,10 @@ impl From<Endpoint> for EndpointLabel {
     }
 }
 
-/// How an admission ended.
+/// How an admission ended: the verdict's [`Outcome`], or what happened before there was one.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Outcome {
+pub enum AdmissionOutcome {
     /// A patch was returned.
     patched,
     /// Audit mode: findings reported as warnings, no patch.
@@ -43,12 +44,25 @@ pub enum Outcome {
     skipped,
     /// Not an AdmissionReview: answered with HTTP 4xx.
     rejected,
+    /// The decision panicked; answered `allowed: true` without a patch.
+    failed,
+}
+
+impl From<Outcome> for AdmissionOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Patched => AdmissionOutcome::patched,
+            Outcome::Audited => AdmissionOutcome::audited,
+            Outcome::Unchanged => AdmissionOutcome::unchanged,
+            Outcome::Skipped(_) => AdmissionOutcome::skipped,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     pub endpoint: EndpointLabel,
-    pub outcome: Outcome,
+    pub outcome: AdmissionOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,6 +110,10 @@ pub struct Metrics {
     pub secrets_synced: Family<KindLabels, Counter>,
     pub source_secret_errors: Family<KindLabels, Counter>,
     pub watch_errors: Family<KindLabels, Counter>,
+    pub watch_healthy: Family<KindLabels, Gauge>,
+    pub watch_last_event: Family<KindLabels, Gauge>,
+    pub sync_failures: Counter,
+    pub leader: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -123,6 +141,10 @@ impl Default for Metrics {
             secrets_synced: Family::default(),
             source_secret_errors: Family::default(),
             watch_errors: Family::default(),
+            watch_healthy: Family::default(),
+            watch_last_event: Family::default(),
+            sync_failures: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +207,26 @@ impl Default for Metrics {
             "Kubernetes watch errors, by resource",
             metrics.watch_errors.clone(),
         );
+        registry.register(
+            "sync_failures",
+            "Sync actions (writing or removing a Secret copy) that failed; retried on the next pass",
+            metrics.sync_failures.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease that makes it the one writer (sync, repair)",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "watch_healthy",
+            "1 while the watch is listed and streaming, 0 after an error until it recovers",
+            metrics.watch_healthy.clone(),
+        );
+        registry.register(
+            "watch_last_event_timestamp_seconds",
+            "Time of the last event (or completed list) the watch delivered, Unix seconds",
+            metrics.watch_last_event.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -201,7 +243,7 @@ impl Metrics {
         out
     }
 
-    pub fn record_admission(&self, endpoint: Endpoint, outcome: Outcome, seconds: f64) {
+    pub fn record_admission(&self, endpoint: Endpoint, outcome: AdmissionOutcome, seconds: f64) {
         let endpoint = EndpointLabel::from(endpoint);
         self.admissions
             .get_or_create(&AdmissionLabels { endpoint, outcome })
@@ -209,6 +251,22 @@ impl Metrics {
         self.admission_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(seconds);
+    }
+
+    /// Counts the secrets a verdict injected (enforce) or found (audit), by rule.
+    pub fn record_verdict(&self, verdict: &Verdict<'_>) {
+        let family = match verdict.outcome {
+            Outcome::Patched => &self.secrets_injected,
+            Outcome::Audited => &self.audit_findings,
+            Outcome::Unchanged | Outcome::Skipped(_) => return,
+        };
+        for secret in &verdict.secrets {
+            family
+                .get_or_create(&RuleLabels {
+                    rule: secret.rule.pattern.as_str().to_string(),
+                })
+                .inc();
+        }
     }
 
     pub fn reload(family: &Family<ReloadLabels, Counter>, ok: bool) {
@@ -238,7 +296,7 @@ mod tests {
     #[test]
     fn exposition_has_prefixed_names() {
         let metrics = Metrics::default();
-        metrics.record_admission(Endpoint::Mutate, Outcome::patched, 0.0001);
+        metrics.record_admission(Endpoint::Mutate, AdmissionOutcome::patched, 0.0001);
         Metrics::reload(&metrics.config_reloads, false);
         let text = metrics.encode();
         assert!(

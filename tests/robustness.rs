@@ -8,8 +8,8 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{Reply, app, fixture, post};
-use pullsecret_injector::admission::answer;
-use pullsecret_injector::decision::Endpoint;
+use pullsecret_injector::core::decision::Endpoint;
+use pullsecret_injector::webhook::handler::answer;
 use serde_json::{Value, json};
 
 const SEEDS: [&str; 6] = [

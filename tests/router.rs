@@ -108,7 +108,7 @@ async fn audit_annotations_record_what_was_done() {
     let reply = Reply::parse(&bytes);
     assert_eq!(
         reply.response()["auditAnnotations"],
-        json!({"would-inject-secrets": "ghcr-acme,dockerhub"})
+        json!({"would-inject-secrets-for-4-images": "ghcr-acme,dockerhub"})
     );
 }
 
@@ -169,7 +169,7 @@ async fn oversized_bodies_get_413_and_large_ones_are_accepted() {
     assert_eq!(status, StatusCode::OK);
     assert!(Reply::parse(&bytes).patch.is_some());
 
-    let huge = vec![b' '; pullsecret_injector::admission::MAX_BODY_BYTES + 1];
+    let huge = vec![b' '; pullsecret_injector::webhook::handler::MAX_BODY_BYTES + 1];
     let (status, bytes) = post(app(), "/mutate", huge).await;
     assert_eq!(
         status,
@@ -185,7 +185,7 @@ async fn only_post_is_routed() {
     let request = axum::http::Request::get("/mutate")
         .body(axum::body::Body::empty())
         .expect("request");
-    let response = pullsecret_injector::admission::router(app())
+    let response = pullsecret_injector::webhook::handler::router(app())
         .oneshot(request)
         .await
         .expect("infallible");

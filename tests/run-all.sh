@@ -22,7 +22,7 @@ BIN=$PWD/target/x86_64-unknown-linux-gnu/release/pullsecret-injector
 
 if [ "${E2E:-1}" = 1 ]; then
   step "kube-apiserver (built once, cached)"
-  tests/e2e/kube-apiserver-build.sh
+  tests/e2e/kube-build.sh
 fi
 
 if [ "${CHART:-1}" = 1 ]; then

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Reply, fixture};
 use pullsecret_injector::cli::{ClusterArgs, ServeArgs};
-use pullsecret_injector::serve::{self, StartupError};
 use pullsecret_injector::shutdown::Trigger;
+use pullsecret_injector::webhook::{self, StartupError};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -57,7 +57,7 @@ impl Ca {
     fn connector(&self, alpn: &[u8]) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).expect("root");
-        let provider = pullsecret_injector::tls::provider();
+        let provider = pullsecret_injector::webhook::tls::provider();
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
@@ -123,6 +123,7 @@ fn args(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> ServeArgs {
         shutdown_delay: Duration::from_millis(600),
         drain_timeout: Duration::from_secs(5),
         reload_interval: Duration::from_millis(100),
+        lease_name: "pullsecret-injector".into(),
     }
 }
 
@@ -143,7 +144,7 @@ async fn start(ca: &Ca) -> Server {
             trigger.wait()
         }
     };
-    let task = tokio::spawn(serve::run(args(dir.path(), addr, admin), signals));
+    let task = tokio::spawn(webhook::run(args(dir.path(), addr, admin), signals));
     for _ in 0..200 {
         if admin_get(admin, "/readyz")
             .await
@@ -632,7 +633,7 @@ async fn startup_errors_name_the_flag() {
         if let Some(key) = key {
             std::fs::write(d.join("tls.key"), key).expect("write");
         }
-        let result = serve::run(args(d, free_port(), free_port()), || {
+        let result = webhook::run(args(d, free_port(), free_port()), || {
             std::future::pending::<()>()
         })
         .await;
@@ -642,7 +643,7 @@ async fn startup_errors_name_the_flag() {
     std::fs::write(d.join("tls.crt"), &cert).expect("write");
     std::fs::write(d.join("tls.key"), &key).expect("write");
     std::fs::write(d.join("config.yaml"), "mode: sometimes\n").expect("write");
-    let result = serve::run(args(d, free_port(), free_port()), || {
+    let result = webhook::run(args(d, free_port(), free_port()), || {
         std::future::pending::<()>()
     })
     .await;

@@ -1,12 +1,14 @@
-//! Sync: a copy of each referenced source Secret (a Secret in the injector's namespace named by
-//! a rule) in every namespace where Pods are injected.
+//! Sync: a copy of each source Secret a rule names (a labelled docker config Secret of the
+//! injector's namespace) in every namespace where Pods are injected.
 //!
 //! [`plan`] is pure: from the namespaces, the sources and the Secrets that exist, it lists the
 //! creates, updates, deletes and conflicts. [`apply`] carries a plan out. Copies are labelled
 //! `app.kubernetes.io/managed-by=pullsecret-injector` and annotated with their source and the
 //! source's resourceVersion, so an update is a comparison of two strings, not of credentials.
-//! A Secret of the same name without those marks belongs to someone else: it is never
-//! written or deleted, only reported as a conflict.
+//! An update replaces the copy in place (same UID: since Kubernetes 1.35 the kubelet keys the
+//! credentials of cached images on the Secret's UID and content, so a recreated Secret would
+//! force pulls from the registry). A Secret of the same name without those marks belongs to
+//! someone else: it is never written or deleted, only reported as a conflict.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -14,24 +16,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::config::{Config, Mode};
-use crate::decision::{NamespaceLabel, namespace_mode};
-use crate::rules::RuleSet;
-
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "pullsecret-injector";
-pub const SOURCE_ANNOTATION: &str = "pullsecret-injector/source";
-pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecret-injector/source-version";
-
-/// A Secret in the injector's namespace, as sync needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    pub name: String,
-    pub resource_version: String,
-    pub kind: String,
-    /// base64 values, as the API server sent them.
-    pub data: serde_json::Map<String, Value>,
-}
+use crate::cluster::sources::Source;
+use crate::core::config::{Mode, Settings};
+use crate::core::decision::namespace_mode;
+use crate::core::facts::NamespaceLabel;
+use crate::core::names::{
+    MANAGED_BY, MANAGED_BY_LABEL, SOURCE_ANNOTATION, SOURCE_VERSION_ANNOTATION,
+};
+use crate::core::rules::RuleSet;
 
 /// What is known of a Secret outside the injector's namespace (from metadata only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +58,7 @@ pub enum Action {
 
 /// Everything [`plan`] reads.
 pub struct Inputs<'a> {
-    pub config: &'a Config,
+    pub settings: &'a Settings,
     pub rules: &'a RuleSet,
     pub own_namespace: &'a str,
     pub namespaces: &'a [(String, NamespaceLabel)],
@@ -77,20 +69,25 @@ pub struct Inputs<'a> {
 /// The actions that bring the cluster to the desired state.
 pub fn plan(inputs: &Inputs<'_>) -> Vec<Action> {
     let own = inputs.own_namespace;
-    // Sources: Secrets named by a rule that exist in the injector's namespace.
+    // Sources: docker config Secrets named by a rule, labelled in the injector's namespace.
     let wanted: BTreeSet<&str> = inputs
         .rules
         .rules()
         .iter()
         .flat_map(|r| r.secrets.iter().map(String::as_str))
-        .filter(|name| inputs.sources.contains_key(*name))
+        .filter(|name| {
+            inputs
+                .sources
+                .get(*name)
+                .is_some_and(Source::is_pull_credential)
+        })
         .collect();
     // Targets: namespaces whose Pods are injected (not audit-only ones).
     let targets: BTreeSet<&str> = inputs
         .namespaces
         .iter()
         .filter(|(name, label)| {
-            namespace_mode(inputs.config, Some(own), name, *label) == Ok(Mode::Enforce)
+            namespace_mode(inputs.settings, Some(own), name, *label) == Ok(Mode::Enforce)
         })
         .map(|(name, _)| name.as_str())
         .collect();
@@ -148,20 +145,21 @@ pub fn plan(inputs: &Inputs<'_>) -> Vec<Action> {
 
 /// The copy of `source` for `namespace`, with the injector's marks.
 pub fn copy_of(source: &Source, own_namespace: &str, namespace: &str) -> Value {
+    let secret = &source.secret;
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": source.name,
+            "name": secret.name,
             "namespace": namespace,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY },
             "annotations": {
-                SOURCE_ANNOTATION: format!("{own_namespace}/{}", source.name),
+                SOURCE_ANNOTATION: format!("{own_namespace}/{}", secret.name),
                 SOURCE_VERSION_ANNOTATION: source.resource_version,
             },
         },
-        "type": source.kind,
-        "data": source.data,
+        "type": secret.kind,
+        "data": secret.data,
     })
 }
 
@@ -193,20 +191,29 @@ pub async fn apply(
                 let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
                 match serde_json::from_value::<Secret>(copy_of(source, own_namespace, namespace)) {
                     Err(e) => {
-                        tracing::warn!(secret = %source.name, error = %e, "source Secret cannot be copied");
+                        tracing::warn!(secret = %source.secret.name, error = %e, "source Secret cannot be copied");
                         result.failed += 1;
                         continue;
                     }
                     Ok(copy) if matches!(action, Action::Create { .. }) => {
                         match api.create(&PostParams::default(), &copy).await {
-                            // Created meanwhile (our cache lags our own writes); the next pass
-                            // compares versions.
-                            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                            // A Secret of that name exists that the cache does not hold: one
+                            // of another type (only docker config Secrets are watched), or our
+                            // own copy, just written, that the watch has not delivered yet.
+                            // Either way it is not ours to overwrite; the next pass knows more.
+                            Err(kube::Error::Api(status)) if status.code == 409 => {
+                                if reported.insert((namespace.clone(), source.secret.name.clone()))
+                                {
+                                    result.conflicts += 1;
+                                    tracing::info!(namespace = %namespace, secret = %source.secret.name, "a Secret with this name already exists; not overwriting it");
+                                }
+                                continue;
+                            }
                             other => other.map(|_| ()),
                         }
                     }
                     Ok(copy) => api
-                        .replace(&source.name, &PostParams::default(), &copy)
+                        .replace(&source.secret.name, &PostParams::default(), &copy)
                         .await
                         .map(|_| ()),
                 }
@@ -219,8 +226,8 @@ pub async fn apply(
                 }
             }
             Action::Conflict { namespace, name } => {
-                result.conflicts += 1;
                 if reported.insert((namespace.clone(), name.clone())) {
+                    result.conflicts += 1;
                     tracing::warn!(
                         namespace = %namespace,
                         secret = %name,
@@ -254,8 +261,10 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Selection;
-    use crate::rules::{RegistryPattern, Rule, RuleSource};
+    use crate::core::config::Selection;
+    use crate::core::dockercfg::SourceSecret;
+    use crate::core::names::DOCKER_CONFIG_JSON;
+    use crate::core::rules::{RegistryPattern, Rule, RuleSource};
 
     fn rules(secrets: &[&str]) -> RuleSet {
         RuleSet::new(vec![Rule {
@@ -266,27 +275,33 @@ mod tests {
         }])
     }
 
-    fn source(name: &str, rv: &str) -> (String, Source) {
+    fn source_of_type(name: &str, rv: &str, kind: &str) -> (String, Source) {
         (
             name.to_string(),
             Source {
-                name: name.into(),
                 resource_version: rv.into(),
-                kind: "kubernetes.io/dockerconfigjson".into(),
-                data: Default::default(),
+                secret: SourceSecret {
+                    name: name.into(),
+                    kind: kind.into(),
+                    data: Default::default(),
+                },
             },
         )
     }
 
+    fn source(name: &str, rv: &str) -> (String, Source) {
+        source_of_type(name, rv, DOCKER_CONFIG_JSON)
+    }
+
     fn plan_for(
-        config: &Config,
+        settings: &Settings,
         rules: &RuleSet,
         namespaces: &[(String, NamespaceLabel)],
         sources: &BTreeMap<String, Source>,
         existing: &[Existing],
     ) -> Vec<Action> {
         plan(&Inputs {
-            config,
+            settings,
             rules,
             own_namespace: "psi",
             namespaces,
@@ -311,7 +326,7 @@ mod tests {
 
     #[test]
     fn plans_creates_updates_deletes_and_conflicts() {
-        let config = Config::default();
+        let settings = Settings::default();
         let rules = rules(&["regcred", "absent-source"]);
         let sources: BTreeMap<_, _> = [source("regcred", "7"), source("unreferenced", "1")].into();
         let namespaces = vec![
@@ -332,7 +347,7 @@ mod tests {
             existing("current", "old-copy", Some("psi/old-copy"), Some("1")),
             existing("current", "someone-elses", Some("other-ns/x"), Some("1")),
         ];
-        let mut got = plan_for(&config, &rules, &namespaces, &sources, &existing);
+        let mut got = plan_for(&settings, &rules, &namespaces, &sources, &existing);
         got.sort_by_key(|a| format!("{a:?}"));
         let mut want = vec![
             Action::Create {
@@ -362,9 +377,9 @@ mod tests {
 
     #[test]
     fn all_mode_targets_every_namespace_but_excluded_and_disabled() {
-        let config = Config {
+        let settings = Settings {
             selection: Selection::All,
-            ..Config::default()
+            ..Settings::default()
         };
         let rules = rules(&["regcred"]);
         let sources: BTreeMap<_, _> = [source("regcred", "1")].into();
@@ -374,7 +389,7 @@ mod tests {
             ("kube-public".to_string(), NamespaceLabel::Unlabelled),
         ];
         assert_eq!(
-            plan_for(&config, &rules, &namespaces, &sources, &[]),
+            plan_for(&settings, &rules, &namespaces, &sources, &[]),
             [Action::Create {
                 namespace: "a".into(),
                 source: "regcred".into()
@@ -384,13 +399,13 @@ mod tests {
 
     #[test]
     fn a_removed_source_removes_its_copies() {
-        let config = Config::default();
+        let settings = Settings::default();
         let rules = rules(&["regcred"]);
         let sources = BTreeMap::new();
         let namespaces = vec![("a".to_string(), NamespaceLabel::Enabled)];
         let existing = vec![existing("a", "regcred", Some("psi/regcred"), Some("1"))];
         assert_eq!(
-            plan_for(&config, &rules, &namespaces, &sources, &existing),
+            plan_for(&settings, &rules, &namespaces, &sources, &existing),
             [Action::Delete {
                 namespace: "a".into(),
                 name: "regcred".into()
@@ -399,9 +414,29 @@ mod tests {
     }
 
     #[test]
+    fn only_docker_config_sources_are_copied() {
+        let settings = Settings::default();
+        let rules = rules(&["regcred", "webhook-tls"]);
+        let sources: BTreeMap<_, _> = [
+            source("regcred", "1"),
+            source_of_type("webhook-tls", "1", "kubernetes.io/tls"),
+        ]
+        .into();
+        let namespaces = vec![("a".to_string(), NamespaceLabel::Enabled)];
+        assert_eq!(
+            plan_for(&settings, &rules, &namespaces, &sources, &[]),
+            [Action::Create {
+                namespace: "a".into(),
+                source: "regcred".into()
+            }]
+        );
+    }
+
+    #[test]
     fn copies_carry_the_marks_and_the_data() {
         let (_, mut s) = source("regcred", "9");
-        s.data
+        s.secret
+            .data
             .insert(".dockerconfigjson".into(), Value::from("e30="));
         let copy = copy_of(&s, "psi", "team-a");
         assert_eq!(copy["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);

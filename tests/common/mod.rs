@@ -7,9 +7,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine;
-use pullsecret_injector::app::App;
-use pullsecret_injector::policy::PolicyStore;
-use pullsecret_injector::{admission, config};
+use pullsecret_injector::core::config;
+use pullsecret_injector::core::policy::PolicyStore;
+use pullsecret_injector::webhook::handler;
+use pullsecret_injector::webhook::state::App;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -38,7 +39,7 @@ pub async fn post(app: Arc<App>, path: &str, body: impl Into<Body>) -> (StatusCo
         .header("content-type", "application/json")
         .body(body.into())
         .expect("request");
-    let response = admission::router(app)
+    let response = handler::router(app)
         .oneshot(request)
         .await
         .expect("infallible");

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts etcd and a real kube-apiserver (tests/e2e/kube-apiserver-build.sh) on loopback, in $DIR.
+# Starts etcd and a real kube-apiserver (tests/e2e/kube-build.sh) on loopback, in $DIR.
 #
 # Usage: tests/e2e/kube-up.sh                   start etcd + API server (fresh etcd data;
 #                                               stops a previous instance in the same DIR first)
@@ -34,8 +34,8 @@ case ${1:-} in
   '') ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;
 esac
-[ -x "$APISERVER" ] || { echo "kube-up.sh: no kube-apiserver at $APISERVER (run tests/e2e/kube-apiserver-build.sh)" >&2; exit 1; }
-command -v etcd >/dev/null || { echo "kube-up.sh: etcd not on PATH (run tests/e2e/kube-apiserver-build.sh)" >&2; exit 1; }
+[ -x "$APISERVER" ] || { echo "kube-up.sh: no kube-apiserver at $APISERVER (run tests/e2e/kube-build.sh)" >&2; exit 1; }
+command -v etcd >/dev/null || { echo "kube-up.sh: etcd not on PATH (run tests/e2e/kube-build.sh)" >&2; exit 1; }
 mkdir -p "$DIR" && cd "$DIR"
 
 # shellcheck source=tests/e2e/lib-proc.sh

@@ -50,7 +50,7 @@ if [ ! -x "$BIN" ]; then
 fi
 BIN=$(realpath "$BIN")
 
-"$HERE/kube-apiserver-build.sh" >/dev/null
+"$HERE/kube-build.sh" >/dev/null
 # Helm (for the chart's own RBAC and webhook configuration) and a Python with PyYAML.
 # shellcheck source=tests/chart/tools.sh
 source "$ROOT/tests/chart/tools.sh"

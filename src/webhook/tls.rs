@@ -49,8 +49,12 @@ pub struct LoadedPair {
     pub not_after: i64,
 }
 
-/// Reads and validates the pair from disk.
-pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsError> {
+/// Reads and validates the pair from disk; also returns the bytes read (certificate, key), the
+/// baseline for reloads.
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(LoadedPair, Vec<Vec<u8>>), TlsError> {
     let cert = std::fs::read(cert_path).map_err(|source| TlsError::ReadCert {
         path: cert_path.into(),
         source,
@@ -59,7 +63,8 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsErr
         path: key_path.into(),
         source,
     })?;
-    pair_from_pem(cert_path, &cert, key_path, &key)
+    let pair = pair_from_pem(cert_path, &cert, key_path, &key)?;
+    Ok((pair, vec![cert, key]))
 }
 
 /// Validates a PEM pair; the paths are only used in messages.

@@ -1,21 +1,36 @@
-//! `serve`: wires configuration, TLS, the cluster view, the listeners and the reloaders, then
-//! runs the shutdown sequence described in [`crate::shutdown`].
+//! The webhook server, and [`run`], the composition root of `serve`: it wires configuration,
+//! TLS, the cluster side, the listeners and the reloaders, then runs the shutdown sequence
+//! described in [`crate::shutdown`].
+//!
+//! - [`handler`]: `/mutate` and `/audit` (body limits, panic guard, the answer path).
+//! - [`listener`]: the TLS listener (connection limits, timeouts, drain).
+//! - [`tls`], [`reload`]: certificates and files reloaded by polling.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`; [`state`]: what handlers share.
+
+pub(crate) mod admin;
+pub mod handler;
+pub(crate) mod listener;
+pub(crate) mod reload;
+pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::app::{App, ClusterView, Readiness, Standalone};
 use crate::cli::ServeArgs;
-use crate::config::{self, ConfigError};
+use crate::cluster;
+use crate::core::config::{self, ConfigError};
+use crate::core::facts::{ClusterFacts, NothingKnown};
+use crate::core::policy::PolicyStore;
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-use crate::server::{self, Drained};
 use crate::shutdown::Trigger;
-use crate::tls::{self, ReloadingResolver, TlsError};
-use crate::{admin, admission, cluster, reload};
+use listener::Drained;
+use state::{App, Readiness};
+use tls::{ReloadingResolver, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -43,8 +58,8 @@ where
     S: FnMut() -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let config = config::load(&args.config)?;
-    let pair = tls::load_pair(&args.tls_cert, &args.tls_key)?;
+    let (config, config_bytes) = config::load_with_bytes(&args.config)?;
+    let (pair, pair_bytes) = tls::load_pair(&args.tls_cert, &args.tls_key)?;
     let metrics = Arc::new(Metrics::default());
     metrics.certificate_expiry.set(pair.not_after);
     let resolver = ReloadingResolver::new(&pair);
@@ -53,28 +68,32 @@ where
     let policy = Arc::new(PolicyStore::new(config));
     let readiness = Arc::new(Readiness::default());
     let stop_background = Trigger::default();
+    let settings_changed = Arc::new(Notify::new());
 
-    let cluster: Arc<dyn ClusterView> = if args.standalone {
-        let config = &policy.load().config;
-        if config.discovery || config.sync {
+    let (facts, cluster_task): (Arc<dyn ClusterFacts>, _) = if args.standalone {
+        let settings = policy.load().settings().clone();
+        if settings.discovery || settings.sync {
             tracing::warn!("discovery and sync need the Kubernetes API; ignored with --standalone");
         }
         readiness.set_caches_synced();
-        Arc::new(Standalone)
+        (Arc::new(NothingKnown), None)
     } else {
-        cluster::start(
-            &args.cluster,
-            own_namespace.clone(),
-            policy.clone(),
-            metrics.clone(),
-            readiness.clone(),
-            stop_background.clone(),
-        )
-        .await?
+        let cluster = cluster::start(cluster::Wiring {
+            args: args.cluster.clone(),
+            own_namespace: own_namespace.clone(),
+            lease_name: args.lease_name.clone(),
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            settings_changed: settings_changed.clone(),
+            stop: stop_background.clone(),
+        })
+        .await?;
+        (cluster.facts, Some(cluster.task))
     };
     let app = Arc::new(App {
         policy: policy.clone(),
-        cluster,
+        facts,
         own_namespace,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -99,7 +118,7 @@ where
         listen = %args.listen,
         admin = %args.admin_listen,
         standalone = args.standalone,
-        rules = policy.load().rules.rules().len(),
+        rules = policy.load().rules().rules().len(),
         "pullsecret-injector serving"
     );
 
@@ -107,15 +126,18 @@ where
         tokio::spawn(reload::watch_certificate(
             args.tls_cert.clone(),
             args.tls_key.clone(),
+            pair_bytes,
             args.reload_interval,
             resolver,
             metrics.clone(),
         )),
         tokio::spawn(reload::watch_config(
             args.config.clone(),
+            config_bytes,
             args.reload_interval,
             policy,
             metrics,
+            settings_changed,
         )),
     ];
     let admin_server = {
@@ -151,10 +173,10 @@ where
             tokio::time::sleep(delay).await;
         }
     };
-    let served = server::serve_tls(
+    let served = listener::serve_tls(
         webhook,
         tls_config,
-        admission::router(app),
+        handler::router(app),
         stop_accepting,
         args.drain_timeout,
     );
@@ -167,6 +189,10 @@ where
         task.abort();
     }
     let _ = admin_server.await;
+    // Releases the Lease, if held, so another replica takes over sync at once.
+    if let Some(task) = cluster_task {
+        let _ = task.await;
+    }
     match drained {
         Drained::Clean => tracing::info!("drained; exiting"),
         Drained::TimedOut => {

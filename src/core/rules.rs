@@ -15,7 +15,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::image::{self, DOCKER_HUB, ImageRef};
+use crate::core::image::{self, DOCKER_HUB, ImageRef};
 
 /// Where a rule came from, for explanations and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,16 +9,18 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, Mode};
-use crate::decision::{
-    self, Context, Decision, Endpoint, ImageOutcome, NamespaceLabel, NoSecretIndex,
-};
-use crate::patch;
-use crate::review::Pod;
-use crate::rules::RuleSet;
+use crate::cli::{ExplainArgs, ExplainFormat};
+use crate::core::config::{self, ConfigError};
+use crate::core::decision::{Context, ImageOutcome};
+use crate::core::facts::NothingKnown;
+use crate::core::policy::Policy;
+use crate::core::review::Pod;
+use crate::core::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    #[error("--config: {0}")]
+    Config(#[from] ConfigError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -40,16 +42,18 @@ pub struct Target {
 }
 
 /// The explanation of one target, in the shape `-o json` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     pub kind: String,
     pub name: String,
     pub namespace: String,
+    /// `patched`, `audited`, `unchanged` or `skipped`.
+    pub outcome: &'static str,
     /// Why the Pod would be left alone, if it would.
     pub skipped: Option<&'static str>,
     pub mode: Option<&'static str>,
-    pub containers: Vec<ContainerReport>,
+    pub images: Vec<ImageReport>,
     /// Secrets that would be added, in order.
     pub add: Vec<String>,
     pub warnings: Vec<String>,
@@ -57,11 +61,12 @@ pub struct Explanation {
     pub patch: Option<Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ContainerReport {
-    /// `initContainers` or `containers`.
+pub struct ImageReport {
+    /// `initContainers`, `containers` or `volumes`.
     pub list: &'static str,
+    /// Container or volume name.
     pub name: String,
     pub image: String,
     pub registry: Option<String>,
@@ -71,6 +76,24 @@ pub struct ContainerReport {
     pub secrets: Vec<String>,
     pub set_pull_policy_always: bool,
     pub error: Option<String>,
+}
+
+/// `explain`: prints the explanation of every Pod and pod template in `-f`.
+pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
+    let config = config::load(&args.config)?;
+    let policy = Policy::from_config(&config);
+    let docs = read_documents(&args.file)?;
+    let (targets, notes) = find_targets(&docs, &args.target_namespace);
+    let explanations: Vec<_> = targets.iter().map(|t| explain(t, &policy)).collect();
+    Ok(match args.output {
+        ExplainFormat::Text => render_text(&explanations, &notes),
+        ExplainFormat::Json => {
+            // Serialising plain strings, lists and JSON values cannot fail.
+            let mut json = serde_json::to_string_pretty(&explanations).unwrap_or_default();
+            json.push('\n');
+            json
+        }
+    })
 }
 
 /// Reads `-f FILE` (or `-` for stdin) into documents.
@@ -169,15 +192,17 @@ fn collect(
     }
 }
 
-/// Runs the webhook's decision on one target.
-pub fn explain(target: &Target, config: &Config, rules: &RuleSet) -> Explanation {
+/// Runs the webhook's decision on one target. Offline, namespace labels and Secrets are
+/// unknown ([`NothingKnown`]), as in standalone mode.
+pub fn explain(target: &Target, policy: &Policy) -> Explanation {
     let mut out = Explanation {
         kind: target.kind.clone(),
         name: target.name.clone(),
         namespace: target.namespace.clone(),
+        outcome: "skipped",
         skipped: None,
         mode: None,
-        containers: Vec::new(),
+        images: Vec::new(),
         add: Vec::new(),
         warnings: Vec::new(),
         patch: None,
@@ -192,62 +217,54 @@ pub fn explain(target: &Target, config: &Config, rules: &RuleSet) -> Explanation
             return out;
         }
     };
-    let ctx = Context {
-        config,
-        rules,
-        endpoint: Endpoint::Mutate,
-        own_namespace: None,
-        namespace: &target.namespace,
-        namespace_label: NamespaceLabel::Unknown,
-        secrets: &NoSecretIndex,
-    };
-    let plan = match decision::decide(&pod, &ctx) {
-        Decision::Skip(reason) => {
-            out.skipped = Some(reason.as_str());
-            return out;
-        }
-        Decision::Plan(plan) => plan,
-    };
-    out.mode = Some(if plan.mode == Mode::Enforce {
-        "enforce"
-    } else {
-        "audit"
-    });
-    for c in &plan.containers {
-        let mut report = ContainerReport {
-            list: c.list.json_field(),
-            name: c.name.to_string(),
-            image: c.image.to_string(),
-            registry: None,
-            repository: None,
-            rule: None,
-            rule_source: None,
-            secrets: Vec::new(),
-            set_pull_policy_always: c.set_pull_policy_always,
-            error: None,
-        };
-        match &c.outcome {
-            ImageOutcome::NoImage => report.error = Some("no image".into()),
-            ImageOutcome::Invalid(e) => report.error = Some(e.to_string()),
-            ImageOutcome::NoRule(image) => {
-                report.registry = Some(image.registry());
-                report.repository = Some(image.path.to_string());
-            }
-            ImageOutcome::Matched { image, rule } => {
-                report.registry = Some(image.registry());
-                report.repository = Some(image.path.to_string());
-                report.rule = Some(rule.pattern.to_string());
-                report.rule_source = Some(rule.source.to_string());
-                report.secrets = rule.secrets.clone();
-            }
-        }
-        out.containers.push(report);
+    let ctx = Context::new(policy, &NothingKnown);
+    let verdict = verdict::for_pod(&pod, &target.namespace, &ctx);
+    out.outcome = verdict.outcome.as_str();
+    if let Outcome::Skipped(reason) = verdict.outcome {
+        out.skipped = Some(reason.as_str());
+        return out;
     }
-    out.add = plan.add.iter().map(|s| s.name.to_string()).collect();
-    out.warnings = plan.warnings();
-    if plan.mode == Mode::Enforce {
-        out.patch = patch::build(&plan).and_then(|p| serde_json::to_value(p).ok());
-    }
+    out.mode = verdict.mode.map(|m| m.as_str());
+    out.images = verdict
+        .images
+        .iter()
+        .map(|finding| {
+            let mut report = ImageReport {
+                list: finding.source.json_field(),
+                name: finding.name.to_string(),
+                image: finding.image.to_string(),
+                registry: None,
+                repository: None,
+                rule: None,
+                rule_source: None,
+                secrets: Vec::new(),
+                set_pull_policy_always: finding.set_pull_policy_always,
+                error: None,
+            };
+            match &finding.outcome {
+                ImageOutcome::NoImage => report.error = Some("no image".into()),
+                ImageOutcome::Invalid(e) => report.error = Some(e.to_string()),
+                ImageOutcome::NoRule(image) => {
+                    report.registry = Some(image.registry());
+                    report.repository = Some(image.path.to_string());
+                }
+                ImageOutcome::Matched { image, rule } => {
+                    report.registry = Some(image.registry());
+                    report.repository = Some(image.path.to_string());
+                    report.rule = Some(rule.pattern.to_string());
+                    report.rule_source = Some(rule.source.to_string());
+                    report.secrets = rule.secrets.clone();
+                }
+            }
+            report
+        })
+        .collect();
+    out.add = verdict.secrets.iter().map(|s| s.name.to_string()).collect();
+    out.warnings = verdict.warnings.iter().map(ToString::to_string).collect();
+    out.patch = verdict
+        .patch
+        .as_ref()
+        .and_then(|p| serde_json::to_value(p).ok());
     out
 }
 
@@ -270,11 +287,11 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
             s.push('\n');
             continue;
         }
-        for c in &e.containers {
-            let kind = if c.list == "initContainers" {
-                "initContainer"
-            } else {
-                "container"
+        for c in &e.images {
+            let kind = match c.list {
+                "initContainers" => "initContainer",
+                "volumes" => "image volume",
+                _ => "container",
             };
             let _ = write!(s, "  {kind} {}: {}", c.name, c.image);
             match (&c.error, &c.registry, &c.rule) {

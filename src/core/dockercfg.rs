@@ -1,7 +1,7 @@
-//! Discovery: rules derived from docker config Secrets in the injector's namespace labelled
-//! `pullsecret-injector/source=true`. Each key of the config's `auths` (or, for the legacy
-//! `kubernetes.io/dockercfg` type, of the top-level object) becomes a registry pattern served
-//! by that Secret.
+//! Docker config Secrets (`kubernetes.io/dockerconfigjson` and the legacy
+//! `kubernetes.io/dockercfg`): their registry keys, and the rules discovery derives from them.
+//! Each key of the config's `auths` (or, for the legacy type, of the top-level object) becomes
+//! a registry pattern served by that Secret.
 //!
 //! Pure: a Secret in, rules or a reason out. Credentials are decoded only to read the keys;
 //! no value is ever kept, logged or put in an error message.
@@ -9,11 +9,8 @@
 use base64::Engine;
 use serde_json::Value;
 
-use crate::rules::{RegistryPattern, Rule, RuleSource};
-
-pub const SOURCE_LABEL: &str = "pullsecret-injector/source";
-pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
-pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
+use crate::core::rules::{RegistryPattern, Rule, RuleSource};
 
 /// Why a source Secret (or one of its keys) was skipped. Never contains credential values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,26 +128,35 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
     (rules, errors)
 }
 
-/// Reads a Secret as JSON; `None` unless it has a name.
-pub fn source_from_json(object: &Value) -> Option<SourceSecret> {
-    let name = object.pointer("/metadata/name")?.as_str()?.to_string();
-    let kind = object
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("Opaque")
-        .to_string();
-    let data = object
-        .get("data")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    Some(SourceSecret { name, kind, data })
+impl SourceSecret {
+    /// A Secret read as JSON (as the API returns it, or as `kubectl create secret
+    /// docker-registry --dry-run=client -o yaml` writes it); `None` unless it has a name.
+    pub fn from_json(object: &Value) -> Option<Self> {
+        let name = object.pointer("/metadata/name")?.as_str()?;
+        Some(Self::from_body(name, object))
+    }
+
+    /// `name` with the `type` and `data` of `body` (a Secret without its metadata will do, as
+    /// kube's `DynamicObject::data` holds it). A missing type is `Opaque`, as in the API.
+    pub fn from_body(name: &str, body: &Value) -> Self {
+        let kind = body.get("type").and_then(Value::as_str).unwrap_or("Opaque");
+        let data = body
+            .get("data")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Self {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            data,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image;
+    use crate::core::image;
     use serde_json::json;
 
     fn secret(name: &str, kind: &str, field: &str, config: &Value) -> SourceSecret {

@@ -1,33 +1,11 @@
-//! Shared state of a running injector and the two routers built from it.
+//! Shared state of a running injector: what every request handler reads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::decision::{NamespaceLabel, SecretIndex};
+use crate::core::facts::{ClusterFacts, NothingKnown};
+use crate::core::policy::PolicyStore;
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-
-/// What the injector knows about the cluster. Standalone mode knows nothing; cluster mode
-/// answers from its watch caches.
-pub trait ClusterView: SecretIndex + Send + Sync {
-    fn namespace_label(&self, namespace: &str) -> NamespaceLabel;
-}
-
-/// No Kubernetes API: namespace selection is left to the webhook's namespaceSelector and
-/// every matched secret is referenced.
-pub struct Standalone;
-
-impl SecretIndex for Standalone {
-    fn secret_exists(&self, _: &str, _: &str) -> Option<bool> {
-        None
-    }
-}
-
-impl ClusterView for Standalone {
-    fn namespace_label(&self, _: &str) -> NamespaceLabel {
-        NamespaceLabel::Unknown
-    }
-}
 
 /// Readiness: TLS loaded, caches synced (cluster mode), and not shutting down.
 #[derive(Debug, Default)]
@@ -47,14 +25,17 @@ impl Readiness {
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
     pub fn is_ready(&self) -> bool {
         self.tls_loaded.load(Ordering::Acquire)
             && self.caches_synced.load(Ordering::Acquire)
-            && !self.shutting_down.load(Ordering::Acquire)
+            && !self.is_shutting_down()
     }
     /// Why not ready, for `/readyz`.
     pub fn reason(&self) -> &'static str {
-        if self.shutting_down.load(Ordering::Acquire) {
+        if self.is_shutting_down() {
             "shutting down"
         } else if !self.tls_loaded.load(Ordering::Acquire) {
             "TLS certificate not loaded"
@@ -69,7 +50,8 @@ impl Readiness {
 /// Everything a request handler needs.
 pub struct App {
     pub policy: Arc<PolicyStore>,
-    pub cluster: Arc<dyn ClusterView>,
+    /// Namespace labels and Secrets, from the watch caches in cluster mode.
+    pub facts: Arc<dyn ClusterFacts>,
     /// The injector's own namespace, never injected.
     pub own_namespace: Option<String>,
     pub metrics: Arc<Metrics>,
@@ -83,7 +65,7 @@ impl App {
         readiness.set_caches_synced();
         Self {
             policy: Arc::new(policy),
-            cluster: Arc::new(Standalone),
+            facts: Arc::new(NothingKnown),
             own_namespace,
             metrics: Arc::new(Metrics::default()),
             readiness: Arc::new(readiness),

@@ -16,11 +16,6 @@ pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
 pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
 pub const KIND: &str = "AdmissionReview";
 
-/// Pod label that opts a Pod (or a namespace) in, out, or into audit.
-pub const INJECT_LABEL: &str = "pullsecret-injector/inject";
-/// Annotation the kubelet sets on mirror Pods of static Pods.
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-
 /// The AdmissionReview envelope around a request of type `R`.
 #[derive(Debug, Deserialize)]
 #[serde(bound(deserialize = "R: Deserialize<'de>"))]
@@ -51,6 +46,9 @@ pub struct AdmissionRequest<'a> {
     pub namespace: Cow<'a, str>,
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
+    /// `ephemeralcontainers` for `kubectl debug`, empty for the Pod itself.
+    #[serde(borrow, default, rename = "subResource")]
+    pub sub_resource: Cow<'a, str>,
     #[serde(default, rename = "dryRun")]
     pub dry_run: Option<bool>,
     #[serde(borrow, default, deserialize_with = "object_or_null")]
@@ -129,6 +127,26 @@ pub struct PodSpec<'a> {
     /// `None` when the field is absent or null (the patch must then create it).
     #[serde(borrow, default, rename = "imagePullSecrets")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference<'a>>>,
+    /// Image volumes are pulled with the Pod's pull secrets too; other volumes are skipped.
+    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    pub volumes: Vec<Volume<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Volume<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    /// `spec.volumes[].image` (OCI image volumes, Kubernetes 1.31+).
+    #[serde(borrow, default)]
+    pub image: Option<ImageVolumeSource<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ImageVolumeSource<'a> {
+    #[serde(borrow, default)]
+    pub reference: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "pullPolicy")]
+    pub pull_policy: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,4 +1,4 @@
-//! Turns a [`Plan`] into a JSON Patch (RFC 6902) built from typed operations.
+//! Turns a [`Plan`](crate::core::decision::Plan) into a JSON Patch (RFC 6902) built from typed operations.
 //!
 //! `spec.imagePullSecrets` is added whole when the Pod has none and appended to otherwise, so
 //! the Pod's own entries are never removed or reordered. Applying the patched Pod again yields
@@ -8,39 +8,38 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Value, json};
 
-use crate::decision::Plan;
+use crate::core::decision::{ImageSource, Plan};
 
 /// The patch that enforces `plan`, or `None` when it changes nothing.
 pub fn build(plan: &Plan<'_>) -> Option<Patch> {
     if !plan.changes_pod() {
         return None;
     }
-    let mut ops = Vec::with_capacity(plan.add.len() + 1);
+    let mut ops = Vec::with_capacity(plan.secrets.len() + 1);
     let reference = |name: &str| json!({ "name": name });
-    if !plan.add.is_empty() {
+    if !plan.secrets.is_empty() {
         if plan.has_pull_secret_list {
-            for secret in &plan.add {
+            for secret in &plan.secrets {
                 ops.push(add(
                     &["spec", "imagePullSecrets", "-"],
                     reference(secret.name),
                 ));
             }
         } else {
-            let list = plan.add.iter().map(|s| reference(s.name)).collect();
+            let list = plan.secrets.iter().map(|s| reference(s.name)).collect();
             ops.push(add(&["spec", "imagePullSecrets"], Value::Array(list)));
         }
     }
-    for container in plan.containers.iter().filter(|c| c.set_pull_policy_always) {
-        let index = container.index.to_string();
-        ops.push(add(
-            &[
-                "spec",
-                container.list.json_field(),
-                &index,
-                "imagePullPolicy",
-            ],
-            Value::from("Always"),
-        ));
+    for image in plan.images.iter().filter(|i| i.set_pull_policy_always) {
+        let index = image.index.to_string();
+        let list = image.source.json_field();
+        let path: &[&str] = match image.source {
+            ImageSource::Volume => &["spec", list, &index, "image", "pullPolicy"],
+            ImageSource::InitContainer | ImageSource::Container => {
+                &["spec", list, &index, "imagePullPolicy"]
+            }
+        };
+        ops.push(add(path, Value::from("Always")));
     }
     Some(Patch(ops))
 }
@@ -55,43 +54,17 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::decision::{Context, Decision, Endpoint, NamespaceLabel, NoSecretIndex, decide};
-    use crate::review::Pod;
-    use crate::rules::{RegistryPattern, Rule, RuleSet, RuleSource};
-
-    fn rules() -> RuleSet {
-        RuleSet::new(vec![
-            Rule {
-                pattern: RegistryPattern::parse("docker.io").expect("valid"),
-                secrets: vec!["dockerhub".into()],
-                pull_policy_always: false,
-                source: RuleSource::Config { index: 0 },
-            },
-            Rule {
-                pattern: RegistryPattern::parse("ghcr.io/acme").expect("valid"),
-                secrets: vec!["ghcr-acme".into()],
-                pull_policy_always: true,
-                source: RuleSource::Config { index: 1 },
-            },
-        ])
-    }
+    use crate::core::decision::tests::policy;
+    use crate::core::decision::{Context, Decision, decide};
+    use crate::core::facts::NothingKnown;
+    use crate::core::review::Pod;
 
     /// Decides for `pod_json` and returns the patch as JSON (or None).
     fn patch_for(pod_json: &str) -> Option<Value> {
         let pod: Pod<'_> = serde_json::from_str(pod_json).expect("pod");
-        let config = Config::default();
-        let rules = rules();
-        let ctx = Context {
-            config: &config,
-            rules: &rules,
-            endpoint: Endpoint::Mutate,
-            own_namespace: None,
-            namespace: "team-a",
-            namespace_label: NamespaceLabel::Unknown,
-            secrets: &NoSecretIndex,
-        };
-        let Decision::Plan(plan) = decide(&pod, &ctx) else {
+        let policy = policy();
+        let ctx = Context::new(&policy, &NothingKnown);
+        let Decision::Plan(plan) = decide(&pod, "team-a", &ctx) else {
             panic!("skipped")
         };
         build(&plan).map(|p| serde_json::to_value(p).expect("serialises"))
@@ -133,6 +106,13 @@ mod tests {
                 r#"{"spec":{"containers":[{"name":"a","image":"quay.io/x/y"}]}}"#,
                 None,
             ),
+            (
+                r#"{"spec":{"containers":[{"name":"a","image":"quay.io/x/y"}],"volumes":[{"name":"m","image":{"reference":"ghcr.io/acme/m"}}]}}"#,
+                Some(json!([
+                    {"op":"add","path":"/spec/imagePullSecrets","value":[{"name":"ghcr-acme"}]},
+                    {"op":"add","path":"/spec/volumes/0/image/pullPolicy","value":"Always"}
+                ])),
+            ),
         ];
         for (pod, want) in cases {
             assert_eq!(patch_for(pod), want, "{pod}");
@@ -144,6 +124,7 @@ mod tests {
         let pods = [
             r#"{"spec":{"containers":[{"name":"a","image":"nginx"},{"name":"b","image":"ghcr.io/acme/b"}]}}"#,
             r#"{"spec":{"containers":[{"name":"a","image":"ghcr.io/acme/a","imagePullPolicy":"IfNotPresent"}],"imagePullSecrets":[{"name":"x"}]}}"#,
+            r#"{"spec":{"containers":[{"name":"a","image":"nginx"}],"volumes":[{"name":"m","image":{"reference":"ghcr.io/acme/m","pullPolicy":"IfNotPresent"}}]}}"#,
         ];
         for pod in pods {
             let mut doc: Value = serde_json::from_str(pod).expect("json");

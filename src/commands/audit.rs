@@ -12,12 +12,16 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use serde::Serialize;
 
-use crate::cli::{AuditArgs, AuditFormat, ClusterArgs};
-use crate::cluster::{self, ClusterError, discovery};
-use crate::config::{self, ConfigError};
-use crate::decision::{self, Context, Decision, Endpoint, NamespaceLabel, NoSecretIndex};
-use crate::review::{self, INJECT_LABEL};
-use crate::rules::RuleSet;
+use crate::cli::{AuditArgs, AuditFormat};
+use crate::cluster::{self, ClusterError};
+use crate::core::config::{self, ConfigError};
+use crate::core::decision::Context;
+use crate::core::dockercfg::{self, SourceSecret};
+use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
+use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
+use crate::core::policy::Policy;
+use crate::core::review;
+use crate::core::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -30,12 +34,12 @@ pub enum AuditError {
         what: &'static str,
         source: kube::Error,
     },
-    #[error("cannot write the report: {0}")]
-    Output(#[from] serde_json::Error),
+    #[error("cannot read a Pod the API returned: {0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 /// One Pod in the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct PodReport {
     pub namespace: String,
     pub pod: String,
@@ -44,10 +48,11 @@ pub struct PodReport {
     /// `enforce` or `audit` (namespace labelled `=audit`, or audit mode).
     pub mode: Option<&'static str>,
     pub secrets: Vec<SecretReport>,
+    /// Problems (invalid images and the like), not audit findings.
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct SecretReport {
     pub name: String,
     pub exists: bool,
@@ -55,39 +60,59 @@ pub struct SecretReport {
     pub images: Vec<String>,
 }
 
-pub async fn run(args: AuditArgs) -> Result<(), AuditError> {
-    let mut config = config::load(&args.config)?;
-    let cluster_args = ClusterArgs {
-        kubeconfig: args.kubeconfig.clone(),
-        namespace: args.injector_namespace.clone(),
-    };
-    let injector_namespace = cluster_args.own_namespace();
-    let client = cluster::client(&cluster_args).await?;
+/// What the API returned: namespace labels and the Secrets that exist. Complete lists, so
+/// absence here is absence in the cluster (at the time of the list).
+pub struct Listed {
+    pub labels: BTreeMap<String, NamespaceLabel>,
+    pub secrets: BTreeSet<(String, String)>,
+}
+
+impl ClusterFacts for Listed {
+    fn namespace_label(&self, namespace: &str) -> NamespaceLabel {
+        self.labels
+            .get(namespace)
+            .copied()
+            .unwrap_or(NamespaceLabel::Unlabelled)
+    }
+    fn secret_presence(&self, namespace: &str, name: &str) -> SecretPresence {
+        if self
+            .secrets
+            .contains(&(namespace.to_string(), name.to_string()))
+        {
+            SecretPresence::Seen
+        } else {
+            SecretPresence::NotSeen
+        }
+    }
+}
+
+/// `audit`: the report, rendered as `-o` asks.
+pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
+    let config = config::load(&args.config)?;
+    let injector_namespace = args.cluster.own_namespace();
+    let client = cluster::client::client(&args.cluster).await?;
     let list = |what| move |source| AuditError::List { what, source };
 
-    let mut rules = config.rules.rules().to_vec();
-    if config.discovery
+    let mut discovered = Vec::new();
+    if config.settings.discovery
         && let Some(ns) = &injector_namespace
     {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         let sources = api
-            .list(&ListParams::default().labels(&format!("{}=true", discovery::SOURCE_LABEL)))
+            .list(&ListParams::default().labels(&format!("{SOURCE_LABEL}=true")))
             .await
             .map_err(list("source Secrets"))?;
         for secret in sources {
-            let json = serde_json::to_value(&secret)?;
-            if let Some(source) = discovery::source_from_json(&json) {
-                let (found, errors) = discovery::rules_from(&source);
-                rules.extend(found);
+            if let Some(source) = SourceSecret::from_json(&serde_json::to_value(&secret)?) {
+                let (found, errors) = dockercfg::rules_from(&source);
+                discovered.extend(found);
                 for e in errors {
                     eprintln!("warning: {e}");
                 }
             }
         }
     }
-    let rules = RuleSet::new(rules);
-    // Report every matched secret, and whether it exists, rather than hiding missing ones.
-    config.sync = true;
+    let policy = Policy::merged(&config, &discovered);
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let labels: BTreeMap<String, NamespaceLabel> = namespaces
@@ -110,7 +135,7 @@ pub async fn run(args: AuditArgs) -> Result<(), AuditError> {
         None
     } else {
         Some(
-            args.namespace
+            args.target_namespace
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_string()),
         )
@@ -130,6 +155,10 @@ pub async fn run(args: AuditArgs) -> Result<(), AuditError> {
         .into_iter()
         .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
         .collect();
+    let listed = Listed {
+        labels,
+        secrets: existing,
+    };
 
     let mut reports = Vec::new();
     for pod in pods
@@ -137,83 +166,64 @@ pub async fn run(args: AuditArgs) -> Result<(), AuditError> {
         .await
         .map_err(list("Pods"))?
     {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let label = labels
-            .get(&namespace)
-            .copied()
-            .unwrap_or(NamespaceLabel::Unlabelled);
         let json = serde_json::to_string(&pod)?;
         reports.push(report(
             &json,
-            &namespace,
-            label,
-            &config,
-            &rules,
+            &policy,
+            &listed,
             injector_namespace.as_deref(),
-            &existing,
         )?);
     }
-    match args.output {
-        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        AuditFormat::Table => print!("{}", render_table(&reports)),
-    }
-    Ok(())
+    Ok(match args.output {
+        AuditFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&reports)?;
+            json.push('\n');
+            json
+        }
+        AuditFormat::Table => render_table(&reports),
+    })
 }
 
-/// The decision for one existing Pod (`pod_json` is the Pod as the API returned it).
+/// The webhook's verdict for one existing Pod, as if it were created now (`pod_json` is the
+/// Pod as the API returned it).
 pub fn report(
     pod_json: &str,
-    namespace: &str,
-    label: NamespaceLabel,
-    config: &config::Config,
-    rules: &RuleSet,
+    policy: &Policy,
+    facts: &dyn ClusterFacts,
     injector_namespace: Option<&str>,
-    existing: &BTreeSet<(String, String)>,
 ) -> Result<PodReport, AuditError> {
     let pod: review::Pod<'_> = serde_json::from_str(pod_json)?;
-    let mut out = PodReport {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let ctx = Context::new(policy, facts).own_namespace(injector_namespace);
+    let verdict = verdict::for_pod(&pod, namespace, &ctx);
+    Ok(PodReport {
         namespace: namespace.to_string(),
         pod: pod.metadata.name.as_deref().unwrap_or("").to_string(),
-        skipped: None,
-        mode: None,
-        secrets: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let ctx = Context {
-        config,
-        rules,
-        endpoint: Endpoint::Mutate,
-        own_namespace: injector_namespace,
-        namespace,
-        namespace_label: label,
-        secrets: &NoSecretIndex,
-    };
-    match decision::decide(&pod, &ctx) {
-        Decision::Skip(reason) => out.skipped = Some(reason.as_str()),
-        Decision::Plan(plan) => {
-            out.mode = Some(if plan.mode == config::Mode::Enforce {
-                "enforce"
-            } else {
-                "audit"
-            });
-            out.warnings = plan
-                .warnings()
-                .into_iter()
-                .filter(|w| !w.contains("(audit)"))
-                .collect();
-            out.secrets = plan
-                .add
-                .iter()
-                .map(|s| SecretReport {
-                    name: s.name.to_string(),
-                    exists: existing.contains(&(namespace.to_string(), s.name.to_string())),
-                    rule: s.rule.pattern.to_string(),
-                    images: s.images.iter().map(|i| i.to_string()).collect(),
-                })
-                .collect();
-        }
-    }
-    Ok(out)
+        skipped: match verdict.outcome {
+            Outcome::Skipped(reason) => Some(reason.as_str()),
+            _ => None,
+        },
+        mode: verdict.mode.map(|m| m.as_str()),
+        secrets: verdict
+            .secrets
+            .iter()
+            .map(|s| SecretReport {
+                name: s.name.to_string(),
+                exists: s.presence == SecretPresence::Seen,
+                rule: s.rule.pattern.to_string(),
+                images: s.images.iter().map(|i| i.to_string()).collect(),
+            })
+            .collect(),
+        // The report lists findings itself; warnings are the problems.
+        warnings: verdict
+            .warnings
+            .iter()
+            .filter(|w| {
+                !w.is_audit_finding() && !matches!(w, verdict::Warning::SecretNotSeen { .. })
+            })
+            .map(ToString::to_string)
+            .collect(),
+    })
 }
 
 pub fn render_table(reports: &[PodReport]) -> String {
@@ -285,44 +295,50 @@ mod tests {
             b"rules:\n  - registry: docker.io\n    secrets: [dockerhub]\n  - registry: ghcr.io\n    secrets: [ghcr]\n",
         )
         .expect("valid");
-        let mut config = config;
-        config.sync = true;
-        let existing: BTreeSet<(String, String)> =
-            [("team-a".to_string(), "dockerhub".to_string())].into();
-        let pod = r#"{"metadata":{"name":"web","namespace":"team-a"},"spec":{"containers":[{"name":"a","image":"nginx"},{"name":"b","image":"ghcr.io/x/y"}]}}"#;
-        let rules = config.rules.clone();
-        let r = report(
-            pod,
-            "team-a",
-            NamespaceLabel::Enabled,
-            &config,
-            &rules,
-            Some("psi"),
-            &existing,
-        )
-        .expect("report");
-        let got: Vec<(&str, bool)> = r
-            .secrets
-            .iter()
-            .map(|s| (s.name.as_str(), s.exists))
-            .collect();
-        assert_eq!(got, [("dockerhub", true), ("ghcr", false)]);
-        let table = render_table(&[r]);
+        let policy = Policy::from_config(&config);
+        let listed = Listed {
+            labels: [("team-a".to_string(), NamespaceLabel::Enabled)].into(),
+            secrets: [("team-a".to_string(), "dockerhub".to_string())].into(),
+        };
+        let pod = |ns: &str| {
+            format!(
+                r#"{{"metadata":{{"name":"web","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"a","image":"nginx"}},{{"name":"b","image":"ghcr.io/x/y"}},{{"name":"c","image":"UPPER"}}]}}}}"#
+            )
+        };
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        assert_eq!(
+            r,
+            PodReport {
+                namespace: "team-a".into(),
+                pod: "web".into(),
+                skipped: None,
+                mode: Some("enforce"),
+                secrets: vec![
+                    SecretReport {
+                        name: "dockerhub".into(),
+                        exists: true,
+                        rule: "docker.io".into(),
+                        images: vec!["nginx".into()],
+                    },
+                    SecretReport {
+                        name: "ghcr".into(),
+                        exists: false,
+                        rule: "ghcr.io".into(),
+                        images: vec!["ghcr.io/x/y".into()],
+                    },
+                ],
+                warnings: vec![
+                    "pullsecret-injector: container c image \"UPPER\" not matched: invalid reference format: repository name must be lowercase".into()
+                ],
+            }
+        );
+        let table = render_table(std::slice::from_ref(&r));
         assert!(
             table.contains("team-a     web  ghcr       NO      ghcr.io"),
             "{table}"
         );
 
-        let skipped = report(
-            pod,
-            "team-b",
-            NamespaceLabel::Unlabelled,
-            &config,
-            &rules,
-            Some("psi"),
-            &existing,
-        )
-        .expect("report");
+        let skipped = report(&pod("team-b"), &policy, &listed, Some("psi")).expect("report");
         assert_eq!(
             skipped.skipped,
             Some("namespace not labelled pullsecret-injector/inject=enabled")

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::App;
+use crate::webhook::state::App;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()

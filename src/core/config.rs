@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::rules::{RegistryPattern, Rule, RuleSet, RuleSource};
+use crate::core::rules::{RegistryPattern, Rule, RuleSource};
 
 /// Namespaces excluded when the file does not say otherwise.
 pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 3] =
@@ -20,6 +20,16 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    /// The name used in the file, in logs and in `explain`/`audit` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 /// Which namespaces are in scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
@@ -29,26 +39,35 @@ pub enum Selection {
     All,
 }
 
-/// A validated configuration.
-#[derive(Debug, Clone)]
+/// A validated configuration file: the settings and the file's own rules. Decisions never
+/// read `rules` from here: they read the [`Policy`](crate::core::policy::Policy), which
+/// merges them with discovered rules.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
+    pub settings: Settings,
+    /// `rules[]` of the file, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// Every key of the file except `rules`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
     pub mode: Mode,
     pub selection: Selection,
     pub exclude: Vec<String>,
-    pub rules: RuleSet,
     pub discovery: bool,
     pub sync: bool,
-    /// Cluster mode: watch Secret metadata to avoid referencing Secrets that do not exist.
+    /// Cluster mode: watch Secret metadata to warn when a referenced Secret is not in the
+    /// Pod's namespace.
     pub secret_awareness: bool,
 }
 
-impl Default for Config {
+impl Default for Settings {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
             selection: Selection::OptIn,
             exclude: DEFAULT_EXCLUDED_NAMESPACES.map(String::from).to_vec(),
-            rules: RuleSet::default(),
             discovery: false,
             sync: false,
             secret_awareness: true,
@@ -103,11 +122,16 @@ impl ConfigError {
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_bytes(path).map(|(config, _)| config)
+}
+
+/// [`load`], also returning the bytes read (the baseline for reloads).
+pub fn load_with_bytes(path: &Path) -> Result<(Config, Vec<u8>), ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.into(),
         source,
     })?;
-    from_bytes(path, &bytes)
+    Ok((from_bytes(path, &bytes)?, bytes))
 }
 
 /// Validates configuration file contents; `path` is only used in messages.
@@ -161,8 +185,8 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
 
     if let Some(mode) = root.get("mode") {
         match mode.as_str() {
-            Some("enforce") => config.mode = Mode::Enforce,
-            Some("audit") => config.mode = Mode::Audit,
+            Some("enforce") => config.settings.mode = Mode::Enforce,
+            Some("audit") => config.settings.mode = Mode::Audit,
             _ => v.error(
                 "mode",
                 format!("{} is not one of: enforce, audit", show(mode)),
@@ -170,15 +194,15 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
         }
     }
     if let Some(namespaces) = root.get("namespaces") {
-        v.namespaces(namespaces, &mut config);
+        v.namespaces(namespaces, &mut config.settings);
     }
     if let Some(rules) = root.get("rules") {
-        config.rules = RuleSet::new(v.rules(rules));
+        config.rules = v.rules(rules);
     }
     for (key, slot) in [
-        ("discovery", &mut config.discovery),
-        ("sync", &mut config.sync),
-        ("secretAwareness", &mut config.secret_awareness),
+        ("discovery", &mut config.settings.discovery),
+        ("sync", &mut config.settings.sync),
+        ("secretAwareness", &mut config.settings.secret_awareness),
     ] {
         if let Some(value) = root.get(key) {
             match value.as_bool() {
@@ -224,7 +248,7 @@ impl Validator {
         }
     }
 
-    fn namespaces(&mut self, value: &Value, config: &mut Config) {
+    fn namespaces(&mut self, value: &Value, settings: &mut Settings) {
         let Some(map) = value.as_object() else {
             return self.error(
                 "namespaces",
@@ -234,8 +258,8 @@ impl Validator {
         self.unknown_keys("namespaces", map, &["selection", "exclude"]);
         if let Some(selection) = map.get("selection") {
             match selection.as_str() {
-                Some("opt-in") => config.selection = Selection::OptIn,
-                Some("all") => config.selection = Selection::All,
+                Some("opt-in") => settings.selection = Selection::OptIn,
+                Some("all") => settings.selection = Selection::All,
                 _ => self.error(
                     "namespaces.selection",
                     format!("{} is not one of: opt-in, all", show(selection)),
@@ -243,7 +267,7 @@ impl Validator {
             }
         }
         if let Some(exclude) = map.get("exclude") {
-            config.exclude = self.names(
+            settings.exclude = self.names(
                 "namespaces.exclude",
                 exclude,
                 is_dns1123_label,
@@ -384,7 +408,7 @@ fn show(value: &Value) -> String {
 /// Namespace names: RFC 1123 labels.
 pub fn is_dns1123_label(name: &str) -> bool {
     name.len() <= 63
-        && crate::image::is_domain_component(name)
+        && crate::core::image::is_domain_component(name)
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -428,18 +452,18 @@ discovery: false
 sync: false
 "#;
         let config = from_bytes(Path::new("c.yaml"), yaml.as_bytes()).expect("valid");
-        assert_eq!(config.mode, Mode::Enforce);
-        assert_eq!(config.selection, Selection::OptIn);
-        assert_eq!(config.rules.rules().len(), 3);
-        assert!(config.rules.rules()[2].pull_policy_always);
-        assert!(config.secret_awareness);
+        assert_eq!(config.settings.mode, Mode::Enforce);
+        assert_eq!(config.settings.selection, Selection::OptIn);
+        assert_eq!(config.rules.len(), 3);
+        assert!(config.rules[2].pull_policy_always);
+        assert!(config.settings.secret_awareness);
     }
 
     #[test]
     fn empty_file_gives_defaults() {
         let config = from_bytes(Path::new("c.yaml"), b"\n").expect("valid");
-        assert_eq!(config.exclude, DEFAULT_EXCLUDED_NAMESPACES);
-        assert!(config.rules.rules().is_empty());
+        assert_eq!(config.settings.exclude, DEFAULT_EXCLUDED_NAMESPACES);
+        assert!(config.rules.is_empty());
     }
 
     #[test]

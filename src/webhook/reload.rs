@@ -8,18 +8,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config;
-use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-use crate::tls::{self, ReloadingResolver};
+use tokio::sync::Notify;
 
-/// Calls `on_change` with the files' contents whenever any of them differs from the last read
-/// (the first read is the baseline). Unreadable files are retried at the next tick.
-pub async fn poll_files<F>(paths: Vec<PathBuf>, interval: Duration, mut on_change: F)
-where
+use crate::core::config;
+use crate::core::policy::PolicyStore;
+use crate::metrics::Metrics;
+use crate::webhook::tls::{self, ReloadingResolver};
+
+/// Calls `on_change` with the files' contents whenever any of them differs from the last read.
+/// `baseline` is what the caller loaded at startup, so a change made between that load and
+/// the first poll is still seen. Unreadable files are retried at the next tick.
+pub async fn poll_files<F>(
+    paths: Vec<PathBuf>,
+    baseline: Vec<Vec<u8>>,
+    interval: Duration,
+    mut on_change: F,
+) where
     F: FnMut(&[Vec<u8>]) + Send,
 {
-    let mut last = read_all(&paths).await;
+    let mut last = Some(baseline);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -50,16 +57,20 @@ async fn read_all(paths: &[PathBuf]) -> Option<Vec<Vec<u8>>> {
     Some(contents)
 }
 
-/// Reloads the serving certificate when `--tls-cert` or `--tls-key` change.
+/// Reloads the serving certificate when `--tls-cert` or `--tls-key` change from `baseline`
+/// (the certificate and key bytes loaded at startup).
 pub async fn watch_certificate(
     cert: PathBuf,
     key: PathBuf,
+    baseline: Vec<Vec<u8>>,
     interval: Duration,
     resolver: Arc<ReloadingResolver>,
     metrics: Arc<Metrics>,
 ) {
     let paths = vec![cert.clone(), key.clone()];
-    poll_files(paths, interval, |files| match tls::pair_from_pem(&cert, &files[0], &key, &files[1]) {
+    poll_files(paths, baseline, interval, |files| match tls::pair_from_pem(
+        &cert, &files[0], &key, &files[1],
+    ) {
         Ok(pair) => {
             resolver.replace(&pair);
             metrics.certificate_expiry.set(pair.not_after);
@@ -74,20 +85,24 @@ pub async fn watch_certificate(
     .await;
 }
 
-/// Reloads the configuration file when it changes.
+/// Reloads the configuration file when it changes from `baseline` (the bytes loaded at
+/// startup), and tells `changed` (the cluster side starts or stops watches to match).
 pub async fn watch_config(
     path: PathBuf,
+    baseline: Vec<u8>,
     interval: Duration,
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
 ) {
     let paths = vec![path.clone()];
-    poll_files(paths, interval, |files| match config::from_bytes(&path, &files[0]) {
+    poll_files(paths, vec![baseline], interval, |files| match config::from_bytes(&path, &files[0]) {
         Ok(config) => {
-            let rules = config.rules.rules().len();
+            let rules = config.rules.len();
             store.set_config(config);
             Metrics::reload(&metrics.config_reloads, true);
             tracing::info!(path = %path.display(), rules, "configuration reloaded");
+            changed.notify_one();
         }
         Err(e) => {
             Metrics::reload(&metrics.config_reloads, false);

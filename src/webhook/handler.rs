@@ -1,24 +1,25 @@
 //! The `/mutate` and `/audit` handlers: read the body, answer the review, record metrics.
 //!
-//! [`answer`] is the whole synchronous path from request bytes to response bytes (decode,
-//! decide, build the patch, encode); the async handlers around it only read the body under a
-//! size and time limit. Every review that carries a uid gets `allowed: true`; only a body that
-//! is not an AdmissionReview at all gets an HTTP 4xx.
+//! [`answer`] is the whole synchronous path from request bytes to response bytes: decode
+//! ([`review`]), decide ([`verdict::for_request`]), encode. The async handlers around it only
+//! read the body under a size and time limit. Every review that carries a uid gets
+//! `allowed: true`, even if the decision panics; only a body that is not an AdmissionReview at
+//! all gets an HTTP 4xx.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::App;
-use crate::config::Mode;
-use crate::decision::{self, Context, Decision, Endpoint};
-use crate::metrics::{Outcome, RuleLabels};
-use crate::patch;
-use crate::review::{self, AdmissionResponse, AdmissionReview, LooseReview};
+use crate::core::decision::{Context, Endpoint};
+use crate::core::review::{self, AdmissionResponse, AdmissionReview, LooseReview};
+use crate::core::verdict::{self, Outcome};
+use crate::metrics::AdmissionOutcome;
+use crate::webhook::state::App;
 
 /// Largest request body accepted. etcd stores objects of up to 1.5 MiB, and an AdmissionReview
 /// may carry the object and, for updates, the old object, plus JSON escaping; 7 MiB (the
@@ -34,7 +35,7 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Answer {
     pub status: StatusCode,
     pub body: Vec<u8>,
-    pub outcome: Outcome,
+    pub outcome: AdmissionOutcome,
 }
 
 impl Answer {
@@ -44,7 +45,7 @@ impl Answer {
         Self {
             status,
             body,
-            outcome: Outcome::rejected,
+            outcome: AdmissionOutcome::rejected,
         }
     }
 }
@@ -71,7 +72,7 @@ async fn handle(app: &App, endpoint: Endpoint, request: Request) -> Response {
         outcome = tracing::field::Empty,
     );
     let answer = match read_body(request.into_body()).await {
-        Ok(body) => span.in_scope(|| answer(app, endpoint, &body)),
+        Ok(body) => span.in_scope(|| guarded(&body, |body| answer(app, endpoint, body))),
         Err(rejection) => rejection,
     };
     if answer.status != StatusCode::OK {
@@ -92,12 +93,21 @@ async fn handle(app: &App, endpoint: Endpoint, request: Request) -> Response {
     } else {
         "text/plain; charset=utf-8"
     };
-    (
+    let mut response = (
         answer.status,
         [(header::CONTENT_TYPE, content_type)],
         answer.body,
     )
-        .into_response()
+        .into_response();
+    // Shutting down: ask the client to close this connection after the answer, so it never
+    // sends another request on a connection we are about to close (HTTP/1.1 has no other
+    // race-free way; hyper ignores the header on HTTP/2, which has GOAWAY).
+    if app.readiness.is_shutting_down() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn read_body(body: Body) -> Result<axum::body::Bytes, Answer> {
@@ -134,6 +144,43 @@ fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
+/// Runs `answer` on `body`; if it panics, the review is still answered `allowed: true` with
+/// its uid (when the body has one), so a bug can never block a Pod or, under
+/// `failurePolicy: Ignore`, silently drop the call.
+pub fn guarded(body: &[u8], answer: impl FnOnce(&[u8]) -> Answer) -> Answer {
+    match catch_unwind(AssertUnwindSafe(|| answer(body))) {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let loose = std::str::from_utf8(body)
+                .ok()
+                .and_then(|text| serde_json::from_str::<LooseReview<'_>>(text).ok());
+            let api_version = loose
+                .as_ref()
+                .and_then(|l| envelope_api_version(l.api_version.as_deref(), None).ok())
+                .unwrap_or(review::API_VERSION_V1);
+            let Some(request) = loose.as_ref().and_then(|l| l.request.as_ref()) else {
+                tracing::error!(panic = %message, "admission failed (panic) on a body without a uid");
+                return Answer::rejected(StatusCode::BAD_REQUEST, "internal error");
+            };
+            tracing::error!(uid = &*request.uid, panic = %message, "admission failed (panic); allowed unchanged");
+            let mut response = AdmissionResponse::allow(&request.uid);
+            response
+                .warnings
+                .push("pullsecret-injector: internal error; Pod admitted unchanged".into());
+            Answer {
+                status: StatusCode::OK,
+                body: review::encode_response(api_version, &response),
+                outcome: AdmissionOutcome::failed,
+            }
+        }
+    }
+}
+
 /// Answers one AdmissionReview body: the complete synchronous decision path.
 pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
     // JSON is UTF-8. Checking the whole body once up front is cheaper than serde_json checking
@@ -160,18 +207,10 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
         return Answer::rejected(StatusCode::BAD_REQUEST, "AdmissionReview has no request");
     };
 
-    let pod = request.object.as_ref();
-    let namespace: &str = match (
-        &*request.namespace,
-        pod.and_then(|p| p.metadata.namespace.as_deref()),
-    ) {
-        ("", Some(ns)) => ns,
-        (ns, _) => ns,
-    };
     let span = tracing::Span::current();
     span.record("uid", &*request.uid);
-    span.record("namespace", namespace);
-    if let Some(name) = pod.and_then(|p| {
+    span.record("namespace", verdict::request_namespace(request));
+    if let Some(name) = request.object.as_ref().and_then(|p| {
         p.metadata
             .name
             .as_deref()
@@ -181,86 +220,40 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
     }
 
     let policy = app.policy.load();
-    let ctx = Context {
-        config: &policy.config,
-        rules: &policy.rules,
-        endpoint,
-        own_namespace: app.own_namespace.as_deref(),
-        namespace,
-        namespace_label: app.cluster.namespace_label(namespace),
-        secrets: app.cluster.as_ref(),
-    };
-    let decision = decision::decide_request(
-        &request.kind.group,
-        &request.kind.kind,
-        &request.operation,
-        pod,
-        &ctx,
-    );
+    let ctx = Context::new(&policy, app.facts.as_ref())
+        .endpoint(endpoint)
+        .own_namespace(app.own_namespace.as_deref());
+    let verdict = verdict::for_request(request, &ctx);
+    app.metrics.record_verdict(&verdict);
+
     let mut response = AdmissionResponse::allow(&request.uid);
-    let outcome = match &decision {
-        Decision::Skip(reason) => {
-            tracing::debug!(reason = reason.as_str(), "skipped");
-            Outcome::skipped
-        }
-        Decision::Plan(plan) => {
-            let enforce = plan.mode == Mode::Enforce;
-            span.record("mode", if enforce { "enforce" } else { "audit" });
-            response.warnings = plan.warnings();
-            let patch = if enforce { patch::build(plan) } else { None };
-            if let Some(patch) = &patch {
-                // Serialising typed patch operations cannot fail.
-                response = response.with_patch(&serde_json::to_vec(patch).unwrap_or_default());
-            }
-            let changes = patch.is_some() || (!enforce && plan.changes_pod());
-            if changes && !plan.add.is_empty() {
-                let (key, counter) = if enforce {
-                    ("injected-secrets", &app.metrics.secrets_injected)
-                } else {
-                    ("would-inject-secrets", &app.metrics.audit_findings)
-                };
-                let names = plan
-                    .add
-                    .iter()
-                    .map(|s| s.name)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                // Debug: at thousands of Pods a second an info line costs more than the
-                // decision; metrics and audit annotations carry the record.
-                tracing::debug!(secrets = %names, "imagePullSecrets {}", if enforce { "injected" } else { "would be injected" });
-                response
-                    .audit_annotations
-                    .insert(annotation_key(key, plan), names);
-                for secret in &plan.add {
-                    counter
-                        .get_or_create(&RuleLabels {
-                            rule: secret.rule.pattern.as_str().to_string(),
-                        })
-                        .inc();
-                }
-            }
-            match (changes, enforce) {
-                (false, _) => Outcome::unchanged,
-                (true, true) => Outcome::patched,
-                (true, false) => Outcome::audited,
+    response.warnings = verdict.warnings.iter().map(ToString::to_string).collect();
+    if let Some(patch) = &verdict.patch {
+        // Serialising typed patch operations cannot fail.
+        response = response.with_patch(&serde_json::to_vec(patch).unwrap_or_default());
+    }
+    if let Some(annotation) = &verdict.annotation {
+        // Debug: at thousands of Pods a second an info line costs more than the decision;
+        // metrics and audit annotations carry the record.
+        tracing::debug!(secrets = %annotation.value, key = %annotation.key, "imagePullSecrets decided");
+        response
+            .audit_annotations
+            .insert(annotation.key.clone(), annotation.value.clone());
+    }
+    match verdict.outcome {
+        Outcome::Skipped(reason) => tracing::debug!(reason = reason.as_str(), "skipped"),
+        _ => {
+            if let Some(mode) = verdict.mode {
+                span.record("mode", mode.as_str());
             }
         }
-    };
+    }
+    let outcome = AdmissionOutcome::from(verdict.outcome);
     span.record("outcome", format_args!("{outcome:?}"));
     Answer {
         status: StatusCode::OK,
         body: review::encode_response(api_version, &response),
         outcome,
-    }
-}
-
-/// Audit annotation key for this round. The API server refuses to overwrite an annotation
-/// set in an earlier round of the same request (reinvocation), so a round that finds the Pod
-/// already listing N pull secrets writes `<base>-after-N` instead of `<base>`.
-fn annotation_key(base: &str, plan: &crate::decision::Plan<'_>) -> String {
-    match plan.existing_pull_secrets {
-        0 => base.to_string(),
-        n => format!("{base}-after-{n}"),
     }
 }
 
@@ -325,7 +318,7 @@ fn answer_unreadable_object(body: &str, error: serde_json::Error) -> Answer {
     Answer {
         status: StatusCode::OK,
         body: review::encode_response(api_version, &response),
-        outcome: Outcome::skipped,
+        outcome: AdmissionOutcome::skipped,
     }
 }
 
@@ -384,5 +377,25 @@ mod tests {
         );
         let error = serde_json::from_str::<serde_json::Value>("{").expect_err("EOF");
         assert_eq!(redacted(&error), error.to_string());
+    }
+
+    #[test]
+    fn a_panic_is_answered_allowed_with_the_uid() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u-42","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#;
+        let answer = guarded(body, |_| panic!("boom"));
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.outcome, AdmissionOutcome::failed);
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+        assert_eq!(json["apiVersion"], "admission.k8s.io/v1beta1");
+        assert_eq!(json["response"]["uid"], "u-42");
+        assert_eq!(json["response"]["allowed"], true);
+        assert!(json["response"].get("patch").is_none());
+        assert_eq!(
+            json["response"]["warnings"][0],
+            "pullsecret-injector: internal error; Pod admitted unchanged"
+        );
+        // Without a uid there is nothing to answer: a 400, never a hang or a crash.
+        let answer = guarded(b"not json", |_| panic!("boom"));
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     }
 }

@@ -1,0 +1,348 @@
+//! Compact indexes of what the watches deliver, and the [`ClusterFacts`] admission reads.
+//!
+//! A watch delivers whole objects; an index keeps only what a decision needs, keyed by
+//! namespace and name (a namespace's inject label; for a Secret, whether it exists and, for
+//! copies, their source). Each index knows whether it is fresh: listed once and healthy since
+//! its last error. A stale or unlisted index answers "unknown", never "absent".
+//!
+//! Indexes are filled through [`Index::apply`], [`Index::delete`] and a list cycle
+//! ([`Index::start_list`], [`Index::apply_listed`], [`Index::finish_list`]), which tests drive
+//! directly, without a cluster.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwapOption;
+
+use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
+use crate::metrics::{KindLabels, Metrics, unix_now};
+
+type Map<V> = HashMap<Box<str>, HashMap<Box<str>, V>>;
+
+/// Whether a watch has listed and is streaming; mirrored into the `watch_healthy` and
+/// `watch_last_event_timestamp_seconds` gauges.
+pub struct Health {
+    kind: &'static str,
+    listed: AtomicBool,
+    healthy: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Health {
+    pub fn new(kind: &'static str, metrics: Arc<Metrics>) -> Self {
+        metrics
+            .watch_healthy
+            .get_or_create(&KindLabels { kind })
+            .set(0);
+        Self {
+            kind,
+            listed: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// An event or a completed list arrived.
+    fn alive(&self) {
+        self.healthy.store(true, Ordering::Release);
+        let labels = KindLabels { kind: self.kind };
+        self.metrics.watch_healthy.get_or_create(&labels).set(1);
+        self.metrics
+            .watch_last_event
+            .get_or_create(&labels)
+            .set(unix_now());
+    }
+
+    /// The watch failed; it retries with backoff. Until it delivers again, absence in the
+    /// index proves nothing.
+    pub fn failed(&self) {
+        self.healthy.store(false, Ordering::Release);
+        let labels = KindLabels { kind: self.kind };
+        self.metrics.watch_healthy.get_or_create(&labels).set(0);
+        self.metrics.watch_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire)
+    }
+
+    /// Listed, and no error since the last event.
+    pub fn is_fresh(&self) -> bool {
+        self.is_listed() && self.healthy.load(Ordering::Acquire)
+    }
+}
+
+/// Objects of one watch by namespace and name (cluster-scoped kinds use the namespace `""`).
+pub struct Index<V> {
+    current: RwLock<Map<V>>,
+    /// While a list is in progress: the objects listed so far, replacing `current` at the end.
+    /// Lookups keep answering from `current` meanwhile.
+    staging: Mutex<Option<Map<V>>>,
+    pub health: Health,
+}
+
+impl<V> Index<V> {
+    pub fn new(kind: &'static str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: RwLock::new(HashMap::new()),
+            staging: Mutex::new(None),
+            health: Health::new(kind, metrics),
+        }
+    }
+
+    /// Reads one entry.
+    pub fn get<R>(&self, namespace: &str, name: &str, read: impl FnOnce(Option<&V>) -> R) -> R {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        read(current.get(namespace).and_then(|names| names.get(name)))
+    }
+
+    /// Visits every entry (sync's input assembly).
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &str, &V)) {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        for (namespace, names) in current.iter() {
+            for (name, value) in names {
+                visit(namespace, name, value);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.values().map(HashMap::len).sum()
+    }
+
+    /// An object was added or changed.
+    pub fn apply(&self, namespace: &str, name: &str, value: V) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        insert(&mut current, namespace, name, value);
+        drop(current);
+        self.health.alive();
+    }
+
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(names) = current.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                current.remove(namespace);
+            }
+        }
+        drop(current);
+        self.health.alive();
+    }
+
+    /// A (re)list begins.
+    pub fn start_list(&self) {
+        *self.staging.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+    }
+
+    /// An object of the list in progress (applied directly if no list is in progress).
+    pub fn apply_listed(&self, namespace: &str, name: &str, value: V) {
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        match staging.as_mut() {
+            Some(map) => insert(map, namespace, name, value),
+            None => {
+                drop(staging);
+                self.apply(namespace, name, value);
+            }
+        }
+    }
+
+    /// The list is complete: it replaces what was known.
+    pub fn finish_list(&self) {
+        let listed = self
+            .staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(map) = listed {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = map;
+        }
+        self.health.listed.store(true, Ordering::Release);
+        self.health.alive();
+    }
+}
+
+fn insert<V>(map: &mut Map<V>, namespace: &str, name: &str, value: V) {
+    match map.get_mut(namespace) {
+        Some(names) => {
+            names.insert(name.into(), value);
+        }
+        None => {
+            map.insert(namespace.into(), HashMap::from([(name.into(), value)]));
+        }
+    }
+}
+
+/// What the namespace index keeps of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceEntry {
+    pub label: NamespaceLabel,
+    /// Being deleted: sync writes nothing there.
+    pub terminating: bool,
+}
+
+/// What the Secret indexes keep of a Secret: nothing for most, the marks for sync's copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretEntry {
+    /// `<namespace>/<name>` of the source, when the injector manages this Secret.
+    pub managed_source: Option<Box<str>>,
+    pub source_version: Option<Box<str>>,
+}
+
+/// The credential Secrets of the cluster: one index per docker config type, each fed by its own
+/// server-side filtered watch.
+pub struct SecretIndexes(pub Vec<Arc<Index<SecretEntry>>>);
+
+impl SecretIndexes {
+    pub fn presence(&self, namespace: &str, name: &str) -> SecretPresence {
+        if self
+            .0
+            .iter()
+            .any(|index| index.get(namespace, name, |entry| entry.is_some()))
+        {
+            SecretPresence::Seen
+        } else if self.0.iter().all(|index| index.health.is_fresh()) {
+            SecretPresence::NotSeen
+        } else {
+            SecretPresence::Unknown
+        }
+    }
+}
+
+/// What admission reads in cluster mode. The Secret indexes come and go with the
+/// `secretAwareness` and `sync` settings.
+pub struct ClusterIndex {
+    pub namespaces: Arc<Index<NamespaceEntry>>,
+    pub secrets: ArcSwapOption<SecretIndexes>,
+}
+
+impl ClusterFacts for ClusterIndex {
+    fn namespace_label(&self, namespace: &str) -> NamespaceLabel {
+        // Not in the index (created a moment ago): the webhook's namespaceSelector decided.
+        self.namespaces.get("", namespace, |entry| {
+            entry.map_or(NamespaceLabel::Unknown, |e| e.label)
+        })
+    }
+
+    fn secret_presence(&self, namespace: &str, name: &str) -> SecretPresence {
+        match &*self.secrets.load() {
+            Some(indexes) => indexes.presence(namespace, name),
+            None => SecretPresence::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> SecretEntry {
+        SecretEntry {
+            managed_source: None,
+            source_version: None,
+        }
+    }
+
+    fn cluster(secret_indexes: usize) -> (ClusterIndex, Vec<Arc<Index<SecretEntry>>>) {
+        let metrics = Arc::new(Metrics::default());
+        let indexes: Vec<_> = (0..secret_indexes)
+            .map(|_| Arc::new(Index::new("secrets", metrics.clone())))
+            .collect();
+        let cluster = ClusterIndex {
+            namespaces: Arc::new(Index::new("namespaces", metrics)),
+            secrets: ArcSwapOption::from_pointee(SecretIndexes(indexes.clone())),
+        };
+        (cluster, indexes)
+    }
+
+    #[test]
+    fn presence_is_unknown_until_listed_and_while_unhealthy() {
+        let (cluster, indexes) = cluster(2);
+        let presence = || cluster.secret_presence("team-a", "regcred");
+        assert_eq!(presence(), SecretPresence::Unknown, "nothing listed");
+        indexes[0].start_list();
+        indexes[0].apply_listed("team-a", "other", entry());
+        indexes[0].finish_list();
+        assert_eq!(presence(), SecretPresence::Unknown, "one of two listed");
+        indexes[1].start_list();
+        indexes[1].finish_list();
+        assert_eq!(presence(), SecretPresence::NotSeen, "both fresh, absent");
+        indexes[1].apply("team-a", "regcred", entry());
+        assert_eq!(presence(), SecretPresence::Seen);
+        indexes[1].delete("team-a", "regcred");
+        assert_eq!(presence(), SecretPresence::NotSeen);
+        indexes[0].health.failed();
+        assert_eq!(presence(), SecretPresence::Unknown, "a failing watch");
+        indexes[0].apply("team-b", "x", entry());
+        assert_eq!(presence(), SecretPresence::NotSeen, "recovered");
+        cluster.secrets.store(None);
+        assert_eq!(presence(), SecretPresence::Unknown, "awareness turned off");
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_only_when_complete() {
+        let (cluster, indexes) = cluster(1);
+        let index = &indexes[0];
+        index.start_list();
+        index.apply_listed("a", "old", entry());
+        index.finish_list();
+        index.start_list();
+        index.apply_listed("a", "new", entry());
+        // Mid-list, lookups still see the previous list.
+        assert_eq!(cluster.secret_presence("a", "old"), SecretPresence::Seen);
+        assert_eq!(cluster.secret_presence("a", "new"), SecretPresence::NotSeen);
+        index.finish_list();
+        assert_eq!(cluster.secret_presence("a", "old"), SecretPresence::NotSeen);
+        assert_eq!(cluster.secret_presence("a", "new"), SecretPresence::Seen);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn namespaces_not_in_the_index_are_unknown() {
+        let (cluster, _) = cluster(0);
+        let enabled = NamespaceEntry {
+            label: NamespaceLabel::Enabled,
+            terminating: false,
+        };
+        cluster.namespaces.apply("", "team-a", enabled);
+        assert_eq!(cluster.namespace_label("team-a"), NamespaceLabel::Enabled);
+        assert_eq!(cluster.namespace_label("new"), NamespaceLabel::Unknown);
+    }
+
+    #[test]
+    fn health_is_exported() {
+        let metrics = Arc::new(Metrics::default());
+        let index: Index<()> = Index::new("namespaces", metrics.clone());
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"pullsecret_injector_watch_healthy{kind="namespaces"} 0"#),
+            "{text}"
+        );
+        index.start_list();
+        index.finish_list();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"pullsecret_injector_watch_healthy{kind="namespaces"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pullsecret_injector_watch_last_event_timestamp_seconds{kind=\"namespaces\"}"
+            ),
+            "{text}"
+        );
+        index.health.failed();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"pullsecret_injector_watch_errors_total{kind="namespaces"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Source Secrets: the Secrets of the injector's namespace labelled
+//! `pullsecret-injector/source=true`. Discovery turns their docker config keys into rules;
+//! sync copies them where rules need them.
+//!
+//! The watch selects by label on the server, so the namespace's other Secrets (the webhook's
+//! own TLS key among them) are never read, let alone held or copied. Objects are read untyped,
+//! so one odd Secret is skipped and counted instead of stopping the watch.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher;
+
+use crate::cluster::index::Index;
+use crate::cluster::watch::{Running, Watches};
+use crate::core::dockercfg::{self, SourceError, SourceSecret};
+use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, SOURCE_LABEL};
+use crate::core::rules::Rule;
+use crate::metrics::{KindLabels, Metrics};
+
+/// A source Secret as sync and discovery need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub resource_version: String,
+    pub secret: SourceSecret,
+}
+
+impl Source {
+    /// Only docker config Secrets are pull credentials; anything else is never copied.
+    pub fn is_pull_credential(&self) -> bool {
+        matches!(self.secret.kind.as_str(), DOCKER_CONFIG_JSON | DOCKER_CFG)
+    }
+}
+
+/// Watches the labelled Secrets of `own_namespace` into a new index.
+pub fn watch(
+    watches: &Watches,
+    client: &kube::Client,
+    own_namespace: &str,
+    metrics: &Arc<Metrics>,
+) -> (Arc<Index<Source>>, Running) {
+    let index = Arc::new(Index::new("source_secrets", metrics.clone()));
+    let resource = ApiResource::erase::<Secret>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), own_namespace, &resource);
+    let config = watcher::Config::default().labels(&format!("{SOURCE_LABEL}=true"));
+    let running = watches.start(api, config, index.clone(), entry);
+    (index, running)
+}
+
+fn entry(object: &DynamicObject) -> Option<Source> {
+    let name = object.metadata.name.as_deref()?;
+    Some(Source {
+        resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+        secret: SourceSecret::from_body(name, &object.data),
+    })
+}
+
+/// Reads the index into discovered rules, reporting each unusable source once per version.
+pub struct Discovery {
+    reported: HashSet<(String, String)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Discovery {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            reported: HashSet::new(),
+            metrics,
+        }
+    }
+
+    /// The rules the sources serve, in name order (so the merged rule list is stable).
+    pub fn rules(&mut self, sources: &Index<Source>) -> Vec<Rule> {
+        let mut found: Vec<(String, String, Vec<Rule>, Vec<SourceError>)> = Vec::new();
+        sources.for_each(|_, name, source| {
+            let (rules, errors) = dockercfg::rules_from(&source.secret);
+            found.push((
+                name.to_string(),
+                source.resource_version.clone(),
+                rules,
+                errors,
+            ));
+        });
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rules = Vec::new();
+        for (name, version, found_rules, errors) in found {
+            if !errors.is_empty() && self.reported.insert((name, version)) {
+                for error in &errors {
+                    self.metrics
+                        .source_secret_errors
+                        .get_or_create(&KindLabels { kind: error.kind() })
+                        .inc();
+                    tracing::warn!(error = %error, "source Secret (or one of its keys) skipped");
+                }
+            }
+            rules.extend(found_rules);
+        }
+        rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use serde_json::json;
+
+    fn secret(name: &str, body: serde_json::Value) -> DynamicObject {
+        let mut object = DynamicObject::new(name, &ApiResource::erase::<Secret>(&())).data(body);
+        object.metadata.resource_version = Some("1".into());
+        object
+    }
+
+    #[test]
+    fn odd_source_secrets_are_skipped_and_counted_once() {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let metrics = Arc::new(Metrics::default());
+        let index = Index::new("source_secrets", metrics.clone());
+        index.start_list();
+        for object in [
+            secret(
+                "good",
+                json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}}),
+            ),
+            secret("no-data", json!({"type": DOCKER_CONFIG_JSON})),
+            secret(
+                "data-not-a-map",
+                json!({"type": DOCKER_CONFIG_JSON, "data": "x"}),
+            ),
+            secret("no-type", json!({"data": {"a": "eA=="}})),
+        ] {
+            let value = entry(&object).expect("named");
+            index.apply_listed("psi", object.metadata.name.as_deref().unwrap_or(""), value);
+        }
+        index.finish_list();
+        let mut discovery = Discovery::new(metrics.clone());
+        let rules = discovery.rules(&index);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].pattern.as_str(), "ghcr.io");
+        // A second pass over the same versions reports nothing new.
+        discovery.rules(&index);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"source_secret_errors_total{kind="missing_data"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"source_secret_errors_total{kind="wrong_type"} 1"#),
+            "{text}"
+        );
+        let good = index.get("psi", "good", |s| s.cloned()).expect("indexed");
+        assert!(good.is_pull_credential());
+        let opaque = index
+            .get("psi", "no-type", |s| s.cloned())
+            .expect("indexed");
+        assert!(!opaque.is_pull_credential());
+    }
+}

@@ -1,0 +1,20 @@
+//! The pure core: everything that decides, with no I/O, no clock and no async, so that every
+//! branch is covered by table tests.
+//!
+//! No I/O except reading the configuration file ([`config::load`]). Read along a request: [`review`] decodes the AdmissionReview, [`decision`] decides scope and
+//! one rule per image (through [`image`] and [`rules`]), [`verdict`] turns that into the
+//! complete answer (outcome, patch from [`patch`], warnings, audit annotation), and [`review`]
+//! encodes it. [`config`] and [`policy`] hold what the decision reads, [`facts`] what it may
+//! know about the cluster, [`dockercfg`] reads docker config Secrets.
+
+pub mod config;
+pub mod decision;
+pub mod dockercfg;
+pub mod facts;
+pub mod image;
+pub mod names;
+pub mod patch;
+pub mod policy;
+pub mod review;
+pub mod rules;
+pub mod verdict;

@@ -1,0 +1,34 @@
+//! Names users and other tools see: labels, annotations, Secret types, audit annotation keys.
+//! One place, so the code, the chart's tests and the end-to-end suite cannot drift apart.
+
+/// On namespaces and Pods: `enabled`, `audit` or `disabled`.
+pub const INJECT_LABEL: &str = "pullsecret-injector/inject";
+pub const INJECT_ENABLED: &str = "enabled";
+pub const INJECT_AUDIT: &str = "audit";
+pub const INJECT_DISABLED: &str = "disabled";
+
+/// On docker config Secrets in the injector's namespace: `true` makes a Secret a source
+/// (discovery reads its `auths` keys; sync copies it where rules need it).
+pub const SOURCE_LABEL: &str = "pullsecret-injector/source";
+
+/// Set by the kubelet on mirror Pods of static Pods (never mutated).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The two Secret types the kubelet reads pull credentials from.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+
+/// Marks on Secret copies written by sync.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "pullsecret-injector";
+/// `<namespace>/<name>` of the source a copy was made from.
+pub const SOURCE_ANNOTATION: &str = "pullsecret-injector/source";
+/// The source's resourceVersion when the copy was written.
+pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecret-injector/source-version";
+
+/// Audit annotation (the API server prefixes it with the webhook's name): the secrets added,
+/// comma-separated. `-after-N` when the Pod already listed N pull secrets (a reinvocation).
+pub const ANNOTATION_INJECTED: &str = "injected-secrets";
+/// Audit mode: the secrets that would be added; `-for-K-images` names how many images the
+/// round inspected, so a reinvocation that saw a new image records its own finding.
+pub const ANNOTATION_WOULD_INJECT: &str = "would-inject-secrets";

@@ -1,0 +1,402 @@
+//! The complete answer to one review, decided once: outcome, patch, typed warnings, the audit
+//! annotation and what was (or would be) injected. The webhook handler encodes it, `explain`
+//! and `audit` print it, metrics count it; none of them decides anything of its own.
+
+use std::fmt;
+
+use json_patch::Patch;
+
+use crate::core::config::Mode;
+use crate::core::decision::{
+    self, Context, Decision, ImageFinding, ImageOutcome, ImageSource, Plan, SecretToAdd, SkipReason,
+};
+use crate::core::facts::SecretPresence;
+use crate::core::image::ImageError;
+use crate::core::names::{ANNOTATION_INJECTED, ANNOTATION_WOULD_INJECT};
+use crate::core::patch;
+use crate::core::review::{AdmissionRequest, Pod};
+
+/// How a review ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Out of scope (not a Pod CREATE, opted out, excluded namespace, ...).
+    Skipped(SkipReason),
+    /// In scope, nothing to change.
+    Unchanged,
+    /// A patch is returned.
+    Patched,
+    /// Audit: findings reported as warnings, no patch.
+    Audited,
+}
+
+impl Outcome {
+    /// Stable name, as in `explain -o json` and the `outcome` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Patched => "patched",
+            Outcome::Audited => "audited",
+        }
+    }
+}
+
+/// A warning for the API client (kubectl prints them) and for `explain`/`audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning<'a> {
+    /// The image reference cannot be parsed: no secret for it.
+    InvalidImage {
+        source: ImageSource,
+        name: &'a str,
+        image: &'a str,
+        error: ImageError,
+    },
+    /// Audit: this secret would be added.
+    WouldAddSecret {
+        secret: &'a str,
+        rule: &'a str,
+        images: Vec<&'a str>,
+    },
+    /// Audit: this pull policy would be set to Always.
+    WouldSetPullPolicy { source: ImageSource, name: &'a str },
+    /// Referenced, but not in the namespace as far as a fresh cache knows.
+    SecretNotSeen { secret: &'a str, rule: &'a str },
+}
+
+impl Warning<'_> {
+    /// Findings of audit mode (what enforcing would do), as opposed to problems.
+    pub fn is_audit_finding(&self) -> bool {
+        matches!(
+            self,
+            Warning::WouldAddSecret { .. } | Warning::WouldSetPullPolicy { .. }
+        )
+    }
+}
+
+impl fmt::Display for Warning<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::InvalidImage {
+                source,
+                name,
+                image,
+                error,
+            } => write!(
+                f,
+                "pullsecret-injector: {} {name} image {image:?} not matched: {error}",
+                source.noun()
+            ),
+            Warning::WouldAddSecret {
+                secret,
+                rule,
+                images,
+            } => write!(
+                f,
+                "pullsecret-injector (audit): would add imagePullSecret {secret} for {} (rule {rule})",
+                images.join(", ")
+            ),
+            Warning::WouldSetPullPolicy { source, name } => write!(
+                f,
+                "pullsecret-injector (audit): would set imagePullPolicy Always on {} {name}",
+                source.noun()
+            ),
+            Warning::SecretNotSeen { secret, rule } => write!(
+                f,
+                "pullsecret-injector: Secret {secret} (rule {rule}) is not in this namespace yet; \
+                 referenced anyway: the kubelet uses it as soon as it exists"
+            ),
+        }
+    }
+}
+
+/// An `auditAnnotations` entry (the API server prefixes the key with the webhook name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub key: String,
+    pub value: String,
+}
+
+/// The answer to one review.
+#[derive(Debug, Clone)]
+pub struct Verdict<'a> {
+    pub outcome: Outcome,
+    /// `None` when skipped.
+    pub mode: Option<Mode>,
+    pub images: Vec<ImageFinding<'a>>,
+    /// Added to the Pod (enforce) or that would be (audit), in order.
+    pub secrets: Vec<SecretToAdd<'a>>,
+    pub patch: Option<Patch>,
+    pub warnings: Vec<Warning<'a>>,
+    pub annotation: Option<Annotation>,
+}
+
+impl Verdict<'_> {
+    fn skipped(reason: SkipReason) -> Self {
+        Self {
+            outcome: Outcome::Skipped(reason),
+            mode: None,
+            images: Vec::new(),
+            secrets: Vec::new(),
+            patch: None,
+            warnings: Vec::new(),
+            annotation: None,
+        }
+    }
+}
+
+/// The verdict for an admission request.
+pub fn for_request<'a>(request: &'a AdmissionRequest<'a>, ctx: &Context<'a>) -> Verdict<'a> {
+    if let Err(reason) = decision::gate(&request.kind.group, &request.kind.kind, &request.operation)
+    {
+        return Verdict::skipped(reason);
+    }
+    match &request.object {
+        Some(pod) => for_pod(pod, request_namespace(request), ctx),
+        None => Verdict::skipped(SkipReason::NoPodObject),
+    }
+}
+
+/// The request's namespace, or the Pod's when the request leaves it empty.
+pub fn request_namespace<'a>(request: &'a AdmissionRequest<'a>) -> &'a str {
+    match (
+        &*request.namespace,
+        request
+            .object
+            .as_ref()
+            .and_then(|p| p.metadata.namespace.as_deref()),
+    ) {
+        ("", Some(namespace)) => namespace,
+        (namespace, _) => namespace,
+    }
+}
+
+/// The verdict for a Pod being created in `namespace`.
+pub fn for_pod<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Verdict<'a> {
+    match decision::decide(pod, namespace, ctx) {
+        Decision::Skip(reason) => Verdict::skipped(reason),
+        Decision::Plan(plan) => from_plan(plan),
+    }
+}
+
+fn from_plan(plan: Plan<'_>) -> Verdict<'_> {
+    let enforce = plan.mode == Mode::Enforce;
+    let mut warnings = Vec::new();
+    for image in &plan.images {
+        if let ImageOutcome::Invalid(error) = &image.outcome {
+            warnings.push(Warning::InvalidImage {
+                source: image.source,
+                name: image.name,
+                image: image.image,
+                error: error.clone(),
+            });
+        }
+    }
+    if !enforce {
+        for secret in &plan.secrets {
+            warnings.push(Warning::WouldAddSecret {
+                secret: secret.name,
+                rule: secret.rule.pattern.as_str(),
+                images: secret.images.clone(),
+            });
+        }
+        for image in plan.images.iter().filter(|i| i.set_pull_policy_always) {
+            warnings.push(Warning::WouldSetPullPolicy {
+                source: image.source,
+                name: image.name,
+            });
+        }
+    }
+    for secret in &plan.secrets {
+        if secret.presence == SecretPresence::NotSeen {
+            warnings.push(Warning::SecretNotSeen {
+                secret: secret.name,
+                rule: secret.rule.pattern.as_str(),
+            });
+        }
+    }
+
+    let changes = plan.changes_pod();
+    let patch = if enforce { patch::build(&plan) } else { None };
+    let annotation = (changes && !plan.secrets.is_empty()).then(|| Annotation {
+        key: annotation_key(&plan),
+        value: plan
+            .secrets
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(","),
+    });
+    let outcome = match (changes, enforce) {
+        (false, _) => Outcome::Unchanged,
+        (true, true) => Outcome::Patched,
+        (true, false) => Outcome::Audited,
+    };
+    Verdict {
+        outcome,
+        mode: Some(plan.mode),
+        images: plan.images,
+        secrets: plan.secrets,
+        patch,
+        warnings,
+        annotation,
+    }
+}
+
+/// Audit annotation key for this round. The API server refuses to overwrite an annotation
+/// set in an earlier round of the same request (reinvocation), so each round's key must
+/// differ when its value can: enforce mode counts the pull secrets the Pod already lists
+/// (round 1 added some), audit mode the images it inspected (a later webhook added one).
+fn annotation_key(plan: &Plan<'_>) -> String {
+    match plan.mode {
+        Mode::Enforce => match plan.existing_pull_secrets {
+            0 => ANNOTATION_INJECTED.to_string(),
+            n => format!("{ANNOTATION_INJECTED}-after-{n}"),
+        },
+        Mode::Audit => format!("{ANNOTATION_WOULD_INJECT}-for-{}-images", plan.images.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::Settings;
+    use crate::core::decision::Endpoint;
+    use crate::core::decision::tests::{Known, labelled, pod, policy, policy_with};
+    use crate::core::facts::NamespaceLabel;
+    use crate::core::policy::Policy;
+    use std::collections::HashMap;
+
+    /// One row: the verdict's outcome, mode, secrets, patch presence, annotation and warnings.
+    struct Row {
+        outcome: &'static str,
+        mode: Option<Mode>,
+        secrets: Vec<&'static str>,
+        patched: bool,
+        annotation: Option<(&'static str, &'static str)>,
+        warnings: usize,
+    }
+
+    fn check(i: usize, got: &Verdict<'_>, want: &Row) {
+        assert_eq!(got.outcome.as_str(), want.outcome, "case {i}");
+        assert_eq!(got.mode, want.mode, "case {i}");
+        let secrets: Vec<&str> = got.secrets.iter().map(|s| s.name).collect();
+        assert_eq!(secrets, want.secrets, "case {i}");
+        assert_eq!(got.patch.is_some(), want.patched, "case {i}");
+        let annotation = got
+            .annotation
+            .as_ref()
+            .map(|a| (a.key.as_str(), a.value.as_str()));
+        assert_eq!(annotation, want.annotation, "case {i}");
+        assert_eq!(
+            got.warnings.len(),
+            want.warnings,
+            "case {i}: {:?}",
+            got.warnings
+        );
+    }
+
+    #[test]
+    fn every_mode_endpoint_and_round() {
+        let enforce = policy();
+        let audit = policy_with(Settings {
+            mode: Mode::Audit,
+            ..Settings::default()
+        });
+        let first = pod(&["ghcr.io/acme/init"], &["nginx"], None);
+        // Round 2 of a reinvocation: round 1 added both; a later webhook added a sidecar.
+        let second_enforce = pod(
+            &["ghcr.io/acme/init"],
+            &["nginx", "1.dkr.ecr.us-east-1.amazonaws.com/sidecar"],
+            Some(&["ghcr-acme", "dockerhub"]),
+        );
+        let second_audit = pod(
+            &["ghcr.io/acme/init"],
+            &["nginx", "1.dkr.ecr.us-east-1.amazonaws.com/sidecar"],
+            None,
+        );
+        let done = pod(&[], &["nginx"], Some(&["dockerhub"]));
+        let public = pod(&[], &["quay.io/a/b"], None);
+        let facts = labelled("team-a", NamespaceLabel::Enabled);
+        let audit_ns = labelled("team-a", NamespaceLabel::Audit);
+        let off = labelled("team-a", NamespaceLabel::Unlabelled);
+        use Endpoint::{Audit as A, Mutate as M};
+        #[rustfmt::skip]
+        let cases: Vec<(&Policy, &Known, Endpoint, &Pod<'_>, Row)> = vec![
+            (&enforce, &facts, M, &first, Row { outcome: "patched", mode: Some(Mode::Enforce),
+                secrets: vec!["ghcr-acme", "dockerhub"], patched: true,
+                annotation: Some(("injected-secrets", "ghcr-acme,dockerhub")), warnings: 0 }),
+            (&enforce, &facts, M, &second_enforce, Row { outcome: "patched", mode: Some(Mode::Enforce),
+                secrets: vec!["ecr", "ecr-backup"], patched: true,
+                annotation: Some(("injected-secrets-after-2", "ecr,ecr-backup")), warnings: 0 }),
+            (&enforce, &facts, M, &done, Row { outcome: "unchanged", mode: Some(Mode::Enforce),
+                secrets: vec![], patched: false, annotation: None, warnings: 0 }),
+            (&enforce, &facts, M, &public, Row { outcome: "unchanged", mode: Some(Mode::Enforce),
+                secrets: vec![], patched: false, annotation: None, warnings: 0 }),
+            // /audit, an =audit namespace and mode: audit all report without a patch: two
+            // secrets and the init container's pull policy.
+            (&enforce, &facts, A, &first, Row { outcome: "audited", mode: Some(Mode::Audit),
+                secrets: vec!["ghcr-acme", "dockerhub"], patched: false,
+                annotation: Some(("would-inject-secrets-for-2-images", "ghcr-acme,dockerhub")), warnings: 3 }),
+            (&enforce, &audit_ns, M, &first, Row { outcome: "audited", mode: Some(Mode::Audit),
+                secrets: vec!["ghcr-acme", "dockerhub"], patched: false,
+                annotation: Some(("would-inject-secrets-for-2-images", "ghcr-acme,dockerhub")), warnings: 3 }),
+            (&audit, &facts, M, &first, Row { outcome: "audited", mode: Some(Mode::Audit),
+                secrets: vec!["ghcr-acme", "dockerhub"], patched: false,
+                annotation: Some(("would-inject-secrets-for-2-images", "ghcr-acme,dockerhub")), warnings: 3 }),
+            // Audit round 2 sees one more image, so its key differs from round 1's.
+            (&audit, &facts, M, &second_audit, Row { outcome: "audited", mode: Some(Mode::Audit),
+                secrets: vec!["ghcr-acme", "dockerhub", "ecr", "ecr-backup"], patched: false,
+                annotation: Some(("would-inject-secrets-for-3-images", "ghcr-acme,dockerhub,ecr,ecr-backup")),
+                warnings: 5 }),
+            (&enforce, &off, M, &first, Row { outcome: "skipped", mode: None,
+                secrets: vec![], patched: false, annotation: None, warnings: 0 }),
+        ];
+        for (i, (policy, facts, endpoint, pod, want)) in cases.iter().enumerate() {
+            let ctx = Context::new(policy, *facts).endpoint(*endpoint);
+            check(i, &for_pod(pod, "team-a", &ctx), want);
+        }
+    }
+
+    #[test]
+    fn warnings_are_typed_and_render_for_people() {
+        let policy = policy();
+        let facts = Known {
+            labels: HashMap::from([("team-a", NamespaceLabel::Enabled)]),
+            secrets: Some(vec!["dockerhub"]),
+        };
+        let p = pod(&[], &["NGINX", "nginx", "ghcr.io/acme/api"], None);
+        let ctx = Context::new(&policy, &facts).endpoint(Endpoint::Audit);
+        let verdict = for_pod(&p, "team-a", &ctx);
+        let text: Vec<String> = verdict.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "pullsecret-injector: container c0 image \"NGINX\" not matched: invalid reference format: repository name must be lowercase",
+                "pullsecret-injector (audit): would add imagePullSecret dockerhub for nginx (rule docker.io)",
+                "pullsecret-injector (audit): would add imagePullSecret ghcr-acme for ghcr.io/acme/api (rule ghcr.io/acme)",
+                "pullsecret-injector (audit): would set imagePullPolicy Always on container c2",
+                "pullsecret-injector: Secret ghcr-acme (rule ghcr.io/acme) is not in this namespace yet; referenced anyway: the kubelet uses it as soon as it exists",
+            ]
+        );
+        let problems: Vec<bool> = verdict
+            .warnings
+            .iter()
+            .map(Warning::is_audit_finding)
+            .collect();
+        assert_eq!(problems, [false, true, true, true, false]);
+        // Enforce mode references the Secret that is not there yet, and says so.
+        let verdict = for_pod(&p, "team-a", &Context::new(&policy, &facts));
+        assert_eq!(verdict.outcome, Outcome::Patched);
+        assert_eq!(
+            verdict.secrets.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["dockerhub", "ghcr-acme"]
+        );
+        assert!(matches!(
+            verdict.warnings.last(),
+            Some(Warning::SecretNotSeen {
+                secret: "ghcr-acme",
+                ..
+            })
+        ));
+    }
+}
