@@ -126,6 +126,16 @@ impl ClusterArgs {
 pub struct CheckConfigArgs {
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
+    /// Secret manifests (YAML or JSON, e.g. from `kubectl create secret docker-registry
+    /// --dry-run=client -o yaml`): check each rule against the Secrets it names, as the
+    /// kubelet matches their keys. Repeatable.
+    #[arg(
+        short = 'f',
+        long = "secrets",
+        value_delimiter = ',',
+        env = "PULLSECRET_INJECTOR_SECRETS"
+    )]
+    pub secrets: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             Ok(String::new())
         }),
         Command::CheckConfig(args) => match check_config::run(&args) {
-            Ok(line) => finish(Ok(line)),
+            Ok(report) => finish(Ok(report)),
             // The error is the report itself: one line per problem, no "error:" prefix.
             Err(report) => {
                 eprintln!("{report}");

@@ -94,6 +94,12 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// A stable, bounded outcome name.
+    pub outcome: &'static str,
+}
+
 /// Every metric the injector exports.
 pub struct Metrics {
     registry: Registry,
@@ -114,12 +120,15 @@ pub struct Metrics {
     pub watch_last_event: Family<KindLabels, Gauge>,
     pub sync_failures: Counter,
     pub leader: Gauge,
+    pub repairs: Family<OutcomeLabels, Counter>,
+    pub rule_credential_mismatch: Family<RuleLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
-    // 25 µs .. ~0.4 s: admissions take microseconds; the tail shows queueing.
+    // 25 µs .. 23 s: admissions take microseconds; the upper buckets reach the API server's
+    // largest webhook timeout (30 s), so latency near any timeout is visible.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        25e-6, 2.5, 12,
+        25e-6, 2.5, 16,
     ))
 }
 
@@ -145,6 +154,8 @@ impl Default for Metrics {
             watch_last_event: Family::default(),
             sync_failures: Counter::default(),
             leader: Gauge::default(),
+            repairs: Family::default(),
+            rule_credential_mismatch: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,6 +229,16 @@ impl Default for Metrics {
             metrics.leader.clone(),
         );
         registry.register(
+            "repairs",
+            "Pods admitted without their secrets and stuck pulling: evicted, reported (no controller), blocked (a PodDisruptionBudget), failed",
+            metrics.repairs.clone(),
+        );
+        registry.register(
+            "rule_credential_mismatch",
+            "1 for a rule whose Secrets (readable sources) hold no docker config key the kubelet would use for the rule's images, 0 when they do",
+            metrics.rule_credential_mismatch.clone(),
+        );
+        registry.register(
             "watch_healthy",
             "1 while the watch is listed and streaming, 0 after an error until it recovers",
             metrics.watch_healthy.clone(),
@@ -227,6 +248,26 @@ impl Default for Metrics {
             "Time of the last event (or completed list) the watch delivered, Unix seconds",
             metrics.watch_last_event.clone(),
         );
+        // Series of rare events exist from the start at 0, so the first event is an increase
+        // an alert can see (a series that appears at 1 has no increase()).
+        for endpoint in [EndpointLabel::mutate, EndpointLabel::audit] {
+            for outcome in [AdmissionOutcome::rejected, AdmissionOutcome::failed] {
+                let _ = metrics
+                    .admissions
+                    .get_or_create(&AdmissionLabels { endpoint, outcome });
+            }
+        }
+        for result in [ReloadResult::success, ReloadResult::failure] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&ReloadLabels { result });
+            let _ = metrics
+                .certificate_reloads
+                .get_or_create(&ReloadLabels { result });
+        }
+        for outcome in ["evicted", "reported", "blocked", "failed"] {
+            let _ = metrics.repairs.get_or_create(&OutcomeLabels { outcome });
+        }
         Self {
             registry,
             ..metrics

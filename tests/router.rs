@@ -48,6 +48,44 @@ async fn fixtures_get_the_expected_answers() {
                 "container garbage image \"::::\"",
             ],
         ),
+        // Kubernetes 1.36: OCI image volumes are pulled with the Pod's secrets; they come after
+        // the containers, and pullPolicy: Always reaches the volume's own pullPolicy.
+        (
+            "pod-image-volume-v136.json",
+            "/mutate",
+            Some(json!([
+                {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "ghcr-acme"}, {"name": "ecr"}]},
+                {"op": "add", "path": "/spec/volumes/1/image/pullPolicy", "value": "Always"},
+            ])),
+            vec![],
+        ),
+        // Kubernetes 1.33: a native sidecar is an initContainer with restartPolicy: Always.
+        (
+            "pod-native-sidecar-v133.json",
+            "/mutate",
+            Some(json!([
+                {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "internal-registry"}, {"name": "dockerhub"}]},
+            ])),
+            vec![],
+        ),
+        // kubectl debug: never a patch; a warning when the debug image needs a Secret the Pod
+        // lacks (1.36: the Pod is in the request; 1.20: only its ephemeral containers are).
+        (
+            "pod-debug-v136.json",
+            "/mutate",
+            None,
+            vec![
+                "debug container debugger-4xk2t image \"ghcr.io/acme/toolbox:1\" needs imagePullSecret ghcr-acme (rule ghcr.io/acme), which this Pod does not list",
+            ],
+        ),
+        (
+            "pod-debug-v120.json",
+            "/mutate",
+            None,
+            vec![
+                "debug container debugger image \"ghcr.io/acme/toolbox:1\" needs imagePullSecret ghcr-acme (rule ghcr.io/acme); it is pulled with the Pod's imagePullSecrets",
+            ],
+        ),
         (
             "pod-create.json",
             "/audit",

@@ -19,10 +19,26 @@ pub const LEASE_GRACE_SECONDS: u64 = 5;
 /// How long a release may take at shutdown before the process exits anyway.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// This replica's view of the Lease.
+/// Contends for the Lease while it lives; [`Lease::release`] gives it up.
 pub struct Lease {
     leader: watch::Receiver<bool>,
     task: JoinHandle<()>,
+}
+
+/// Whether this replica holds the Lease; one per loop that writes.
+#[derive(Clone)]
+pub struct Leadership(watch::Receiver<bool>);
+
+impl Leadership {
+    /// Resolves once this replica holds the Lease.
+    pub async fn until_leader(&mut self) {
+        let _ = self.0.wait_for(|leader| *leader).await;
+    }
+
+    /// Resolves when this replica loses the Lease.
+    pub async fn until_lost(&mut self) {
+        let _ = self.0.wait_for(|leader| !*leader).await;
+    }
 }
 
 impl Lease {
@@ -74,19 +90,12 @@ impl Lease {
         Self { leader, task }
     }
 
-    /// Resolves once this replica holds the Lease.
-    pub async fn until_leader(&mut self) {
-        let _ = self.leader.wait_for(|leader| *leader).await;
+    pub fn leadership(&self) -> Leadership {
+        Leadership(self.leader.clone())
     }
 
-    /// Resolves when leadership changes.
-    pub async fn changed(&mut self) {
-        if self.leader.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Releases the Lease (if held) and waits for that, briefly.
+    /// Releases the Lease (if held) and waits for that, briefly. Every [`Leadership`] must be
+    /// dropped first (the loops that write have stopped).
     pub async fn release(self) {
         let Self { leader, task } = self;
         drop(leader);

@@ -5,16 +5,19 @@
 //! - [`index`]: the indexes and the [`ClusterFacts`](crate::core::facts::ClusterFacts) admission
 //!   reads, each knowing whether it is fresh; [`watch`] feeds them.
 //! - [`sources`]: labelled docker config Secrets of the injector's namespace (discovery, sync).
-//! - [`sync`] (pure plan, apply), [`sync_loop`] (input assembly, driver), [`lease`] (one writer).
+//! - [`sync`] (pure plan, apply), [`sync_loop`] (input assembly, driver), [`repair`] (Pods an
+//!   outage let through), [`lease`] (one writer for both).
 //!
 //! Which watches run follows the configuration, also on reload: `secretAwareness` or `sync`
 //! watch credential Secrets cluster-wide (metadata only, one server-side filtered watch per
 //! docker config type), `discovery` or `sync` watch the labelled sources, `sync` runs the sync
-//! loop under the Lease. Namespaces (metadata) are always watched.
+//! loop and `repair` the repair loop, both on the replica holding the Lease. Namespaces
+//! (metadata) are always watched.
 
 pub mod client;
 pub mod index;
 pub mod lease;
+pub mod repair;
 pub mod sources;
 pub mod sync;
 pub mod sync_loop;
@@ -33,6 +36,7 @@ use tokio::task::JoinHandle;
 pub use client::ClusterError;
 use index::{ClusterIndex, Index, NamespaceEntry, SecretEntry, SecretIndexes};
 use lease::Lease;
+use repair::RepairLoop;
 use sources::{Discovery, Source};
 use sync_loop::SyncLoop;
 use watch::{Running, Watches};
@@ -44,8 +48,8 @@ use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, INJECT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SOURCE_ANNOTATION,
     SOURCE_VERSION_ANNOTATION,
 };
-use crate::core::policy::PolicyStore;
-use crate::metrics::Metrics;
+use crate::core::policy::{PolicyStore, Sources};
+use crate::metrics::{Metrics, RuleLabels};
 use crate::shutdown::Trigger;
 use crate::webhook::state::Readiness;
 
@@ -96,14 +100,17 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         lease_name: wiring.lease_name,
         identity: identity(),
         policy: wiring.policy,
+        reader: Discovery::new(wiring.metrics.clone()),
         metrics: wiring.metrics,
         facts: facts.clone(),
         watches,
         sources_changed: Arc::new(Notify::new()),
-        discovery: None,
+        uncovered: Default::default(),
         secrets: None,
         sources: None,
+        lease: None,
         sync: None,
+        repair: None,
         _namespaces: running_namespaces,
     };
     let settings = supervisor.policy.load().settings().clone();
@@ -175,10 +182,16 @@ struct Supervisor {
     watches: Watches,
     /// Source events: recompute discovered rules, then wake sync.
     sources_changed: Arc<Notify>,
-    discovery: Option<Discovery>,
+    /// Reads the sources into discovered rules and keyrings.
+    reader: Discovery,
+    /// The rules last found not covered by their Secrets' credentials.
+    uncovered: std::collections::BTreeMap<String, bool>,
     secrets: Option<SecretWatches>,
     sources: Option<SourceWatch>,
+    /// Held while sync or repair is on.
+    lease: Option<Lease>,
     sync: Option<(Trigger, JoinHandle<()>)>,
+    repair: Option<(Trigger, JoinHandle<()>)>,
     _namespaces: Running,
 }
 
@@ -202,6 +215,9 @@ impl Supervisor {
                         self.log_changes(&settings, &new);
                         self.apply(&new);
                         settings = new;
+                    } else {
+                        // The rules may have changed: check them against the credentials.
+                        self.report_coverage();
                     }
                 }
                 () = self.sources_changed.notified() => self.rediscover(),
@@ -215,7 +231,7 @@ impl Supervisor {
                 () = &mut stopped => break,
             }
         }
-        self.stop_sync().await;
+        self.stop_writers().await;
     }
 
     /// Every cache started so far has its first list.
@@ -240,6 +256,7 @@ impl Supervisor {
             ),
             ("discovery", old.discovery, new.discovery),
             ("sync", old.sync, new.sync),
+            ("repair", old.repair, new.repair),
         ] {
             if before != after {
                 tracing::info!(
@@ -305,50 +322,93 @@ impl Supervisor {
             (false, true) => self.sources = None,
             _ => {}
         }
-        self.discovery = settings
-            .discovery
-            .then(|| self.discovery.take())
-            .flatten()
-            .or_else(|| {
-                settings
-                    .discovery
-                    .then(|| Discovery::new(self.metrics.clone()))
-            });
         self.rediscover();
 
+        if (settings.sync || settings.repair) && self.lease.is_none() {
+            self.lease = Some(Lease::contend(
+                self.client.clone(),
+                self.own_namespace.clone(),
+                self.lease_name.clone(),
+                self.identity.clone(),
+                self.metrics.clone(),
+            ));
+        }
         match (settings.sync, self.sync.is_some()) {
             (true, false) => self.start_sync(),
             (false, true) => {
                 if let Some((stop, _)) = self.sync.take() {
-                    // The task releases the Lease and ends.
                     stop.fire();
                 }
             }
             _ => {}
         }
+        match (settings.repair, self.repair.is_some()) {
+            (true, false) => self.start_repair(),
+            (false, true) => {
+                if let Some((stop, _)) = self.repair.take() {
+                    stop.fire();
+                }
+            }
+            _ => {}
+        }
+        if !settings.sync
+            && !settings.repair
+            && let Some(lease) = self.lease.take()
+        {
+            tokio::spawn(lease.release());
+        }
     }
 
     /// Discovered rules from the sources (none when discovery is off).
+    /// Discovered rules (none when discovery is off) and keyrings from the sources.
     fn rediscover(&mut self) {
-        let rules = match (&mut self.discovery, &self.sources) {
-            (Some(discovery), Some(sources)) => discovery.rules(&sources.index),
-            _ => Vec::new(),
+        let discovery = self.policy.load().settings().discovery;
+        let sources = match &self.sources {
+            Some(sources) => self.reader.read(&sources.index, discovery),
+            None => Sources::default(),
         };
-        self.policy.set_discovered(rules);
+        self.policy.set_sources(sources);
+        self.report_coverage();
         self.watches.changed.notify_one();
     }
 
+    /// For every rule whose Secrets the injector can read: would the kubelet use them for the
+    /// rule's images? Exported as a gauge per rule; a newly uncovered rule is logged once.
+    fn report_coverage(&mut self) {
+        let policy = self.policy.load();
+        let mut now = std::collections::BTreeMap::new();
+        for rule in policy.rules().rules() {
+            let Some(covered) = policy.serves(rule, |keyring| keyring.covers(&rule.pattern)) else {
+                continue;
+            };
+            let pattern = rule.pattern.as_str().to_string();
+            if !covered && self.uncovered.get(&pattern) != Some(&false) {
+                tracing::warn!(rule = %pattern, secrets = ?rule.secrets, source = %rule.source,
+                    "the kubelet would not use this rule's Secrets for its images: none of their docker config keys matches the rule's registry (check --docker-server)");
+            }
+            now.insert(pattern, covered);
+        }
+        for gone in self.uncovered.keys().filter(|k| !now.contains_key(*k)) {
+            self.metrics
+                .rule_credential_mismatch
+                .remove(&RuleLabels { rule: gone.clone() });
+        }
+        for (rule, covered) in &now {
+            self.metrics
+                .rule_credential_mismatch
+                .get_or_create(&RuleLabels { rule: rule.clone() })
+                .set(i64::from(!covered));
+        }
+        self.uncovered = now;
+    }
+
     fn start_sync(&mut self) {
-        let (Some(secrets), Some(sources)) = (&self.secrets, &self.sources) else {
+        let (Some(secrets), Some(sources), Some(lease)) =
+            (&self.secrets, &self.sources, &self.lease)
+        else {
             return;
         };
-        let lease = Lease::contend(
-            self.client.clone(),
-            self.own_namespace.clone(),
-            self.lease_name.clone(),
-            self.identity.clone(),
-            self.metrics.clone(),
-        );
+        let leadership = lease.leadership();
         let sync_loop = SyncLoop {
             client: self.client.clone(),
             own_namespace: self.own_namespace.clone(),
@@ -360,14 +420,37 @@ impl Supervisor {
             changed: self.watches.changed.clone(),
         };
         let stop = Trigger::default();
-        self.sync = Some((stop.clone(), tokio::spawn(sync_loop.run(lease, stop))));
+        self.sync = Some((stop.clone(), tokio::spawn(sync_loop.run(leadership, stop))));
     }
 
-    /// At shutdown: stop syncing and release the Lease before the process exits.
-    async fn stop_sync(&mut self) {
-        if let Some((stop, task)) = self.sync.take() {
+    fn start_repair(&mut self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let repair_loop = RepairLoop {
+            client: self.client.clone(),
+            own_namespace: self.own_namespace.clone(),
+            identity: self.identity.clone(),
+            policy: self.policy.clone(),
+            facts: self.facts.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let stop = Trigger::default();
+        self.repair = Some((
+            stop.clone(),
+            tokio::spawn(repair_loop.run(lease.leadership(), stop)),
+        ));
+    }
+
+    /// At shutdown: stop the writers, then release the Lease before the process exits, so
+    /// another replica takes over at once.
+    async fn stop_writers(&mut self) {
+        for (stop, task) in [self.sync.take(), self.repair.take()].into_iter().flatten() {
             stop.fire();
             let _ = task.await;
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
         }
     }
 }

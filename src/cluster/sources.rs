@@ -15,9 +15,9 @@ use kube::runtime::watcher;
 
 use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
-use crate::core::dockercfg::{self, SourceError, SourceSecret};
+use crate::core::dockercfg::{self, SourceSecret};
 use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, SOURCE_LABEL};
-use crate::core::rules::Rule;
+use crate::core::policy::Sources;
 use crate::metrics::{KindLabels, Metrics};
 
 /// A source Secret as sync and discovery need it.
@@ -57,7 +57,9 @@ fn entry(object: &DynamicObject) -> Option<Source> {
     })
 }
 
-/// Reads the index into discovered rules, reporting each unusable source once per version.
+/// Reads the index into what the policy needs from sources (discovered rules, when discovery
+/// is on; the keyring of every usable source), reporting each unusable source once per
+/// version.
 pub struct Discovery {
     reported: HashSet<(String, String)>,
     metrics: Arc<Metrics>,
@@ -71,22 +73,28 @@ impl Discovery {
         }
     }
 
-    /// The rules the sources serve, in name order (so the merged rule list is stable).
-    pub fn rules(&mut self, sources: &Index<Source>) -> Vec<Rule> {
-        let mut found: Vec<(String, String, Vec<Rule>, Vec<SourceError>)> = Vec::new();
-        sources.for_each(|_, name, source| {
-            let (rules, errors) = dockercfg::rules_from(&source.secret);
-            found.push((
-                name.to_string(),
-                source.resource_version.clone(),
-                rules,
-                errors,
-            ));
-        });
+    /// Rules in name order (so the merged rule list is stable), and keyrings by name.
+    pub fn read(&mut self, sources: &Index<Source>, discovery: bool) -> Sources {
+        let mut found: Vec<(String, &'static str, Source)> = Vec::new();
+        sources.for_each(|_, name, source| found.push((name.to_string(), "", source.clone())));
         found.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut rules = Vec::new();
-        for (name, version, found_rules, errors) in found {
-            if !errors.is_empty() && self.reported.insert((name, version)) {
+        let mut out = Sources::default();
+        for (name, _, source) in found {
+            let (rules, errors) = if discovery {
+                dockercfg::rules_from(&source.secret)
+            } else {
+                (
+                    Vec::new(),
+                    dockercfg::config_keys(&source.secret)
+                        .err()
+                        .into_iter()
+                        .collect(),
+                )
+            };
+            if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
+                out.keyrings.insert(name.clone(), keyring);
+            }
+            if !errors.is_empty() && self.reported.insert((name, source.resource_version)) {
                 for error in &errors {
                     self.metrics
                         .source_secret_errors
@@ -95,9 +103,9 @@ impl Discovery {
                     tracing::warn!(error = %error, "source Secret (or one of its keys) skipped");
                 }
             }
-            rules.extend(found_rules);
+            out.rules.extend(rules);
         }
-        rules
+        out
     }
 }
 
@@ -137,11 +145,16 @@ mod tests {
         }
         index.finish_list();
         let mut discovery = Discovery::new(metrics.clone());
-        let rules = discovery.rules(&index);
-        assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].pattern.as_str(), "ghcr.io");
-        // A second pass over the same versions reports nothing new.
-        discovery.rules(&index);
+        let read = discovery.read(&index, true);
+        assert_eq!(read.rules.len(), 1);
+        assert_eq!(read.rules[0].pattern.as_str(), "ghcr.io");
+        assert_eq!(read.keyrings.keys().collect::<Vec<_>>(), ["good"]);
+        assert!(read.keyrings["good"].serves("ghcr.io/acme/api"));
+        // A second pass over the same versions reports nothing new; without discovery the
+        // keyrings stay and the rules go.
+        let read = discovery.read(&index, false);
+        assert!(read.rules.is_empty());
+        assert_eq!(read.keyrings.len(), 1);
         let text = metrics.encode();
         assert!(
             text.contains(r#"source_secret_errors_total{kind="missing_data"} 2"#),

@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use tokio::sync::Notify;
 
 use crate::cluster::index::{Index, NamespaceEntry, SecretIndexes};
-use crate::cluster::lease::Lease;
+use crate::cluster::lease::Leadership;
 use crate::cluster::sources::Source;
 use crate::cluster::sync::{self, Action, Existing};
 use crate::core::facts::NamespaceLabel;
@@ -114,21 +114,19 @@ pub struct SyncLoop {
 }
 
 impl SyncLoop {
-    /// Runs passes while `lease` is held, until `stop` fires; then releases the Lease, so
-    /// another replica takes over at once.
-    pub async fn run(self, mut lease: Lease, stop: Trigger) {
+    /// Runs passes while this replica holds the Lease, until `stop` fires.
+    pub async fn run(self, mut leadership: Leadership, stop: Trigger) {
         tokio::select! {
-            () = self.passes(&mut lease) => {}
+            () = self.passes(&mut leadership) => {}
             () = stop.wait() => {}
         }
-        lease.release().await;
     }
 
-    async fn passes(&self, lease: &mut Lease) {
+    async fn passes(&self, leadership: &mut Leadership) {
         let mut reported = HashSet::new();
         let mut kept_reported = HashSet::new();
         loop {
-            lease.until_leader().await;
+            leadership.until_leader().await;
             if !self.ready() {
                 tokio::select! {
                     () = self.changed.notified() => {}
@@ -140,7 +138,7 @@ impl SyncLoop {
             tokio::select! {
                 () = self.changed.notified() => tokio::time::sleep(COALESCE).await,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => {}
-                () = lease.changed() => {}
+                () = leadership.until_lost() => {}
             }
         }
     }

@@ -19,7 +19,8 @@ use crate::core::decision::Context;
 use crate::core::dockercfg::{self, SourceSecret};
 use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
 use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
-use crate::core::policy::Policy;
+use crate::core::policy::{Policy, Sources};
+use crate::core::repair::{self, PodState};
 use crate::core::review;
 use crate::core::verdict::{self, Outcome};
 
@@ -48,6 +49,9 @@ pub struct PodReport {
     /// `enforce` or `audit` (namespace labelled `=audit`, or audit mode).
     pub mode: Option<&'static str>,
     pub secrets: Vec<SecretReport>,
+    /// `evict` or `report` when the Pod was admitted without these secrets and is stuck
+    /// pulling: what `repair: true` does with it.
+    pub repair: Option<&'static str>,
     /// Problems (invalid images and the like), not audit findings.
     pub warnings: Vec<String>,
 }
@@ -93,26 +97,31 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let client = cluster::client::client(&args.cluster).await?;
     let list = |what| move |source| AuditError::List { what, source };
 
-    let mut discovered = Vec::new();
-    if config.settings.discovery
+    let mut sources = Sources::default();
+    if (config.settings.discovery || config.settings.sync)
         && let Some(ns) = &injector_namespace
     {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let sources = api
+        let labelled = api
             .list(&ListParams::default().labels(&format!("{SOURCE_LABEL}=true")))
             .await
             .map_err(list("source Secrets"))?;
-        for secret in sources {
+        for secret in labelled {
             if let Some(source) = SourceSecret::from_json(&serde_json::to_value(&secret)?) {
-                let (found, errors) = dockercfg::rules_from(&source);
-                discovered.extend(found);
-                for e in errors {
-                    eprintln!("warning: {e}");
+                if let Ok(keyring) = dockercfg::keyring_of(&source) {
+                    sources.keyrings.insert(source.name.clone(), keyring);
+                }
+                if config.settings.discovery {
+                    let (found, errors) = dockercfg::rules_from(&source);
+                    sources.rules.extend(found);
+                    for e in errors {
+                        eprintln!("warning: {e}");
+                    }
                 }
             }
         }
     }
-    let policy = Policy::merged(&config, &discovered);
+    let policy = Policy::merged(&config, &sources);
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let labels: BTreeMap<String, NamespaceLabel> = namespaces
@@ -193,9 +202,11 @@ pub fn report(
     injector_namespace: Option<&str>,
 ) -> Result<PodReport, AuditError> {
     let pod: review::Pod<'_> = serde_json::from_str(pod_json)?;
+    let state: PodState<'_> = serde_json::from_str(pod_json)?;
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let ctx = Context::new(policy, facts).own_namespace(injector_namespace);
     let verdict = verdict::for_pod(&pod, namespace, &ctx);
+    let repair = repair::assess(&verdict, &state).map(|a| a.action.as_str());
     Ok(PodReport {
         namespace: namespace.to_string(),
         pod: pod.metadata.name.as_deref().unwrap_or("").to_string(),
@@ -214,6 +225,7 @@ pub fn report(
                 images: s.images.iter().map(|i| i.to_string()).collect(),
             })
             .collect(),
+        repair,
         // The report lists findings itself; warnings are the problems.
         warnings: verdict
             .warnings
@@ -233,8 +245,10 @@ pub fn render_table(reports: &[PodReport]) -> String {
         "WOULD ADD".into(),
         "EXISTS".into(),
         "RULE".into(),
+        "REPAIR".into(),
     ]];
     for r in reports {
+        let repair = r.repair.unwrap_or("-").to_string();
         if let Some(reason) = r.skipped {
             rows.push([
                 r.namespace.clone(),
@@ -242,6 +256,7 @@ pub fn render_table(reports: &[PodReport]) -> String {
                 format!("- ({reason})"),
                 "-".into(),
                 "-".into(),
+                repair.clone(),
             ]);
         } else if r.secrets.is_empty() {
             rows.push([
@@ -250,6 +265,7 @@ pub fn render_table(reports: &[PodReport]) -> String {
                 "- (nothing to add)".into(),
                 "-".into(),
                 "-".into(),
+                repair.clone(),
             ]);
         }
         for s in &r.secrets {
@@ -265,10 +281,11 @@ pub fn render_table(reports: &[PodReport]) -> String {
                 name,
                 exists.into(),
                 s.rule.clone(),
+                repair.clone(),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -327,6 +344,7 @@ mod tests {
                         images: vec!["ghcr.io/x/y".into()],
                     },
                 ],
+                repair: None,
                 warnings: vec![
                     "pullsecret-injector: container c image \"UPPER\" not matched: invalid reference format: repository name must be lowercase".into()
                 ],

@@ -4,16 +4,17 @@
 //! would create). Offline, namespace labels and existing Secrets are unknown, so namespace
 //! selection is taken as granted (as in standalone mode) except for excluded namespaces.
 
-use std::path::Path;
-
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{ExplainArgs, ExplainFormat};
+use crate::commands::{ManifestError, docker_config_secrets, read_documents};
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
+use crate::core::dockercfg;
 use crate::core::facts::NothingKnown;
 use crate::core::policy::Policy;
+use crate::core::policy::Sources;
 use crate::core::review::Pod;
 use crate::core::verdict::{self, Outcome};
 
@@ -21,13 +22,8 @@ use crate::core::verdict::{self, Outcome};
 pub enum ExplainError {
     #[error("--config: {0}")]
     Config(#[from] ConfigError),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid YAML or JSON: {message}")]
-    Parse { path: String, message: String },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 /// One Pod (or pod template) found in the input.
@@ -59,7 +55,12 @@ pub struct Explanation {
     pub warnings: Vec<String>,
     /// The JSON Patch sent for each such Pod (none in audit mode or when nothing changes).
     pub patch: Option<Value>,
+    /// Things worth knowing that are not problems.
+    pub notes: Vec<String>,
 }
+
+/// Where a rule forces `imagePullPolicy: Always`: why that is rarely needed now.
+pub const PULL_POLICY_NOTE: &str = "rule {rule} sets imagePullPolicy: Always. Since Kubernetes 1.35 the kubelet checks the credentials of cached private images itself (KubeletEnsureSecretPulledImages, on by default), so Always is needed only on older clusters or to catch revoked credentials at every start";
 
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -81,9 +82,23 @@ pub struct ImageReport {
 /// `explain`: prints the explanation of every Pod and pod template in `-f`.
 pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
     let config = config::load(&args.config)?;
-    let policy = Policy::from_config(&config);
     let docs = read_documents(&args.file)?;
-    let (targets, notes) = find_targets(&docs, &args.target_namespace);
+    let (targets, mut notes) = find_targets(&docs, &args.target_namespace);
+    // Docker config Secrets in the same input: their keys are checked as the kubelet would.
+    let mut sources = Sources::default();
+    for secret in docker_config_secrets(&docs) {
+        match dockercfg::keyring_of(&secret) {
+            Ok(keyring) => {
+                notes.push(format!(
+                    "Secret {}: its docker config keys are checked against the images its rules serve",
+                    secret.name
+                ));
+                sources.keyrings.insert(secret.name.clone(), keyring);
+            }
+            Err(e) => notes.push(e.to_string()),
+        }
+    }
+    let policy = Policy::merged(&config, &sources);
     let explanations: Vec<_> = targets.iter().map(|t| explain(t, &policy)).collect();
     Ok(match args.output {
         ExplainFormat::Text => render_text(&explanations, &notes),
@@ -94,29 +109,6 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
             json
         }
     })
-}
-
-/// Reads `-f FILE` (or `-` for stdin) into documents.
-pub fn read_documents(path: &Path) -> Result<Vec<Value>, ExplainError> {
-    let shown = path.display().to_string();
-    let read = if shown == "-" {
-        std::io::read_to_string(std::io::stdin())
-    } else {
-        std::fs::read_to_string(path)
-    };
-    let text = read.map_err(|source| ExplainError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    parse_documents(&shown, &text)
-}
-
-pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ExplainError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ExplainError::Parse {
-        path: name.to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 /// Finds every Pod and pod template, descending into Lists. Returns targets and notes about
@@ -169,6 +161,7 @@ fn collect(
         | "ReplicationController" => object.pointer("/spec/template").cloned(),
         "CronJob" => object.pointer("/spec/jobTemplate/spec/template").cloned(),
         "PodTemplate" => object.get("template").cloned(),
+        "Secret" => return,
         _ => {
             notes.push(format!(
                 "ignored {} {name}: no pod template",
@@ -206,6 +199,7 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
         add: Vec::new(),
         warnings: Vec::new(),
         patch: None,
+        notes: Vec::new(),
     };
     // Round-trip through text so the webhook's borrowed Pod decoder is what reads it.
     let text = target.pod.to_string();
@@ -259,6 +253,14 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
             report
         })
         .collect();
+    for finding in &verdict.images {
+        if let ImageOutcome::Matched { rule, .. } = &finding.outcome {
+            let note = PULL_POLICY_NOTE.replace("{rule}", rule.pattern.as_str());
+            if rule.pull_policy_always && !out.notes.contains(&note) {
+                out.notes.push(note);
+            }
+        }
+    }
     out.add = verdict.secrets.iter().map(|s| s.name.to_string()).collect();
     out.warnings = verdict.warnings.iter().map(ToString::to_string).collect();
     out.patch = verdict
@@ -338,6 +340,9 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
         if let Some(patch) = &e.patch {
             let _ = writeln!(s, "  JSON Patch: {patch}");
         }
+        for note in &e.notes {
+            let _ = writeln!(s, "  note: {note}");
+        }
         s.push('\n');
     }
     for note in notes {
@@ -352,6 +357,7 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::parse_documents;
 
     #[test]
     fn finds_pods_templates_and_lists() {

@@ -8,3 +8,68 @@
 pub mod audit;
 pub mod check_config;
 pub mod explain;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::core::dockercfg::SourceSecret;
+use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
+
+/// A manifest file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid YAML or JSON: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Reads a YAML or JSON file (multi-document allowed; `-` for stdin) into documents.
+pub fn read_documents(path: &Path) -> Result<Vec<Value>, ManifestError> {
+    let shown = path.display().to_string();
+    let read = if shown == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let text = read.map_err(|source| ManifestError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_documents(&shown, &text)
+}
+
+pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Parse {
+        path: name.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The docker config Secrets among `docs` (descending into Lists), as `kubectl create secret
+/// docker-registry --dry-run=client -o yaml` writes them.
+pub fn docker_config_secrets(docs: &[Value]) -> Vec<SourceSecret> {
+    let mut out = Vec::new();
+    for doc in docs {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("List" | "SecretList") => {
+                let items = doc.get("items").and_then(Value::as_array);
+                out.extend(docker_config_secrets(items.map_or(&[][..], Vec::as_slice)));
+            }
+            Some("Secret") => {
+                if let Some(secret) = SourceSecret::from_json(doc)
+                    && matches!(secret.kind.as_str(), DOCKER_CONFIG_JSON | DOCKER_CFG)
+                {
+                    out.push(secret);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -60,6 +60,9 @@ pub struct Settings {
     /// Cluster mode: watch Secret metadata to warn when a referenced Secret is not in the
     /// Pod's namespace.
     pub secret_awareness: bool,
+    /// Cluster mode: evict controller-owned Pods admitted without their secrets and stuck
+    /// pulling (the Lease holder only).
+    pub repair: bool,
 }
 
 impl Default for Settings {
@@ -70,7 +73,10 @@ impl Default for Settings {
             exclude: DEFAULT_EXCLUDED_NAMESPACES.map(String::from).to_vec(),
             discovery: false,
             sync: false,
-            secret_awareness: true,
+            // Off, as in the chart: the grant it needs (list/watch Secrets cluster-wide)
+            // cannot be limited to metadata, and it only ever adds warnings.
+            secret_awareness: false,
+            repair: false,
         }
     }
 }
@@ -180,6 +186,7 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
             "discovery",
             "sync",
             "secretAwareness",
+            "repair",
         ],
     );
 
@@ -203,6 +210,7 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
         ("discovery", &mut config.settings.discovery),
         ("sync", &mut config.settings.sync),
         ("secretAwareness", &mut config.settings.secret_awareness),
+        ("repair", &mut config.settings.repair),
     ] {
         if let Some(value) = root.get(key) {
             match value.as_bool() {
@@ -456,7 +464,7 @@ sync: false
         assert_eq!(config.settings.selection, Selection::OptIn);
         assert_eq!(config.rules.len(), 3);
         assert!(config.rules[2].pull_policy_always);
-        assert!(config.settings.secret_awareness);
+        assert!(!config.settings.secret_awareness);
     }
 
     #[test]
@@ -488,7 +496,7 @@ typo: true
 "#;
         let got = errors(yaml);
         let want = [
-            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness",
+            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair",
             "mode: 'dryrun' is not one of: enforce, audit",
             "namespaces.extra: unknown field; expected one of: selection, exclude",
             "namespaces.selection: 'some' is not one of: opt-in, all",

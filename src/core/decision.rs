@@ -150,6 +150,9 @@ pub struct ImageFinding<'a> {
     pub outcome: ImageOutcome<'a>,
     /// Its pull policy will be set to Always (the rule says so and it is not Always yet).
     pub set_pull_policy_always: bool,
+    /// Whether the kubelet would use one of the rule's Secrets for this image, when the
+    /// injector can read them all (its namespace's sources); `None` when it cannot tell.
+    pub credential_used: Option<bool>,
 }
 
 /// A secret the Pod needs and does not list, the rule that chose it, the images that need it.
@@ -198,6 +201,79 @@ pub fn gate(kind_group: &str, kind: &str, operation: &str) -> Result<(), SkipRea
         return Err(SkipReason::NotCreate);
     }
     Ok(())
+}
+
+/// `kubectl debug`: an UPDATE of the `pods/ephemeralcontainers` subresource (the object is a
+/// Pod since Kubernetes 1.22, an `EphemeralContainers` object before).
+pub fn is_debug(kind_group: &str, kind: &str, operation: &str, sub_resource: &str) -> bool {
+    kind_group.is_empty()
+        && matches!(kind, "Pod" | "EphemeralContainers")
+        && operation == "UPDATE"
+        && sub_resource == "ephemeralcontainers"
+}
+
+/// A debug container whose image needs a Secret the Pod does not list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugFinding<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub rule: &'a Rule,
+    pub secrets: Vec<&'a str>,
+    /// False when the request does not carry the Pod's imagePullSecrets (the pre-1.22
+    /// `EphemeralContainers` object): the secrets may already be there.
+    pub pod_secrets_known: bool,
+}
+
+/// The new ephemeral containers (not in `old`) whose images need Secrets the Pod lacks. The
+/// Pod's imagePullSecrets can no longer change, so this is only ever reported.
+pub fn decide_debug<'a>(
+    pod: &'a Pod<'a>,
+    old: Option<&'a Pod<'a>>,
+    namespace: &str,
+    ctx: &Context<'a>,
+) -> Result<Vec<DebugFinding<'a>>, SkipReason> {
+    scope(pod, namespace, ctx)?;
+    let existing: Vec<&str> = old
+        .map(|o| o.ephemeral().iter().map(|c| &*c.name).collect())
+        .unwrap_or_default();
+    let listed = pod.spec.as_ref().map(|spec| {
+        spec.image_pull_secrets
+            .iter()
+            .flatten()
+            .filter_map(|r| r.name.as_deref())
+            .collect::<Vec<&str>>()
+    });
+    let mut findings = Vec::new();
+    for container in pod.ephemeral() {
+        if existing.contains(&&*container.name) {
+            continue;
+        }
+        let Some(text) = container.image.as_deref() else {
+            continue;
+        };
+        let Ok(image) = image::parse(text) else {
+            continue;
+        };
+        let Some(rule) = ctx.policy.rules().best_match(&image) else {
+            continue;
+        };
+        let secrets: Vec<&str> = rule
+            .secrets
+            .iter()
+            .map(String::as_str)
+            .filter(|s| listed.as_ref().is_none_or(|listed| !listed.contains(s)))
+            .collect();
+        if !secrets.is_empty() {
+            findings.push(DebugFinding {
+                name: &container.name,
+                image: text,
+                rule,
+                secrets,
+                pod_secrets_known: listed.is_some(),
+            });
+        }
+    }
+    Ok(findings)
 }
 
 /// Decides for a Pod being created in `namespace`.
@@ -258,7 +334,12 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
         };
         let image_text = image_text.unwrap_or("");
         let mut set_pull_policy_always = false;
-        if let ImageOutcome::Matched { rule, .. } = &outcome {
+        let mut credential_used = None;
+        if let ImageOutcome::Matched { image, rule } = &outcome {
+            if ctx.policy.knows_credentials() {
+                let name = image.kubelet_name();
+                credential_used = ctx.policy.serves(rule, |keyring| keyring.serves(&name));
+            }
             set_pull_policy_always = rule.pull_policy_always && pull_policy != Some("Always");
             for secret in rule.secrets.iter().map(String::as_str) {
                 if already_listed(secret) {
@@ -286,6 +367,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
             image: image_text,
             outcome,
             set_pull_policy_always,
+            credential_used,
         });
     }
     Decision::Plan(plan)
@@ -641,6 +723,49 @@ pub(crate) mod tests {
         assert_eq!(gate("apps", "Pod", "CREATE"), Err(SkipReason::NotAPod));
         assert_eq!(gate("", "Pod", "UPDATE"), Err(SkipReason::NotCreate));
         assert_eq!(gate("", "Pod", "CREATE"), Ok(()));
+    }
+
+    #[test]
+    fn debug_containers_needing_a_secret_the_pod_lacks_are_found() {
+        let policy = policy();
+        let facts = labelled("team-a", NamespaceLabel::Enabled);
+        let ctx = Context::new(&policy, &facts);
+        // 1.22+: a Pod with spec (its imagePullSecrets) and the new ephemeral container.
+        let pod: Pod<'_> = serde_json::from_str(r#"{"metadata":{"name":"web"},"spec":{
+            "containers":[{"name":"app","image":"nginx"}],"imagePullSecrets":[{"name":"dockerhub"}],
+            "ephemeralContainers":[{"name":"old","image":"ghcr.io/acme/old"},
+              {"name":"debugger","image":"ghcr.io/acme/debug:1"},{"name":"hub","image":"busybox"}]}}"#).expect("pod");
+        let old: Pod<'_> = serde_json::from_str(r#"{"spec":{"containers":[],"ephemeralContainers":[{"name":"old","image":"ghcr.io/acme/old"}]}}"#).expect("old");
+        let found = decide_debug(&pod, Some(&old), "team-a", &ctx).expect("in scope");
+        let got: Vec<(&str, Vec<&str>, bool)> = found
+            .iter()
+            .map(|f| (f.name, f.secrets.clone(), f.pod_secrets_known))
+            .collect();
+        assert_eq!(got, [("debugger", vec!["ghcr-acme"], true)]);
+        // 1.16-1.21: an EphemeralContainers object, no spec: the Pod's secrets are unknown.
+        let legacy: Pod<'_> = serde_json::from_str(
+            r#"{"kind":"EphemeralContainers","metadata":{"name":"web"},
+            "ephemeralContainers":[{"name":"hub","image":"busybox"}]}"#,
+        )
+        .expect("legacy");
+        let found = decide_debug(&legacy, None, "team-a", &ctx).expect("in scope");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].secrets.clone(), found[0].pod_secrets_known),
+            (vec!["dockerhub"], false)
+        );
+        // Out of scope: nothing.
+        let off = labelled("team-a", NamespaceLabel::Disabled);
+        assert!(decide_debug(&pod, Some(&old), "team-a", &Context::new(&policy, &off)).is_err());
+        assert!(is_debug("", "Pod", "UPDATE", "ephemeralcontainers"));
+        assert!(is_debug(
+            "",
+            "EphemeralContainers",
+            "UPDATE",
+            "ephemeralcontainers"
+        ));
+        assert!(!is_debug("", "Pod", "UPDATE", ""));
+        assert!(!is_debug("", "Pod", "CREATE", "ephemeralcontainers"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use base64::Engine;
 use serde_json::Value;
 
+use crate::core::keyring::Keyring;
 use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
 use crate::core::rules::{RegistryPattern, Rule, RuleSource};
 
@@ -54,62 +55,67 @@ pub struct SourceSecret {
     pub data: serde_json::Map<String, Value>,
 }
 
-/// Rules from one source Secret. Bad keys are reported and skipped; the others still count.
-pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
+/// The registry keys of a docker config Secret (the keys of `auths`, or of the top-level
+/// object for the legacy type). Only the keys are read; no value is kept.
+pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
     let name = &secret.name;
     let field = match secret.kind.as_str() {
         DOCKER_CONFIG_JSON => ".dockerconfigjson",
         DOCKER_CFG => ".dockercfg",
         other => {
-            return (
-                Vec::new(),
-                vec![SourceError::WrongType {
-                    secret: name.clone(),
-                    kind: other.to_string(),
-                }],
-            );
+            return Err(SourceError::WrongType {
+                secret: name.clone(),
+                kind: other.to_string(),
+            });
         }
     };
     let Some(encoded) = secret.data.get(field).and_then(Value::as_str) else {
-        return (
-            Vec::new(),
-            vec![SourceError::MissingData {
-                secret: name.clone(),
-                field,
-            }],
-        );
+        return Err(SourceError::MissingData {
+            secret: name.clone(),
+            field,
+        });
     };
     let parsed = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     let Some(config) = parsed else {
-        return (
-            Vec::new(),
-            vec![SourceError::Unparsable {
-                secret: name.clone(),
-                field,
-            }],
-        );
+        return Err(SourceError::Unparsable {
+            secret: name.clone(),
+            field,
+        });
     };
     let auths = if secret.kind == DOCKER_CONFIG_JSON {
         config.get("auths")
     } else {
         Some(&config)
     };
-    let Some(auths) = auths.and_then(Value::as_object) else {
-        return (
-            Vec::new(),
-            vec![SourceError::NoAuths {
-                secret: name.clone(),
-                field,
-            }],
-        );
+    match auths.and_then(Value::as_object) {
+        Some(auths) => Ok(auths.keys().cloned().collect()),
+        None => Err(SourceError::NoAuths {
+            secret: name.clone(),
+            field,
+        }),
+    }
+}
+
+/// The kubelet's keyring for a docker config Secret ([`config_keys`] read its way).
+pub fn keyring_of(secret: &SourceSecret) -> Result<Keyring, SourceError> {
+    let keys = config_keys(secret)?;
+    Ok(Keyring::new(keys.iter().map(String::as_str)))
+}
+
+/// Rules from one source Secret. Bad keys are reported and skipped; the others still count.
+pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
+    let name = &secret.name;
+    let keys = match config_keys(secret) {
+        Ok(keys) => keys,
+        Err(e) => return (Vec::new(), vec![e]),
     };
-    let mut rules = Vec::with_capacity(auths.len());
+    let mut rules = Vec::with_capacity(keys.len());
     let mut errors = Vec::new();
-    for key in auths.keys() {
-        match RegistryPattern::from_docker_config_key(key) {
+    for key in keys {
+        match RegistryPattern::from_docker_config_key(&key) {
             Ok(pattern) => rules.push(Rule {
                 pattern,
                 secrets: vec![name.clone()],
@@ -120,7 +126,7 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
             }),
             Err(e) => errors.push(SourceError::BadKey {
                 secret: name.clone(),
-                key: key.clone(),
+                key,
                 reason: e.to_string(),
             }),
         }

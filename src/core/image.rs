@@ -33,9 +33,22 @@ pub struct ImageRef<'a> {
     pub path: Cow<'a, str>,
     pub tag: Option<&'a str>,
     pub digest: Option<&'a str>,
+    /// The registry part as written (`None` for Docker Hub by default), for the kubelet's name.
+    domain: Option<&'a str>,
 }
 
 impl ImageRef<'_> {
+    /// The name the kubelet looks pull credentials up by: distribution's normalised name
+    /// without tag or digest, the host as written (`docker.io/library/nginx`,
+    /// `Registry.Example.com/app`).
+    pub fn kubelet_name(&self) -> String {
+        let domain = match self.domain {
+            None | Some(DOCKER_HUB_LEGACY) => DOCKER_HUB,
+            Some(domain) => domain,
+        };
+        format!("{domain}/{}", self.path)
+    }
+
     /// `host[:port]`, as a registry is usually written.
     pub fn registry(&self) -> String {
         match self.port {
@@ -139,6 +152,7 @@ pub fn parse(reference: &str) -> Result<ImageRef<'_>, ImageError> {
         path,
         tag,
         digest,
+        domain,
     })
 }
 
@@ -264,28 +278,22 @@ fn validate_tag(tag: &str) -> Result<(), ImageError> {
     }
 }
 
-/// `algorithm ":" encoded`, algorithm `[a-z0-9]+([+._-][a-z0-9]+)*`, encoded `[a-zA-Z0-9=_-]+`;
-/// sha256 digests must be 64 hex characters.
+/// `algorithm ":" encoded`, as distribution (go-digest) validates it: only the algorithms it
+/// registers (sha256, sha384, sha512), each with its exact length of lowercase hex.
 fn validate_digest(digest: &str) -> Result<(), ImageError> {
     let (algorithm, encoded) = digest
         .split_once(':')
         .ok_or(ImageError::Format("invalid digest"))?;
-    let algorithm_ok = !algorithm.is_empty()
-        && algorithm.split(['+', '.', '_', '-']).all(|c| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        });
-    let encoded_ok = encoded.len() >= 32
-        && encoded
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
-    let sha256_ok = algorithm != "sha256"
-        || (encoded.len() == 64
-            && encoded
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-    if algorithm_ok && encoded_ok && sha256_ok {
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(ImageError::Format("unsupported digest algorithm")),
+    };
+    let hex = encoded
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if encoded.len() == length && hex {
         Ok(())
     } else {
         Err(ImageError::Format("invalid digest"))
@@ -533,8 +541,44 @@ mod tests {
     }
 
     #[test]
+    fn accepts_every_registered_digest_algorithm() {
+        for (algorithm, length) in [("sha256", 64), ("sha384", 96), ("sha512", 128)] {
+            let reference = format!("ghcr.io/a/b@{algorithm}:{}", "0f".repeat(length / 2));
+            assert!(parse(&reference).is_ok(), "{reference}");
+        }
+    }
+
+    #[test]
+    fn kubelet_names_are_normalised_without_tag_or_digest() {
+        let cases = [
+            ("nginx", "docker.io/library/nginx"),
+            ("nginx:1.27", "docker.io/library/nginx"),
+            ("index.docker.io/acme/app", "docker.io/acme/app"),
+            ("docker.io/nginx", "docker.io/library/nginx"),
+            (
+                "registry-1.docker.io/acme/app",
+                "registry-1.docker.io/acme/app",
+            ),
+            (
+                "localhost:5000/app@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                "localhost:5000/app",
+            ),
+            ("Registry.Example.com/app", "Registry.Example.com/app"),
+        ];
+        for (reference, want) in cases {
+            assert_eq!(
+                parse(reference).expect(reference).kubelet_name(),
+                want,
+                "{reference}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_invalid_references() {
         let long = format!("example.com/{}", "a".repeat(250));
+        let sha384_short = format!("nginx@sha384:{}", "a".repeat(64));
+        let sha512_upper = format!("nginx@sha512:{}", "A".repeat(128));
         let cases: Vec<(&str, ImageError)> = vec![
             ("", ImageError::Empty),
             ("NGINX", ImageError::Uppercase),
@@ -551,6 +595,21 @@ mod tests {
             ("nginx@sha256:abc", ImageError::Format("invalid digest")),
             ("nginx@", ImageError::Format("invalid digest")),
             ("nginx@md5", ImageError::Format("invalid digest")),
+            // Only the algorithms distribution registers, each with its length.
+            (
+                "nginx@md5:d41d8cd98f00b204e9800998ecf8427e",
+                ImageError::Format("unsupported digest algorithm"),
+            ),
+            (
+                "nginx@sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709",
+                ImageError::Format("unsupported digest algorithm"),
+            ),
+            (
+                "nginx@sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564",
+                ImageError::Format("unsupported digest algorithm"),
+            ),
+            (&sha384_short, ImageError::Format("invalid digest")),
+            (&sha512_upper, ImageError::Format("invalid digest")),
             (":tag", ImageError::Format("repository name is empty")),
             ("/nginx", ImageError::Format("invalid repository path")),
             ("nginx/", ImageError::Format("invalid repository path")),

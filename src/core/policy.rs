@@ -4,35 +4,49 @@
 //!
 //! Rules live in one place: a [`Policy`] has no other rule list to read by mistake, so a
 //! discovered rule can never be lost by code that looked at the file's rules instead.
+//!
+//! It also holds the kubelet keyrings of the Secrets the injector can read (its namespace's
+//! sources), so a decision can tell whether the kubelet would use a Secret for an image.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, Settings};
+use crate::core::keyring::Keyring;
 use crate::core::rules::{Rule, RuleSet};
 
-/// A consistent snapshot: settings and rules.
+/// What the source Secrets contribute: discovered rules and, by Secret name, the keyrings.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub rules: Vec<Rule>,
+    pub keyrings: HashMap<String, Keyring>,
+}
+
+/// A consistent snapshot: settings, rules and known credentials.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     settings: Settings,
     /// Configuration rules first, then discovered ones, so the file wins ties.
     rules: RuleSet,
+    keyrings: HashMap<String, Keyring>,
 }
 
 impl Policy {
-    /// The policy of a configuration file alone (no discovered rules).
+    /// The policy of a configuration file alone (no sources).
     pub fn from_config(config: &Config) -> Self {
-        Self::merged(config, &[])
+        Self::merged(config, &Sources::default())
     }
 
-    /// The file's rules followed by `discovered`.
-    pub fn merged(config: &Config, discovered: &[Rule]) -> Self {
+    /// The file's rules followed by the discovered ones, with the sources' keyrings.
+    pub fn merged(config: &Config, sources: &Sources) -> Self {
         let mut rules = config.rules.clone();
-        rules.extend_from_slice(discovered);
+        rules.extend_from_slice(&sources.rules);
         Self {
             settings: config.settings.clone(),
             rules: RuleSet::new(rules),
+            keyrings: sources.keyrings.clone(),
         }
     }
 
@@ -43,6 +57,21 @@ impl Policy {
     pub fn rules(&self) -> &RuleSet {
         &self.rules
     }
+
+    /// Whether any Secret's credentials are known (then images are checked against them).
+    pub fn knows_credentials(&self) -> bool {
+        !self.keyrings.is_empty()
+    }
+
+    /// Whether the kubelet would use one of `rule`'s Secrets for `target` (an image's kubelet
+    /// name, or a pattern as a target): `None` when a Secret's credentials are unknown.
+    pub fn serves(&self, rule: &Rule, served: impl Fn(&Keyring) -> bool) -> Option<bool> {
+        let mut any = false;
+        for secret in &rule.secrets {
+            any |= served(self.keyrings.get(secret)?);
+        }
+        Some(any)
+    }
 }
 
 /// Holds the current [`Policy`]; readers never block, writers rebuild the snapshot.
@@ -50,14 +79,14 @@ impl Policy {
 pub struct PolicyStore {
     current: ArcSwap<Policy>,
     /// Inputs of the snapshot, kept to rebuild it when either changes.
-    inputs: Mutex<(Config, Vec<Rule>)>,
+    inputs: Mutex<(Config, Sources)>,
 }
 
 impl PolicyStore {
     pub fn new(config: Config) -> Self {
         Self {
             current: ArcSwap::from_pointee(Policy::from_config(&config)),
-            inputs: Mutex::new((config, Vec::new())),
+            inputs: Mutex::new((config, Sources::default())),
         }
     }
 
@@ -73,9 +102,9 @@ impl PolicyStore {
             .store(Arc::new(Policy::merged(&inputs.0, &inputs.1)));
     }
 
-    pub fn set_discovered(&self, rules: Vec<Rule>) {
+    pub fn set_sources(&self, sources: Sources) {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
-        inputs.1 = rules;
+        inputs.1 = sources;
         self.current
             .store(Arc::new(Policy::merged(&inputs.0, &inputs.1)));
     }
@@ -102,13 +131,16 @@ mod tests {
             ..Config::default()
         };
         let store = PolicyStore::new(config("from-file"));
-        store.set_discovered(vec![rule(
-            "ghcr.io",
-            "discovered",
-            RuleSource::Discovered {
-                secret: "discovered".into(),
-            },
-        )]);
+        store.set_sources(Sources {
+            rules: vec![rule(
+                "ghcr.io",
+                "discovered",
+                RuleSource::Discovered {
+                    secret: "discovered".into(),
+                },
+            )],
+            keyrings: HashMap::new(),
+        });
         store.set_config(config("from-new-file"));
         let policy = store.load();
         let secrets: Vec<&str> = policy

@@ -53,6 +53,14 @@ pub struct AdmissionRequest<'a> {
     pub dry_run: Option<bool>,
     #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub object: Option<Pod<'a>>,
+    /// UPDATE only (`kubectl debug`): the object before the change.
+    #[serde(
+        borrow,
+        default,
+        rename = "oldObject",
+        deserialize_with = "object_or_null"
+    )]
+    pub old_object: Option<Pod<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +92,25 @@ pub struct Pod<'a> {
     pub metadata: ObjectMeta<'a>,
     #[serde(borrow, default)]
     pub spec: Option<PodSpec<'a>>,
+    /// Kubernetes 1.16 to 1.21 send the `pods/ephemeralcontainers` subresource as an
+    /// `EphemeralContainers` object: metadata and this list, no spec.
+    #[serde(
+        borrow,
+        default,
+        rename = "ephemeralContainers",
+        deserialize_with = "null_as_default"
+    )]
+    pub ephemeral_containers: Vec<Container<'a>>,
+}
+
+impl<'a> Pod<'a> {
+    /// Ephemeral containers in either shape (`spec.ephemeralContainers` since 1.22).
+    pub fn ephemeral(&self) -> &[Container<'a>] {
+        match &self.spec {
+            Some(spec) if !spec.ephemeral_containers.is_empty() => &spec.ephemeral_containers,
+            _ => &self.ephemeral_containers,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +157,15 @@ pub struct PodSpec<'a> {
     /// Image volumes are pulled with the Pod's pull secrets too; other volumes are skipped.
     #[serde(borrow, default, deserialize_with = "null_as_default")]
     pub volumes: Vec<Volume<'a>>,
+    /// Added by `kubectl debug` (an UPDATE of `pods/ephemeralcontainers`), pulled with the
+    /// Pod's pull secrets, which can no longer change.
+    #[serde(
+        borrow,
+        default,
+        rename = "ephemeralContainers",
+        deserialize_with = "null_as_default"
+    )]
+    pub ephemeral_containers: Vec<Container<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

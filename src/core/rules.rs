@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::core::image::{self, DOCKER_HUB, ImageRef};
+use crate::core::keyring;
 
 /// Where a rule came from, for explanations and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,13 @@ enum LabelPattern {
 }
 
 impl LabelPattern {
+    fn as_str(&self) -> &str {
+        match self {
+            LabelPattern::Exact(label) => label,
+            LabelPattern::Glob(glob) => glob.as_str(),
+        }
+    }
+
     fn matches(&self, label: &str) -> bool {
         match self {
             LabelPattern::Exact(want) => want.eq_ignore_ascii_case(label),
@@ -183,20 +191,34 @@ impl RegistryPattern {
         })
     }
 
-    /// Parses an `auths` key of a docker config Secret, which may carry a scheme and an API
-    /// path: `https://index.docker.io/v1/` means `docker.io`; `/v1/` and `/v2/` mean the host.
+    /// Parses an `auths` key of a docker config Secret as the kubelet reads it: the scheme
+    /// dropped, a leading `/v1/` or `/v2/` path segment dropped (`https://index.docker.io/v1/`
+    /// is `index.docker.io`, i.e. `docker.io`; `https://ghcr.io/v2/acme` is `ghcr.io/acme`).
     pub fn from_docker_config_key(key: &str) -> Result<Self, PatternError> {
-        let text = key.trim();
-        let text = text
-            .strip_prefix("https://")
-            .or_else(|| text.strip_prefix("http://"))
-            .unwrap_or(text);
-        let text = text.trim_end_matches('/');
-        let text = text
-            .strip_suffix("/v1")
-            .or_else(|| text.strip_suffix("/v2"))
-            .unwrap_or(text);
-        Self::parse(text)
+        match keyring::stored_key(key.trim()) {
+            Some(stored) => Self::parse(&stored),
+            None => Err(PatternError::HostLabel(key.trim().to_string())),
+        }
+    }
+
+    /// The pattern written as an image name for the kubelet's keyring ([`keyring`]): glob
+    /// labels as written, so only a key with the same glob covers them.
+    pub fn as_kubelet_target(&self) -> String {
+        let mut target = self
+            .labels
+            .iter()
+            .map(LabelPattern::as_str)
+            .collect::<Vec<_>>()
+            .join(".");
+        if let Some(port) = &self.port {
+            target.push(':');
+            target.push_str(port);
+        }
+        for segment in &self.path {
+            target.push('/');
+            target.push_str(segment);
+        }
+        target
     }
 
     /// The pattern as written.
@@ -255,10 +277,12 @@ fn split_port(domain: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Docker Hub answers to several names; distribution and the kubelet treat them as one.
+/// `index.docker.io` is Docker Hub's legacy name: distribution (and so every image reference)
+/// treats it as `docker.io`. Other Docker Hub hosts (`registry-1.docker.io`) are just hosts,
+/// as in the kubelet's keyring.
 fn normalise_docker_hub(host: &str) -> &str {
     match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
+        "index.docker.io" => DOCKER_HUB,
         other => other,
     }
 }
@@ -315,7 +339,16 @@ mod tests {
             ("docker.io", "acme/app:1", true),
             ("docker.io", "docker.io/acme/app", true),
             ("index.docker.io", "nginx", true),
-            ("registry-1.docker.io", "acme/app", true),
+            ("index.docker.io/acme", "docker.io/acme/app", true),
+            // Only index.docker.io is docker.io; other Docker Hub hosts are hosts of their own.
+            ("registry-1.docker.io", "acme/app", false),
+            ("docker.io", "registry-1.docker.io/acme/app", false),
+            (
+                "registry-1.docker.io",
+                "registry-1.docker.io/acme/app",
+                true,
+            ),
+            ("registry.hub.docker.com", "nginx", false),
             ("docker.io/acme", "acme/app", true),
             ("docker.io/acme", "acme-evil/app", false),
             ("docker.io/library", "nginx", true),
@@ -418,6 +451,8 @@ mod tests {
             ("registry.local:5000", "registry.local/app", false),
             ("ghcr.io/acme", "ghcr.io/acme/api", true),
             ("ghcr.io/acme", "ghcr.io/acme-evil/api", false),
+            ("https://ghcr.io/v2/acme", "ghcr.io/acme/api", true),
+            ("https://ghcr.io/v2/acme", "ghcr.io/v2/acme/api", false),
         ];
         for (key, image_ref, want) in cases {
             let pattern = RegistryPattern::from_docker_config_key(key).expect(key);

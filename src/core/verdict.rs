@@ -61,6 +61,23 @@ pub enum Warning<'a> {
     WouldSetPullPolicy { source: ImageSource, name: &'a str },
     /// Referenced, but not in the namespace as far as a fresh cache knows.
     SecretNotSeen { secret: &'a str, rule: &'a str },
+    /// `kubectl debug`: the debug image needs Secrets the Pod does not list (or may not).
+    DebugImageNeedsSecret {
+        name: &'a str,
+        image: &'a str,
+        rule: &'a str,
+        secrets: Vec<&'a str>,
+        pod_secrets_known: bool,
+    },
+    /// The kubelet would not use the rule's Secrets for this image: no docker config key of
+    /// theirs matches it the way the kubelet matches keys (a wrong `--docker-server`).
+    CredentialNotUsed {
+        source: ImageSource,
+        name: &'a str,
+        image: &'a str,
+        rule: &'a str,
+        secrets: Vec<&'a str>,
+    },
 }
 
 impl Warning<'_> {
@@ -99,6 +116,45 @@ impl fmt::Display for Warning<'_> {
                 f,
                 "pullsecret-injector (audit): would set imagePullPolicy Always on {} {name}",
                 source.noun()
+            ),
+            Warning::CredentialNotUsed {
+                source,
+                name,
+                image,
+                rule,
+                secrets,
+            } => write!(
+                f,
+                "pullsecret-injector: the kubelet would not use Secret {} (rule {rule}) for {} {name} image {image:?}: \
+                 none of its docker config keys matches this registry (check the --docker-server it was created with)",
+                secrets.join(", "),
+                source.noun()
+            ),
+            Warning::DebugImageNeedsSecret {
+                name,
+                image,
+                rule,
+                secrets,
+                pod_secrets_known: true,
+            } => write!(
+                f,
+                "pullsecret-injector: debug container {name} image {image:?} needs imagePullSecret {} (rule {rule}), \
+                 which this Pod does not list, and a Pod's imagePullSecrets cannot change: the pull will fail. \
+                 Use kubectl debug --copy-to=NEW-POD (the copy is a new Pod and gets the secret) or a public image",
+                secrets.join(", ")
+            ),
+            Warning::DebugImageNeedsSecret {
+                name,
+                image,
+                rule,
+                secrets,
+                pod_secrets_known: false,
+            } => write!(
+                f,
+                "pullsecret-injector: debug container {name} image {image:?} needs imagePullSecret {} (rule {rule}); \
+                 it is pulled with the Pod's imagePullSecrets, which cannot change: if the Pod does not list it, \
+                 use kubectl debug --copy-to=NEW-POD (the copy is a new Pod and gets the secret)",
+                secrets.join(", ")
             ),
             Warning::SecretNotSeen { secret, rule } => write!(
                 f,
@@ -146,6 +202,23 @@ impl Verdict<'_> {
 
 /// The verdict for an admission request.
 pub fn for_request<'a>(request: &'a AdmissionRequest<'a>, ctx: &Context<'a>) -> Verdict<'a> {
+    let kind = &request.kind;
+    if decision::is_debug(
+        &kind.group,
+        &kind.kind,
+        &request.operation,
+        &request.sub_resource,
+    ) {
+        return match &request.object {
+            Some(pod) => for_debug(
+                pod,
+                request.old_object.as_ref(),
+                request_namespace(request),
+                ctx,
+            ),
+            None => Verdict::skipped(SkipReason::NoPodObject),
+        };
+    }
     if let Err(reason) = decision::gate(&request.kind.group, &request.kind.kind, &request.operation)
     {
         return Verdict::skipped(reason);
@@ -178,17 +251,58 @@ pub fn for_pod<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Verd
     }
 }
 
+/// `kubectl debug`: never a patch (the Pod's imagePullSecrets are immutable), only warnings
+/// for debug images that need a Secret the Pod lacks.
+fn for_debug<'a>(
+    pod: &'a Pod<'a>,
+    old: Option<&'a Pod<'a>>,
+    namespace: &str,
+    ctx: &Context<'a>,
+) -> Verdict<'a> {
+    match decision::decide_debug(pod, old, namespace, ctx) {
+        Err(reason) => Verdict::skipped(reason),
+        Ok(findings) => Verdict {
+            outcome: Outcome::Unchanged,
+            mode: None,
+            images: Vec::new(),
+            secrets: Vec::new(),
+            patch: None,
+            warnings: findings
+                .into_iter()
+                .map(|f| Warning::DebugImageNeedsSecret {
+                    name: f.name,
+                    image: f.image,
+                    rule: f.rule.pattern.as_str(),
+                    secrets: f.secrets,
+                    pod_secrets_known: f.pod_secrets_known,
+                })
+                .collect(),
+            annotation: None,
+        },
+    }
+}
+
 fn from_plan(plan: Plan<'_>) -> Verdict<'_> {
     let enforce = plan.mode == Mode::Enforce;
     let mut warnings = Vec::new();
     for image in &plan.images {
-        if let ImageOutcome::Invalid(error) = &image.outcome {
-            warnings.push(Warning::InvalidImage {
+        match &image.outcome {
+            ImageOutcome::Invalid(error) => warnings.push(Warning::InvalidImage {
                 source: image.source,
                 name: image.name,
                 image: image.image,
                 error: error.clone(),
-            });
+            }),
+            ImageOutcome::Matched { rule, .. } if image.credential_used == Some(false) => {
+                warnings.push(Warning::CredentialNotUsed {
+                    source: image.source,
+                    name: image.name,
+                    image: image.image,
+                    rule: rule.pattern.as_str(),
+                    secrets: rule.secrets.iter().map(String::as_str).collect(),
+                });
+            }
+            _ => {}
         }
     }
     if !enforce {
@@ -355,6 +469,75 @@ mod tests {
             let ctx = Context::new(policy, *facts).endpoint(*endpoint);
             check(i, &for_pod(pod, "team-a", &ctx), want);
         }
+    }
+
+    #[test]
+    fn images_the_kubelet_would_not_pull_with_the_rule_secret_are_warned_about() {
+        use crate::core::config::Config;
+        use crate::core::keyring::Keyring;
+        use crate::core::policy::Sources;
+        use crate::core::rules::{RegistryPattern, Rule, RuleSource};
+        let rule = |pattern: &str, secret: &str| Rule {
+            pattern: RegistryPattern::parse(pattern).expect(pattern),
+            secrets: vec![secret.into()],
+            pull_policy_always: false,
+            source: RuleSource::Config { index: 0 },
+        };
+        let config = Config {
+            rules: vec![
+                rule("registry.example.com:5000", "wrong-port"),
+                rule("ghcr.io/acme", "scoped"),
+                rule("quay.io", "unknown"),
+            ],
+            ..Config::default()
+        };
+        let sources = Sources {
+            rules: Vec::new(),
+            keyrings: [
+                (
+                    "wrong-port".to_string(),
+                    Keyring::new(["https://registry.example.com"]),
+                ),
+                ("scoped".to_string(), Keyring::new(["ghcr.io/acme/api"])),
+            ]
+            .into(),
+        };
+        let policy = Policy::merged(&config, &sources);
+        let p = pod(
+            &[],
+            &[
+                "registry.example.com:5000/app",
+                "ghcr.io/acme/api:1",
+                "ghcr.io/acme/web:1",
+                "quay.io/x/y",
+            ],
+            None,
+        );
+        let verdict = for_pod(
+            &p,
+            "team-a",
+            &Context::new(&policy, &crate::core::facts::NothingKnown),
+        );
+        let used: Vec<Option<bool>> = verdict.images.iter().map(|i| i.credential_used).collect();
+        assert_eq!(used, [Some(false), Some(true), Some(false), None]);
+        let text: Vec<String> = verdict.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "pullsecret-injector: the kubelet would not use Secret wrong-port (rule registry.example.com:5000) for container c0 image \"registry.example.com:5000/app\": none of its docker config keys matches this registry (check the --docker-server it was created with)",
+                "pullsecret-injector: the kubelet would not use Secret scoped (rule ghcr.io/acme) for container c2 image \"ghcr.io/acme/web:1\": none of its docker config keys matches this registry (check the --docker-server it was created with)",
+            ]
+        );
+        // Still injected: a reference costs nothing, and the warning says what to fix.
+        assert_eq!(verdict.outcome, Outcome::Patched);
+        // The rule as a whole: the scoped key covers only part of ghcr.io/acme.
+        let covered: Vec<Option<bool>> = policy
+            .rules()
+            .rules()
+            .iter()
+            .map(|r| policy.serves(r, |k| k.covers(&r.pattern)))
+            .collect();
+        assert_eq!(covered, [Some(false), Some(false), None]);
     }
 
     #[test]

@@ -179,6 +179,7 @@ where
         handler::router(app),
         stop_accepting,
         args.drain_timeout,
+        listener::Limits::default(),
     );
     let drained = tokio::select! {
         drained = served => drained,

@@ -48,7 +48,7 @@ def check_configs(binary, render_dir):
         if "@" not in fn or not fn.endswith(".yaml"):
             continue
         docs = [d for d in yaml.safe_load_all(open(os.path.join(render_dir, fn))) if d]
-        cms = [d for d in docs if d["kind"] == "ConfigMap"]
+        cms = [d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in (d.get("data") or {})]
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write(cms[0]["data"]["config.yaml"])
             f.flush()

@@ -8,6 +8,7 @@ that file the way Helm merges them (maps merge, everything else replaces). Print
 lines; exits 1 on any failure.
 """
 import base64
+import json
 import os
 import re
 import subprocess
@@ -22,14 +23,13 @@ except ImportError:  # pragma: no cover
     kubernetes_validate = None
 
 # Kinds from CRDs kubernetes-validate has no schema for. Checked structurally below instead.
-CRD_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"}
 # Kubernetes versions with a schema in kubernetes-validate; older renders are checked
 # structurally only (and for real against the 1.20 API server by the e2e tests).
 SCHEMA_MIN = (1, 25)
 
 RELEASE_NS = os.environ.get("RELEASE_NS", "pullsecret-injector")
 ALWAYS_EXCLUDED = {"kube-system", "kube-node-lease", RELEASE_NS}
-SECRET_WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 EXPECTED_ARGS_PREFIX = [
     "serve",
     "--config", "/etc/pullsecret-injector/config.yaml",
@@ -121,8 +121,15 @@ def check_common(c):
         c.check("app.kubernetes.io/instance" in (md.get("labels") or {}), f"{d['kind']}/{md.get('name')} lacks standard labels")
 
 
+def config_maps(c):
+    """The injector's config ConfigMap(s): the dashboard ConfigMap (metrics.dashboard) is not one."""
+    return [d for d in c.kind("ConfigMap") if "config.yaml" in (d.get("data") or {})]
+
+
 def check_config(c):
-    cm = c.one("ConfigMap")
+    cms = config_maps(c)
+    c.check(len(cms) == 1, f"expected exactly one ConfigMap with config.yaml, got {len(cms)}")
+    cm = cms[0] if cms else {}
     cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
     v = c.values["config"]
     c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness"},
@@ -141,9 +148,24 @@ def check_config(c):
 def check_webhook(c, svc):
     v = c.values
     mwc = c.one("MutatingWebhookConfiguration")
-    hooks = mwc.get("webhooks", [])
-    c.check([h["name"] for h in hooks] == ["inject.pullsecret-injector.io", "audit.pullsecret-injector.io"],
-            f"webhook names {[h['name'] for h in hooks]}")
+    all_hooks = mwc.get("webhooks", [])
+    debug_enabled = v["webhook"].get("debugContainers", {}).get("enabled", False)
+    want_names = ["inject.pullsecret-injector.io", "audit.pullsecret-injector.io"]
+    if debug_enabled:
+        want_names.append("debug.pullsecret-injector.io")
+    c.check([h["name"] for h in all_hooks] == want_names, f"webhook names {[h['name'] for h in all_hooks]}")
+    hooks = [h for h in all_hooks if h["name"] != "debug.pullsecret-injector.io"]
+    for h in all_hooks:
+        if h["name"] != "debug.pullsecret-injector.io":
+            continue
+        # kubectl debug: UPDATE of the ephemeralcontainers subresource only, never blocking.
+        c.check(h.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                    "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}], "debug: rules")
+        c.check(h.get("failurePolicy") == "Ignore", "debug: failurePolicy must be Ignore")
+        c.check(h.get("reinvocationPolicy") == "Never", "debug: reinvocationPolicy")
+        c.check(h.get("sideEffects") == "None", "debug: sideEffects")
+        c.check(h["clientConfig"]["service"].get("path") == "/mutate", "debug: path")
+        c.check(h.get("namespaceSelector") == hooks[0].get("namespaceSelector"), "debug: same namespaces as the inject entry")
     excluded = ALWAYS_EXCLUDED | set(v["config"]["namespaces"]["exclude"])
     own_pod_labels = (c.one("Deployment").get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}))
     for h in hooks:
@@ -223,7 +245,8 @@ def check_deployment(c, cfg):
             "container securityContext not restricted")
     sh = v["shutdown"]
     want = EXPECTED_ARGS_PREFIX + ["--log-format", v["logFormat"], "--log-level", v["logLevel"],
-                                   "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"])]
+                                   "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"]),
+                                   "--lease-name", dep["metadata"]["name"]]
     if v["standalone"]:
         want.append("--standalone")
     c.check(ctr.get("args") == want, f"args {ctr.get('args')} != {want}")
@@ -232,6 +255,7 @@ def check_deployment(c, cfg):
     c.check(ctr.get("livenessProbe", {}).get("httpGet") == {"path": "/livez", "port": "admin"}, "livenessProbe")
     c.check(ctr.get("readinessProbe", {}).get("httpGet") == {"path": "/readyz", "port": "admin"}, "readinessProbe")
     c.check({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in ctr.get("env", []), "POD_NAMESPACE env")
+    c.check({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in ctr.get("env", []), "POD_NAME env (Lease identity)")
     c.check(ctr.get("resources") == v["resources"], "resources differ from values")
     # Config and TLS: one directory mount, no subPath (kubelet updates must reach the files).
     mounts = ctr.get("volumeMounts", [])
@@ -270,36 +294,53 @@ def check_pdb(c, dep):
 
 def check_rbac(c):
     v = c.values
+    cfg = v["config"]
+    repair = cfg.get("repair", False)
     roles = c.kind("ClusterRole") + c.kind("Role")
     bindings = c.kind("ClusterRoleBinding") + c.kind("RoleBinding")
     if v["standalone"]:
         c.check(not roles and not bindings, "standalone renders RBAC")
         return
     sa = c.one("ServiceAccount")["metadata"]["name"]
-    for r in roles:
+    fullname = c.one("Deployment")["metadata"]["name"]
+    # Every (apiGroup, resource) a feature set may be granted, and the exact verbs.
+    allowed = {("", "namespaces"): {"list", "watch"}}
+    if cfg["sync"]:
+        allowed[("", "secrets")] = {"list", "watch", "create", "update", "delete"}
+    elif cfg["secretAwareness"]:
+        allowed[("", "secrets")] = {"list", "watch"}
+    if repair:
+        allowed[("", "pods")] = {"list", "watch"}
+        allowed[("", "pods/eviction")] = {"create"}
+        allowed[("events.k8s.io", "events")] = {"create", "patch"}
+    elif cfg["sync"]:
+        allowed[("", "pods")] = {"list"}
+    granted = {}
+    for r in c.kind("ClusterRole"):
         for rule in r.get("rules", []):
             for f in ("verbs", "resources", "apiGroups"):
-                c.check("*" not in rule.get(f, []), f"{r['kind']}/{r['metadata']['name']} has '*' in {f}")
-            c.check(set(rule["resources"]) <= {"namespaces", "secrets"}, f"unexpected resources {rule['resources']}")
-            c.check(rule["apiGroups"] == [""], "unexpected apiGroups")
-            if "secrets" in rule["resources"] and SECRET_WRITE_VERBS & set(rule["verbs"]):
-                c.check(v["config"]["sync"], f"{r['kind']} can write secrets without config.sync")
-                c.check(r["kind"] == "ClusterRole", "secret writes belong to the sync ClusterRole")
-            if "namespaces" in rule["resources"]:
-                c.check(set(rule["verbs"]) == {"list", "watch"}, "namespaces verbs")
-    cluster_secret = [rule for r in c.kind("ClusterRole") for rule in r["rules"] if "secrets" in rule["resources"]]
-    want_cluster_secret = v["config"]["sync"] or v["config"]["secretAwareness"]
-    c.check(bool(cluster_secret) == want_cluster_secret, f"cluster-wide secrets rule present={bool(cluster_secret)}")
-    if cluster_secret and not v["config"]["sync"]:
-        c.check(set(cluster_secret[0]["verbs"]) == {"list", "watch"}, "secretAwareness must be list/watch only")
-    if cluster_secret and v["config"]["sync"]:
-        want = {"list", "watch", "create", "update", "delete"}
-        c.check(set(cluster_secret[0]["verbs"]) == want, "sync verbs must be exactly what the binary uses")
-    ns_secret = [r for r in c.kind("Role") if any("secrets" in x["resources"] for x in r["rules"])]
-    c.check(bool(ns_secret) == (v["config"]["discovery"] or v["config"]["sync"]), "namespaced secrets Role iff discovery or sync")
-    for r in ns_secret:
-        c.check(r["metadata"]["namespace"] == RELEASE_NS, "source Role outside the release namespace")
-        c.check(all(set(x["verbs"]) == {"list", "watch"} for x in r["rules"]), "source Role verbs")
+                c.check("*" not in rule.get(f, []), f"ClusterRole/{r['metadata']['name']} has '*' in {f}")
+            c.check("resourceNames" not in rule, "cluster rules name no resources")
+            for group in rule["apiGroups"]:
+                for res in rule["resources"]:
+                    granted.setdefault((group, res), set()).update(rule["verbs"])
+    c.check(granted == allowed, f"ClusterRole grants {granted}, want exactly {allowed}")
+    # The release namespace: the sources (discovery, sync) and the Lease (sync, repair).
+    ns_roles = c.kind("Role")
+    want_sources = cfg["discovery"] or cfg["sync"]
+    want_lease = cfg["sync"] or repair
+    c.check(len(ns_roles) == (1 if (want_sources or want_lease) else 0), f"{len(ns_roles)} namespaced Roles")
+    for r in ns_roles:
+        c.check(r["metadata"]["namespace"] == RELEASE_NS, "Role outside the release namespace")
+        got = [(tuple(x["apiGroups"]), tuple(x["resources"]), tuple(sorted(x["verbs"])), tuple(x.get("resourceNames", [])))
+               for x in r["rules"]]
+        want = []
+        if want_sources:
+            want.append((("",), ("secrets",), ("list", "watch"), ()))
+        if want_lease:
+            want.append((("coordination.k8s.io",), ("leases",), ("create",), ()))
+            want.append((("coordination.k8s.io",), ("leases",), ("get", "patch"), (fullname,)))
+        c.check(got == want, f"Role rules {got}, want {want}")
     for b in bindings:
         c.check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}], f"{b['kind']} subjects")
         c.check(any(r["kind"] == b["roleRef"]["kind"] and r["metadata"]["name"] == b["roleRef"]["name"] for r in roles),
@@ -375,6 +416,25 @@ def check_optional(c):
     c.check(bool(sms) == v["metrics"]["serviceMonitor"]["enabled"], "ServiceMonitor iff metrics.serviceMonitor.enabled")
     for sm in sms:
         c.check(sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor endpoint")
+    prs = c.kind("PrometheusRule")
+    c.check(bool(prs) == v["metrics"]["prometheusRule"]["enabled"], "PrometheusRule iff metrics.prometheusRule.enabled")
+    for pr in prs:
+        c.check(pr["apiVersion"] == "monitoring.coreos.com/v1", "PrometheusRule apiVersion")
+        rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+        c.check(rules and all(r.get("alert", "").startswith("PullsecretInjector") and r.get("expr") and r.get("for")
+                              and r.get("labels", {}).get("severity") for r in rules),
+                "PrometheusRule: every rule is a PullsecretInjector* alert with expr, for and severity (tests/alerts/)")
+        for k, x in v["metrics"]["prometheusRule"]["labels"].items():
+            c.check(pr["metadata"]["labels"].get(k) == x, f"PrometheusRule label {k}")
+    dash = [d for d in c.kind("ConfigMap") if "pullsecret-injector.json" in (d.get("data") or {})]
+    c.check(bool(dash) == v["metrics"]["dashboard"]["enabled"], "dashboard ConfigMap iff metrics.dashboard.enabled")
+    for d in dash:
+        try:
+            json.loads(d["data"]["pullsecret-injector.json"])
+        except ValueError as e:
+            c.check(False, f"dashboard JSON does not parse: {e}")
+        for k, x in v["metrics"]["dashboard"]["labels"].items():
+            c.check(d["metadata"]["labels"].get(k) == x, f"dashboard ConfigMap label {k}")
     nps = c.kind("NetworkPolicy")
     c.check(bool(nps) == v["networkPolicy"]["enabled"], "NetworkPolicy iff networkPolicy.enabled")
     for np in nps:

@@ -1,0 +1,357 @@
+//! Repair (`repair: true`): while this replica holds the Lease, watch Pending Pods and replace
+//! the ones an outage let through without their secrets ([`core::repair`] decides which).
+//!
+//! Controller-owned Pods are evicted through the Eviction API, so PodDisruptionBudgets hold,
+//! at most one every [`EVICTION_INTERVAL`], and a controller's Pods at most once per
+//! [`OWNER_COOLDOWN`] (if the webhook is still unreachable, the replacement would be admitted
+//! without its secrets again: waiting keeps that from becoming a loop). Bare Pods are
+//! reported once. Each repair is logged, counted (`repairs_total{outcome}`) and recorded as
+//! an Event on the Pod.
+//!
+//! [`core::repair`]: crate::core::repair
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, EvictParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use crate::cluster::client::watch_backoff;
+use crate::cluster::lease::Leadership;
+use crate::core::decision::Context;
+use crate::core::facts::ClusterFacts;
+use crate::core::policy::PolicyStore;
+use crate::core::repair::{self, Action, PodState};
+use crate::core::review;
+use crate::core::verdict;
+use crate::metrics::{KindLabels, Metrics};
+use crate::shutdown::Trigger;
+
+/// At most one eviction this often: an outage may leave hundreds of stuck Pods, and
+/// replacing them all at once would be a self-inflicted stampede.
+pub const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// A controller's Pods are evicted at most once in this period.
+pub const OWNER_COOLDOWN: Duration = Duration::from_secs(60);
+/// Stuck Pods found but not yet evicted are looked at again this often (a PDB that blocked an
+/// eviction, a cooldown that ran out).
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A Pod to repair.
+#[derive(Debug, Clone)]
+struct Candidate {
+    namespace: String,
+    name: String,
+    action: Action,
+    missing: Vec<String>,
+    owner: Option<(String, String)>,
+}
+
+pub struct RepairLoop {
+    pub client: kube::Client,
+    pub own_namespace: String,
+    pub identity: String,
+    pub policy: Arc<PolicyStore>,
+    pub facts: Arc<dyn ClusterFacts>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RepairLoop {
+    /// Repairs while this replica holds the Lease, until `stop` fires.
+    pub async fn run(self, mut leadership: Leadership, stop: Trigger) {
+        let stopped = stop.wait();
+        tokio::pin!(stopped);
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: "pullsecret-injector".into(),
+                instance: Some(self.identity.clone()),
+            },
+        );
+        let mut state = State::default();
+        loop {
+            tokio::select! {
+                () = leadership.until_leader() => {}
+                () = &mut stopped => return,
+            }
+            tokio::select! {
+                () = self.watch(&recorder, &mut state) => {}
+                () = leadership.until_lost() => {}
+                () = &mut stopped => return,
+            }
+        }
+    }
+
+    /// Watches Pending Pods and repairs candidates at a bounded rate.
+    async fn watch(&self, recorder: &Recorder, state: &mut State) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields("status.phase=Pending");
+        let stream = watcher(api, config).backoff(watch_backoff()).boxed();
+        let mut stream = stream;
+        let mut ticker = tokio::time::interval(EVICTION_INTERVAL);
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(event)) => self.on_event(event, state),
+                    Some(Err(e)) => {
+                        self.metrics.watch_errors.get_or_create(&KindLabels { kind: "pods" }).inc();
+                        tracing::warn!(resource = "pods", error = %e, "watch error; retrying with backoff");
+                    }
+                    None => return,
+                },
+                _ = ticker.tick() => self.repair_one(recorder, state).await,
+                _ = retry.tick() => state.requeue(),
+            }
+        }
+    }
+
+    fn on_event(&self, event: watcher::Event<Pod>, state: &mut State) {
+        match event {
+            watcher::Event::Init => state.listing = Some(HashMap::new()),
+            watcher::Event::InitApply(pod) => {
+                let found = self.assess(&pod);
+                let key = uid(&pod);
+                if let (Some(listing), Some(candidate)) = (state.listing.as_mut(), found) {
+                    listing.insert(key, candidate);
+                }
+            }
+            watcher::Event::InitDone => {
+                state.candidates = state.listing.take().unwrap_or_default();
+                state.requeue();
+            }
+            watcher::Event::Apply(pod) => match self.assess(&pod) {
+                Some(candidate) => {
+                    let key = uid(&pod);
+                    if !state.candidates.contains_key(&key) {
+                        state.queue.push(key.clone());
+                    }
+                    state.candidates.insert(key, candidate);
+                }
+                None => {
+                    state.candidates.remove(&uid(&pod));
+                }
+            },
+            watcher::Event::Delete(pod) => {
+                state.candidates.remove(&uid(&pod));
+            }
+        }
+    }
+
+    /// The pure decision, on the Pod as the API returned it.
+    fn assess(&self, pod: &Pod) -> Option<Candidate> {
+        let json = serde_json::to_string(pod).ok()?;
+        let view: review::Pod<'_> = serde_json::from_str(&json).ok()?;
+        let pod_state: PodState<'_> = serde_json::from_str(&json).ok()?;
+        let namespace = pod.namespace().unwrap_or_default();
+        let policy = self.policy.load();
+        let ctx = Context::new(&policy, self.facts.as_ref())
+            .own_namespace(Some(self.own_namespace.as_str()));
+        let verdict = verdict::for_pod(&view, &namespace, &ctx);
+        let assessment = repair::assess(&verdict, &pod_state)?;
+        Some(Candidate {
+            namespace,
+            name: pod.name_any(),
+            action: assessment.action,
+            missing: assessment.missing.iter().map(|s| s.to_string()).collect(),
+            owner: assessment
+                .owner
+                .map(|(owner, uid)| (owner, uid.to_string())),
+        })
+    }
+
+    /// Repairs the next queued candidate whose owner is not cooling down.
+    async fn repair_one(&self, recorder: &Recorder, state: &mut State) {
+        let Some((key, candidate)) = state.next() else {
+            return;
+        };
+        let reference = object_reference(&candidate);
+        match candidate.action {
+            Action::Report => {
+                state.done.insert(key);
+                self.count("reported");
+                tracing::warn!(namespace = %candidate.namespace, pod = %candidate.name, missing = ?candidate.missing,
+                    "Pod was admitted without its imagePullSecrets and cannot pull; it has no controller: recreate it");
+                self.record(recorder, &reference, EventType::Warning, "Reported", format!(
+                    "admitted without imagePullSecrets {} (the webhook was unreachable); stuck pulling; no controller to recreate it: delete and recreate this Pod",
+                    candidate.missing.join(", "))).await;
+            }
+            Action::Evict => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &candidate.namespace);
+                match api.evict(&candidate.name, &EvictParams::default()).await {
+                    Ok(_) => {
+                        state.done.insert(key);
+                        if let Some((_, owner_uid)) = &candidate.owner {
+                            state.cooling.insert(owner_uid.clone(), Instant::now());
+                        }
+                        self.count("evicted");
+                        tracing::info!(namespace = %candidate.namespace, pod = %candidate.name, owner = ?candidate.owner.as_ref().map(|o| &o.0),
+                            missing = ?candidate.missing, "evicted a Pod admitted without its imagePullSecrets; its controller recreates it");
+                        self.record(recorder, &reference, EventType::Normal, "Evicted", format!(
+                            "evicted: admitted without imagePullSecrets {} while the webhook was unreachable, and stuck pulling; the replacement gets them",
+                            candidate.missing.join(", "))).await;
+                    }
+                    // A PodDisruptionBudget forbids it now: try again later.
+                    Err(kube::Error::Api(status)) if status.code == 429 => {
+                        self.count("blocked");
+                        tracing::info!(namespace = %candidate.namespace, pod = %candidate.name, "eviction blocked by a PodDisruptionBudget; retrying later");
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {
+                        state.done.insert(key);
+                    }
+                    Err(e) => {
+                        self.count("failed");
+                        tracing::warn!(namespace = %candidate.namespace, pod = %candidate.name, error = %e, "eviction failed; retrying later");
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .repairs
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+    }
+
+    async fn record(
+        &self,
+        recorder: &Recorder,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: "PullSecretRepair".into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, reference).await {
+            tracing::debug!(error = %e, "cannot record the repair Event");
+        }
+    }
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.meta().uid.clone().unwrap_or_else(|| pod.name_any())
+}
+
+fn object_reference(candidate: &Candidate) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(candidate.namespace.clone()),
+        name: Some(candidate.name.clone()),
+        ..Default::default()
+    }
+}
+
+/// Candidates by Pod uid, the order to try them in, and what is done or cooling down.
+#[derive(Default)]
+struct State {
+    candidates: HashMap<String, Candidate>,
+    listing: Option<HashMap<String, Candidate>>,
+    queue: Vec<String>,
+    done: HashSet<String>,
+    cooling: HashMap<String, Instant>,
+}
+
+impl State {
+    /// Queues every current candidate not repaired yet.
+    fn requeue(&mut self) {
+        let mut queue: Vec<String> = self
+            .candidates
+            .keys()
+            .filter(|k| !self.done.contains(*k))
+            .cloned()
+            .collect();
+        queue.sort();
+        self.queue = queue;
+        self.done.retain(|k| self.candidates.contains_key(k));
+        self.cooling.retain(|_, at| at.elapsed() < OWNER_COOLDOWN);
+    }
+
+    /// The next candidate to repair now.
+    fn next(&mut self) -> Option<(String, Candidate)> {
+        while !self.queue.is_empty() {
+            let key = self.queue.remove(0);
+            let Some(candidate) = self.candidates.get(&key) else {
+                continue;
+            };
+            if self.done.contains(&key) {
+                continue;
+            }
+            let cooling = candidate
+                .owner
+                .as_ref()
+                .and_then(|(_, uid)| self.cooling.get(uid))
+                .is_some_and(|at| at.elapsed() < OWNER_COOLDOWN);
+            if cooling {
+                continue;
+            }
+            return Some((key, candidate.clone()));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(name: &str, owner: Option<&str>) -> Candidate {
+        Candidate {
+            namespace: "a".into(),
+            name: name.into(),
+            action: if owner.is_some() {
+                Action::Evict
+            } else {
+                Action::Report
+            },
+            missing: vec!["regcred".into()],
+            owner: owner.map(|o| (format!("ReplicaSet/{o}"), o.to_string())),
+        }
+    }
+
+    #[test]
+    fn owners_cool_down_and_done_pods_are_not_repeated() {
+        let mut state = State::default();
+        for (uid, name, owner) in [
+            ("1", "web-a", Some("rs")),
+            ("2", "web-b", Some("rs")),
+            ("3", "bare", None),
+        ] {
+            state.candidates.insert(uid.into(), candidate(name, owner));
+        }
+        state.requeue();
+        let (key, first) = state.next().expect("a candidate");
+        assert_eq!((key.as_str(), first.name.as_str()), ("1", "web-a"));
+        // Evicted: its owner cools down, so the sibling waits; the bare Pod goes next.
+        state.done.insert(key);
+        state.cooling.insert("rs".into(), Instant::now());
+        let (_, second) = state.next().expect("a candidate");
+        assert_eq!(second.name, "bare");
+        state.done.insert("3".into());
+        assert!(state.next().is_none(), "web-b must wait for the cooldown");
+        state.requeue();
+        assert!(
+            state.next().is_none(),
+            "still cooling, bare already reported"
+        );
+        // Cooled down: the sibling is next.
+        state.cooling.insert(
+            "rs".into(),
+            Instant::now() - OWNER_COOLDOWN - Duration::from_secs(1),
+        );
+        state.requeue();
+        assert_eq!(state.next().map(|(_, c)| c.name), Some("web-b".to_string()));
+    }
+}
