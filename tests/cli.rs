@@ -63,6 +63,76 @@ fn check_config_exits_0_for_valid_and_1_with_every_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }
 
+/// A docker config Secret as `kubectl create secret docker-registry NAME --docker-server=SERVER
+/// --docker-username=u --docker-password=p --dry-run=client -o yaml` writes it.
+fn docker_registry_secret(name: &str, server: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = format!(
+        r#"{{"auths":{{"{server}":{{"username":"u","password":"p","auth":"{}"}}}}}}"#,
+        b64("u:p")
+    );
+    format!(
+        "apiVersion: v1\ndata:\n  .dockerconfigjson: {}\nkind: Secret\nmetadata:\n  creationTimestamp: null\n  name: {name}\ntype: kubernetes.io/dockerconfigjson\n",
+        b64(&config)
+    )
+}
+
+#[test]
+fn check_config_checks_rules_against_secret_manifests_as_the_kubelet_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: registry.example.com:5000\n    secrets: [regcred]\n",
+    )
+    .expect("write");
+    let run = |server: &str| {
+        let secret = dir.path().join("secret.yaml");
+        std::fs::write(&secret, docker_registry_secret("regcred", server)).expect("write");
+        bin()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .arg("-f")
+            .arg(&secret)
+            .output()
+            .expect("runs")
+    };
+    // Every form users type for --docker-server that the kubelet matches.
+    for server in [
+        "registry.example.com:5000",
+        "https://registry.example.com:5000",
+        "https://registry.example.com:5000/v1/",
+        "http://registry.example.com:5000/v2/",
+    ] {
+        let out = run(server);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{server}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 rule(s) checked"));
+    }
+    // A missing port, or another host: the kubelet would not use it; caught before a Pod fails.
+    for server in ["registry.example.com", "https://other.example.com:5000"] {
+        let out = run(server);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{server}: {stderr}");
+        assert!(
+            stderr.contains(
+                "rules[0] (registry.example.com:5000): the kubelet would not use Secret regcred"
+            ),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("\"p\""),
+            "no credential values in the report: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn explain_reads_files_and_stdin_in_text_and_json() {
     let out = bin()
@@ -163,8 +233,9 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
-#[test]
-fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
+/// Runs `serve` with `--log-format FORMAT`, its stderr a pipe (as under `kubectl logs`),
+/// sends SIGTERM once ready; checks the shutdown sequence and returns the logs.
+fn serve_until_sigterm(log_format: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).expect("write");
@@ -175,7 +246,7 @@ fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
             "serve",
             "--standalone",
             "--log-format",
-            "json",
+            log_format,
             "--shutdown-delay",
             "1s",
             "--drain-timeout",
@@ -227,10 +298,26 @@ fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
         .expect("stderr")
         .read_to_string(&mut logs)
         .expect("logs");
+    assert!(logs.contains("drained; exiting"), "{logs}");
+    logs
+}
+
+#[test]
+fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
+    let logs = serve_until_sigterm("json");
     assert!(
         logs.lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "json logs: {logs}"
     );
-    assert!(logs.contains("drained; exiting"), "{logs}");
+}
+
+#[test]
+fn plain_logs_carry_no_colour_codes_off_a_terminal() {
+    let logs = serve_until_sigterm("plain");
+    assert!(logs.contains("pullsecret-injector serving"), "{logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI escape codes in piped logs: {logs:?}"
+    );
 }

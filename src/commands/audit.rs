@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::cli::{AuditArgs, AuditFormat};
 use crate::cluster::{self, ClusterError};
 use crate::core::config::{self, ConfigError};
-use crate::core::decision::Context;
+use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg::{self, SourceSecret};
 use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
 use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
@@ -52,8 +52,23 @@ pub struct PodReport {
     /// `evict` or `report` when the Pod was admitted without these secrets and is stuck
     /// pulling: what `repair: true` does with it.
     pub repair: Option<&'static str>,
+    /// A running Pod's private images that run from the node's cache: pulled with
+    /// `IfNotPresent`/`Never` while the Pod lacks the secret they need. They break when a
+    /// node pulls again (a new node, image garbage collection) or, since Kubernetes 1.35,
+    /// when the kubelet verifies cached credentials. The report to read before upgrading.
+    #[serde(rename = "cacheRisk")]
+    pub cache_risk: Vec<CacheRisk>,
     /// Problems (invalid images and the like), not audit findings.
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CacheRisk {
+    pub container: String,
+    pub image: String,
+    #[serde(rename = "pullPolicy")]
+    pub pull_policy: String,
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -207,6 +222,35 @@ pub fn report(
     let ctx = Context::new(policy, facts).own_namespace(injector_namespace);
     let verdict = verdict::for_pod(&pod, namespace, &ctx);
     let repair = repair::assess(&verdict, &state).map(|a| a.action.as_str());
+    let running = state
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Running");
+    let missing: Vec<&str> = verdict.secrets.iter().map(|s| s.name).collect();
+    let cache_risk = verdict
+        .images
+        .iter()
+        .filter(|_| running)
+        .filter_map(|finding| {
+            let ImageOutcome::Matched { rule, .. } = &finding.outcome else {
+                return None;
+            };
+            let policy = finding.pull_policy.unwrap_or("IfNotPresent");
+            let lacking: Vec<String> = rule
+                .secrets
+                .iter()
+                .filter(|s| missing.contains(&s.as_str()))
+                .cloned()
+                .collect();
+            (matches!(policy, "IfNotPresent" | "Never") && !lacking.is_empty()).then(|| CacheRisk {
+                container: finding.name.to_string(),
+                image: finding.image.to_string(),
+                pull_policy: policy.to_string(),
+                missing: lacking,
+            })
+        })
+        .collect();
     Ok(PodReport {
         namespace: namespace.to_string(),
         pod: pod.metadata.name.as_deref().unwrap_or("").to_string(),
@@ -226,6 +270,7 @@ pub fn report(
             })
             .collect(),
         repair,
+        cache_risk,
         // The report lists findings itself; warnings are the problems.
         warnings: verdict
             .warnings
@@ -289,6 +334,22 @@ pub fn render_table(reports: &[PodReport]) -> String {
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
+    let risks: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.cache_risk.iter().map(move |c| {
+                format!(
+                    "{}/{} container {} image {} ({}): runs from the node's cache without {}",
+                    r.namespace,
+                    r.pod,
+                    c.container,
+                    c.image,
+                    c.pull_policy,
+                    c.missing.join(", ")
+                )
+            })
+        })
+        .collect();
     for row in rows {
         let line: Vec<String> = row
             .iter()
@@ -297,6 +358,14 @@ pub fn render_table(reports: &[PodReport]) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    if !risks.is_empty() {
+        out.push_str("\nRunning from the node's image cache without the secret their registry needs; they fail\nwhen a node pulls again (a new node, image garbage collection, or Kubernetes 1.35+\nverifying cached credentials):\n");
+        for risk in risks {
+            out.push_str("  ");
+            out.push_str(&risk);
+            out.push('\n');
+        }
     }
     out
 }
@@ -345,6 +414,7 @@ mod tests {
                     },
                 ],
                 repair: None,
+                cache_risk: vec![],
                 warnings: vec![
                     "pullsecret-injector: container c image \"UPPER\" not matched: invalid reference format: repository name must be lowercase".into()
                 ],
@@ -354,6 +424,24 @@ mod tests {
         assert!(
             table.contains("team-a     web  ghcr       NO      ghcr.io"),
             "{table}"
+        );
+
+        // Running from the cache: IfNotPresent, and the Pod lacks the secret its image needs.
+        let running = r#"{"metadata":{"name":"old","namespace":"team-a"},"spec":{"containers":[
+            {"name":"a","image":"ghcr.io/x/y","imagePullPolicy":"IfNotPresent"},
+            {"name":"b","image":"nginx","imagePullPolicy":"Always"}]},"status":{"phase":"Running"}}"#;
+        let r = report(running, &policy, &listed, Some("psi")).expect("report");
+        assert_eq!(
+            r.cache_risk,
+            [CacheRisk {
+                container: "a".into(),
+                image: "ghcr.io/x/y".into(),
+                pull_policy: "IfNotPresent".into(),
+                missing: vec!["ghcr".into()],
+            }]
+        );
+        assert!(
+            render_table(&[r]).contains("team-a/old container a image ghcr.io/x/y (IfNotPresent): runs from the node's cache without ghcr"),
         );
 
         let skipped = report(&pod("team-b"), &policy, &listed, Some("psi")).expect("report");

@@ -147,6 +147,8 @@ pub struct ImageFinding<'a> {
     /// Container or volume name.
     pub name: &'a str,
     pub image: &'a str,
+    /// `imagePullPolicy` (containers) or `pullPolicy` (image volumes), as in the spec.
+    pub pull_policy: Option<&'a str>,
     pub outcome: ImageOutcome<'a>,
     /// Its pull policy will be set to Always (the rule says so and it is not Always yet).
     pub set_pull_policy_always: bool,
@@ -365,6 +367,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
             index,
             name,
             image: image_text,
+            pull_policy,
             outcome,
             set_pull_policy_always,
             credential_used,

@@ -45,6 +45,8 @@ pub struct OwnerReference<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct PodStatus<'a> {
+    #[serde(borrow, default)]
+    pub phase: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "initContainerStatuses")]
     pub init_container_statuses: Vec<ContainerStatus<'a>>,
     #[serde(borrow, default, rename = "containerStatuses")]
