@@ -1,7 +1,10 @@
-//! Repair (`repair: true`): while this replica holds the Lease, watch Pending Pods and replace
-//! the ones an outage let through without their secrets ([`core::repair`] decides which).
+//! Repair (`repair: true`): while this replica holds the Lease, watch Pods that have not
+//! finished and replace the ones an outage let through without their secrets and that are now
+//! stuck pulling ([`core::repair`] decides which): Pending ones that never started, and
+//! Running ones whose container must pull again (a restart after the image left the node).
 //!
-//! Controller-owned Pods are evicted through the Eviction API, so PodDisruptionBudgets hold,
+//! Controller-owned Pods are evicted through the Eviction API, so PodDisruptionBudgets hold
+//! (the API server applies them to Running Pods; a Pending Pod serves nothing and is let go),
 //! at most one every [`EVICTION_INTERVAL`], and a controller's Pods at most once per
 //! [`OWNER_COOLDOWN`] (if the webhook is still unreachable, the replacement would be admitted
 //! without its secrets again: waiting keeps that from becoming a loop). Bare Pods are
@@ -86,10 +89,12 @@ impl RepairLoop {
         }
     }
 
-    /// Watches Pending Pods and repairs candidates at a bounded rate.
+    /// Watches unfinished Pods and repairs candidates at a bounded rate. Only candidates are
+    /// kept; every other Pod is looked at as it passes and dropped.
     async fn watch(&self, recorder: &Recorder, state: &mut State) {
         let api: Api<Pod> = Api::all(self.client.clone());
-        let config = watcher::Config::default().fields("status.phase=Pending");
+        let config =
+            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
         let stream = watcher(api, config).backoff(watch_backoff()).boxed();
         let mut stream = stream;
         let mut ticker = tokio::time::interval(EVICTION_INTERVAL);

@@ -132,7 +132,7 @@ def check_config(c):
     cm = cms[0] if cms else {}
     cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
     v = c.values["config"]
-    c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness"},
+    c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness", "repair"},
             f"config.yaml keys {sorted(cfg)}")
     c.check(cfg["mode"] == v["mode"], "config.yaml mode differs from values")
     c.check(cfg["namespaces"]["selection"] == v["namespaces"]["selection"], "config.yaml selection differs")
@@ -140,7 +140,7 @@ def check_config(c):
     c.check(ALWAYS_EXCLUDED <= excl and set(v["namespaces"]["exclude"]) <= excl,
             f"config.yaml exclude {sorted(excl)} misses {sorted(ALWAYS_EXCLUDED - excl)}")
     c.check(cfg["rules"] == v["rules"], "config.yaml rules differ from values")
-    for k in ("discovery", "sync", "secretAwareness"):
+    for k in ("discovery", "sync", "secretAwareness", "repair"):
         c.check(cfg[k] is v[k], f"config.yaml {k} differs from values")
     return cfg
 
@@ -295,7 +295,7 @@ def check_pdb(c, dep):
 def check_rbac(c):
     v = c.values
     cfg = v["config"]
-    repair = cfg.get("repair", False)
+    repair = cfg["repair"]
     roles = c.kind("ClusterRole") + c.kind("Role")
     bindings = c.kind("ClusterRoleBinding") + c.kind("RoleBinding")
     if v["standalone"]:

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Starts etcd and a real kube-apiserver (tests/e2e/kube-build.sh) on loopback, in $DIR.
 #
-# Usage: tests/e2e/kube-up.sh                   start etcd + API server (fresh etcd data;
-#                                               stops a previous instance in the same DIR first)
+# Usage: tests/e2e/kube-up.sh [--controller-manager]
+#                                               start etcd + API server (fresh etcd data;
+#                                               stops a previous instance in the same DIR first);
+#                                               with --controller-manager also
+#                                               kube-controller-manager (deployment, replicaset
+#                                               namespace and disruption controllers only)
 #        tests/e2e/kube-up.sh --apiserver-only  restart only the API server, keeping etcd and
-#                                               its data (the "API server restart" scenario)
+#                                               its data (the "API server restart" scenario);
+#                                               a running controller-manager reconnects
 # Env:   DIR (/tmp/psi-e2e), CACHE (/var/cache/e2e-k8s), APISERVER ($CACHE/kube-apiserver),
+#        CONTROLLER_MANAGER ($CACHE/kube-controller-manager),
 #        API_PORT (26443), ETCD_PORT (33790), ETCD_PEER_PORT (33800),
 #        STOP_TIMEOUT (3): seconds between SIGTERM and SIGKILL when stopping the API server (it
 #        waits for open watches, e.g. the injector's, to end before exiting on its own)
@@ -17,10 +23,12 @@
 #   $DIR/ca.crt               the API server's CA
 #   $DIR/audit.log            API server audit log (Metadata level, Pod requests only), so
 #                             tests can read the webhook's auditAnnotations
-#   $DIR/{etcd,apiserver}.{pid,log}
+#   $DIR/{etcd,apiserver,controller-manager}.{pid,log}
 # RBAC authorization; admission plugins MutatingAdmissionWebhook, ValidatingAdmissionWebhook,
-# NamespaceLifecycle. No kubelet, scheduler or controller-manager: Pods are stored, never run,
-# and deleted namespaces stay Terminating. Stop everything with tests/e2e/kube-down.sh.
+# NamespaceLifecycle. Service account tokens can be requested (TokenRequest: issuer and signing
+# key are set). No kubelet or scheduler: Pods are stored, never run. Without the
+# controller-manager no controller creates Pods and deleted namespaces stay Terminating.
+# Stop everything with tests/e2e/kube-down.sh.
 set -euo pipefail
 DIR=${DIR:-/tmp/psi-e2e}
 CACHE=${CACHE:-/var/cache/e2e-k8s}
@@ -28,13 +36,20 @@ APISERVER=${APISERVER:-$CACHE/kube-apiserver}
 API_PORT=${API_PORT:-26443} ETCD_PORT=${ETCD_PORT:-33790} ETCD_PEER_PORT=${ETCD_PEER_PORT:-33800}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-only_apiserver=0
-case ${1:-} in
-  --apiserver-only) only_apiserver=1 ;;
-  '') ;;
-  *) sed -n '2,8p' "$0"; exit 2 ;;
-esac
+CONTROLLER_MANAGER=${CONTROLLER_MANAGER:-$CACHE/kube-controller-manager}
+
+only_apiserver=0 with_cm=0
+for arg in "$@"; do
+  case $arg in
+    --apiserver-only) only_apiserver=1 ;;
+    --controller-manager) with_cm=1 ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
+  esac
+done
 [ -x "$APISERVER" ] || { echo "kube-up.sh: no kube-apiserver at $APISERVER (run tests/e2e/kube-build.sh)" >&2; exit 1; }
+if [ "$with_cm" = 1 ] && [ ! -x "$CONTROLLER_MANAGER" ]; then
+  echo "kube-up.sh: no kube-controller-manager at $CONTROLLER_MANAGER (run tests/e2e/kube-build.sh)" >&2; exit 1
+fi
 command -v etcd >/dev/null || { echo "kube-up.sh: etcd not on PATH (run tests/e2e/kube-build.sh)" >&2; exit 1; }
 mkdir -p "$DIR" && cd "$DIR"
 
@@ -79,6 +94,7 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
     --service-cluster-ip-range=10.96.0.0/16 --advertise-address=127.0.0.1 \
     --enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,NamespaceLifecycle \
+    --feature-gates=EphemeralContainers=true \
     --disable-admission-plugins=ServiceAccount \
     --audit-policy-file=audit-policy.yaml --audit-log-path=audit.log --audit-log-maxsize=100 \
     >>apiserver.log 2>&1 </dev/null &
@@ -111,9 +127,10 @@ if [ "$only_apiserver" = 1 ]; then
 fi
 
 # A fresh start: stop what a previous run in this DIR left behind, by its recorded pids.
+proc_stop controller-manager.pid kube-controller-manager 5
 proc_stop apiserver.pid kube-apiserver "${STOP_TIMEOUT:-3}"
 proc_stop etcd.pid etcd
-rm -rf etcd-data apiserver.log etcd.log audit.log
+rm -rf etcd-data apiserver.log etcd.log audit.log controller-manager.log
 if port_busy "$ETCD_PORT" || port_busy "$ETCD_PEER_PORT"; then
   echo "kube-up.sh: 127.0.0.1:$ETCD_PORT or :$ETCD_PEER_PORT is already in use (set ETCD_PORT/ETCD_PEER_PORT)" >&2; exit 1
 fi
@@ -141,4 +158,18 @@ KC
   : "$user"
 done <tokens.csv
 wait_ready
+if [ "$with_cm" = 1 ]; then
+  # Only what turns a Deployment into Pods and empties deleted namespaces; no serving ports
+  # (another cluster on this machine may use the defaults).
+  setsid "$CONTROLLER_MANAGER" --kubeconfig="$DIR/admin.kubeconfig" \
+    --controllers=deployment,replicaset,namespace,disruption --leader-elect=false \
+    --port=0 --secure-port=0 --use-service-account-credentials=false \
+    --concurrent-deployment-syncs=10 --concurrent-replicaset-syncs=10 --concurrent-namespace-syncs=10 \
+    >controller-manager.log 2>&1 </dev/null &
+  echo $! >controller-manager.pid
+  sleep 0.5
+  proc_alive controller-manager.pid kube-controller-manager ||
+    { echo "kube-up.sh: kube-controller-manager exited:" >&2; tail -n 20 controller-manager.log >&2; exit 1; }
+  echo "kube-controller-manager running (pid $(cat controller-manager.pid), $DIR/controller-manager.log)"
+fi
 echo "kube-apiserver ready on https://127.0.0.1:$API_PORT: $DIR/admin.kubeconfig, $DIR/injector.kubeconfig"

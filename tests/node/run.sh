@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The whole node stage: packages, Kubernetes binaries (cached), the static injector binary, the
+# private registry, the one-node cluster, the smoke test, then everything stopped and the host
+# restored (also on failure or Ctrl-C, by a trap). Prints each step's time and, before stopping,
+# the resident memory of every component.
+#
+# Usage: tests/node/run.sh [BINARY]    BINARY: a static pullsecret-injector; default: build it
+#                                      with scripts/build-static.sh
+# Env:   NODE_KEEP=1   leave the cluster and registry running (stop later with tests/node/down.sh)
+#        DIR, ports... (tests/node/lib.sh), HELM (tests/chart/tools.sh by default)
+# Needs root (apt, containerd, kubelet, iptables). Exit status: 0 when the smoke test passed.
+set -euo pipefail
+# shellcheck source=tests/node/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_root run.sh
+H=$NODE_LIB_DIR
+step() { # step NAME CMD...: run CMD, print its duration
+  local t=$EPOCHREALTIME
+  echo "=== $1"
+  shift
+  "$@"
+  echo "--- done in $(since "$t")s"
+}
+rss() { # rss: resident memory of each component, MiB
+  local f pid name kib total
+  echo "=== resident memory (RSS)"
+  for f in etcd apiserver controller-manager scheduler kubelet containerd/containerd registry/registry; do
+    [ -s "$DIR/$f.pid" ] || continue
+    pid=$(cat "$DIR/$f.pid")
+    kib=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ')
+    [ -n "$kib" ] && printf '  %-20s %6.1f MiB\n' "${f#*/}" "$(awk -v k="$kib" 'BEGIN { print k / 1024 }')"
+  done
+  total=0 n=0
+  for pid in $(our_shims); do
+    kib=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ')
+    [ -n "$kib" ] && total=$((total + kib)) n=$((n + 1))
+  done
+  printf '  %-20s %6.1f MiB (%d shims)\n' "containerd-shims" "$(awk -v k="$total" 'BEGIN { print k / 1024 }')" "$n"
+  for pid in $(ctrd tasks ls 2>/dev/null | awk 'NR > 1 { print $2 }'); do
+    name=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -d' ' -f1)
+    case $name in */pullsecret-injector) ;; *) continue ;; esac
+    kib=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ')
+    printf '  %-20s %6.1f MiB (pid %s)\n' "injector Pod" "$(awk -v k="$kib" 'BEGIN { print k / 1024 }')" "$pid"
+  done
+}
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "${NODE_KEEP:-0}" = 1 ]; then
+    echo "NODE_KEEP=1: left running; KUBECONFIG=$ADMIN_KUBECONFIG; stop with tests/node/down.sh"
+  else
+    step "down" "$H/down.sh" || rc=1
+  fi
+  echo "=== node stage $([ "$rc" = 0 ] && echo passed || echo FAILED) in $(since "$T0")s"
+  exit "$rc"
+}
+
+BIN=${1:-}
+step "deps" "$H/deps.sh"
+step "kube binaries (tests/e2e/kube-build.sh, cached)" \
+  env BINS="kube-apiserver kubelet kube-controller-manager kube-scheduler" "$ROOT/tests/e2e/kube-build.sh"
+if [ -z "$BIN" ]; then
+  step "static injector binary (scripts/build-static.sh)" "$ROOT/scripts/build-static.sh"
+  BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/pullsecret-injector
+fi
+[ -x "$BIN" ] || { echo "run.sh: no binary at $BIN" >&2; exit 1; }
+# A previous run's cluster (NODE_KEEP=1, or killed) is stopped first: every run starts clean.
+if [ -d "$DIR" ]; then step "down (left from a previous run)" "$H/down.sh"; fi
+trap finish EXIT
+trap 'exit 130' INT TERM
+step "registry" "$H/registry-up.sh"
+step "cluster" "$H/up.sh"
+step "smoke" "$H/smoke.sh" "$BIN"
+rss
