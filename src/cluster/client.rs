@@ -44,6 +44,11 @@ pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
     };
     // Fail fast on an unreachable API server; watches reconnect with backoff.
     config.connect_timeout = Some(Duration::from_secs(5));
+    // No client-level retries: kube's default retries 429/503/504 up to 15 times, for minutes,
+    // which turns an eviction a PodDisruptionBudget refuses (429) into a call that never
+    // returns. Every caller retries on its own terms (watch backoff, the next sync pass, the
+    // Lease's backoff, repair's retry interval).
+    config.default_retry = false;
     Ok(kube::Client::try_from(config)?)
 }
 

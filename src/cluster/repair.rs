@@ -81,6 +81,7 @@ impl RepairLoop {
                 () = leadership.until_leader() => {}
                 () = &mut stopped => return,
             }
+            tracing::info!("repair: watching Pods for ones stuck without their secrets");
             tokio::select! {
                 () = self.watch(&recorder, &mut state) => {}
                 () = leadership.until_lost() => {}
@@ -127,10 +128,12 @@ impl RepairLoop {
             }
             watcher::Event::InitDone => {
                 state.candidates = state.listing.take().unwrap_or_default();
+                tracing::debug!(candidates = state.candidates.len(), "repair: Pods listed");
                 state.requeue();
             }
             watcher::Event::Apply(pod) => match self.assess(&pod) {
                 Some(candidate) => {
+                    tracing::debug!(namespace = %candidate.namespace, pod = %candidate.name, action = candidate.action.as_str(), "repair candidate");
                     let key = uid(&pod);
                     if !state.candidates.contains_key(&key) {
                         state.queue.push(key.clone());
@@ -174,6 +177,7 @@ impl RepairLoop {
         let Some((key, candidate)) = state.next() else {
             return;
         };
+        tracing::debug!(namespace = %candidate.namespace, pod = %candidate.name, action = candidate.action.as_str(), "repairing");
         let reference = object_reference(&candidate);
         match candidate.action {
             Action::Report => {
