@@ -11,6 +11,9 @@
 # Counts, per run: Pods created, Pods admitted without their secret (the webhook answered
 # nothing, or wrongly), and `failed calling webhook` lines in the API server log. Both must be
 # 0. Appends one row per run to OUT/rollout.tsv and exits non-zero if any run had a failure.
+# Creates the API server itself refused (e.g. a ServerTimeout when etcd is slow on a loaded
+# machine) are counted and shown with their reason, but they are not admissions: a refused
+# create stores no Pod, with or without secrets.
 #
 # Usage: bench/rollout.sh [BINARY]   (default target/debug/pullsecret-injector)
 # Env: RUNS (5), RATE (20), DURATION (60), SHUTDOWN_DELAY (5s), DRAIN_TIMEOUT (10s),
@@ -135,7 +138,7 @@ for run in $(seq 1 "$RUNS"); do
   done
   before=$(failed_calls)
   python3 "$ROOT/bench/podload.py" --server "https://127.0.0.1:$API_PORT" --ca "$DIR/ca.crt" --token "$TOKEN" \
-    --namespace "$ns" --rate "$RATE" --duration "$DURATION" --expect-secret dockerhub >"$W/load-$run.json" &
+    --namespace "$ns" --rate "$RATE" --duration "$DURATION" --expect-secret dockerhub >"$W/load-$run.json" 2>"$W/load-$run.err" &
   load=$!
   step() { sleep "$1"; shift; "$@"; }
   (
@@ -152,10 +155,11 @@ for run in $(seq 1 "$RUNS"); do
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$commit" "$run" "$RATE" "$DURATION" \
     "$pods" "$missing" "$errors" "$failed" "$p50" "$p99" "$max" >>"$OUT/rollout.tsv"
   echo "run $run: $pods Pods, $missing without their secret, $errors create errors, $failed failed webhook calls (p50 ${p50} ms, p99 ${p99} ms, max ${max} ms)"
-  if [ "$missing" != 0 ] || [ "$errors" != 0 ] || [ "$failed" != 0 ]; then
+  if [ "$missing" != 0 ] || [ "$failed" != 0 ]; then
     bad=1
-    grep 'failed calling webhook' "$DIR/apiserver.log" | tail -n 3 | cut -c1-300
+    { grep 'failed calling webhook' "$DIR/apiserver.log" || true; } | tail -n 3 | cut -c1-300
   fi
+  sed 's/^/  create refused by the API server: /' "$W/load-$run.err" | cut -c1-300 | head -n 5
   kubectl delete namespace "$ns" --wait=false >/dev/null
 done
 # Certificate reloads and config reloads did happen (else the run proved nothing about them).
