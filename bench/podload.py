@@ -31,10 +31,11 @@ def percentile(sorted_values, q):
 
 
 class Worker:
-    def __init__(self, args, context):
+    def __init__(self, args, context, run=""):
         self.args = args
         self.context = context
         self.conn = None
+        self.run = run
 
     def connect(self):
         host, port = self.args.server.removeprefix("https://").split(":")
@@ -42,9 +43,16 @@ class Worker:
 
     def create(self, index):
         """One Pod create: (ok, latency seconds, has the expected secret)."""
+        # generateName draws 5 random characters; Kubernetes before 1.30 answers a collision
+        # with an existing Pod with HTTP 500 ServerTimeout instead of drawing again, which at
+        # tens of thousands of Pods is a failed create now and then. --unique-names avoids it.
+        if self.args.unique_names:
+            naming = {"name": f"{self.args.prefix}{self.run}-{index}"}
+        else:
+            naming = {"generateName": self.args.prefix}
         body = json.dumps({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"generateName": self.args.prefix, "labels": {"bench": "podload"}},
+            "metadata": {**naming, "labels": {"bench": "podload"}},
             "spec": {"containers": [{"name": "c", "image": self.args.image}]},
         })
         path = f"/api/v1/namespaces/{self.args.namespace}/pods"
@@ -85,6 +93,8 @@ def main():
     parser.add_argument("--clients", type=int, default=0, help="closed loop: concurrent workers")
     parser.add_argument("--rate", type=float, default=0, help="open loop: creates per second")
     parser.add_argument("--workers", type=int, default=16, help="open loop: worker pool size")
+    parser.add_argument("--unique-names", action="store_true",
+                        help="name Pods PREFIX<run>-<worker>-<n> instead of using generateName")
     args = parser.parse_args()
     if (args.clients > 0) == (args.rate > 0):
         parser.error("give exactly one of --clients and --rate")
@@ -104,8 +114,10 @@ def main():
             else:
                 errors[0] += 1
 
-    def closed_loop():
-        worker = Worker(args, context)
+    run_id = format(int(time.time() * 1000) % 100000000, "x")
+
+    def closed_loop(number):
+        worker = Worker(args, context, f"{run_id}-{number}")
         i = 0
         while time.monotonic() < deadline:
             t0 = time.monotonic()
@@ -119,8 +131,8 @@ def main():
         schedule = [started + i / args.rate for i in range(total)]
     next_slot = [0]
 
-    def open_loop():
-        worker = Worker(args, context)
+    def open_loop(number):
+        worker = Worker(args, context, f"{run_id}-{number}")
         while True:
             with lock:
                 if next_slot[0] >= len(schedule):
@@ -134,8 +146,8 @@ def main():
             ok, has = worker.create(slot)
             record(ok, has, time.monotonic() - due)
 
-    threads = [threading.Thread(target=closed_loop if args.clients else open_loop)
-               for _ in range(args.clients or args.workers)]
+    threads = [threading.Thread(target=closed_loop if args.clients else open_loop, args=(number,))
+               for number in range(args.clients or args.workers)]
     for t in threads:
         t.start()
     for t in threads:

@@ -29,7 +29,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PartialObjectMeta};
-use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -84,9 +83,9 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         changed: Arc::new(Notify::new()),
     };
     let namespaces = Arc::new(Index::new("namespaces", wiring.metrics.clone()));
-    let running_namespaces = watches.start(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
+    let running_namespaces = watches.start_metadata(
+        Api::<Namespace>::all(client.clone()),
+        None,
         namespaces.clone(),
         namespace_entry,
     );
@@ -281,10 +280,9 @@ impl Supervisor {
                 .into_iter()
                 .map(|(kind, type_)| {
                     let index = Arc::new(Index::new(kind, self.metrics.clone()));
-                    let config = watcher::Config::default().fields(&format!("type={type_}"));
-                    let running = self.watches.start(
-                        Api::<PartialObjectMeta<Secret>>::all(self.client.clone()),
-                        config,
+                    let running = self.watches.start_metadata(
+                        Api::<Secret>::all(self.client.clone()),
+                        Some(format!("type={type_}")),
                         index.clone(),
                         secret_entry,
                     );

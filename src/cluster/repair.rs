@@ -5,11 +5,13 @@
 //!
 //! Controller-owned Pods are evicted through the Eviction API, so PodDisruptionBudgets hold
 //! (the API server applies them to Running Pods; a Pending Pod serves nothing and is let go),
-//! at most one every [`EVICTION_INTERVAL`], and a controller's Pods at most once per
-//! [`OWNER_COOLDOWN`] (if the webhook is still unreachable, the replacement would be admitted
-//! without its secrets again: waiting keeps that from becoming a loop). Bare Pods are
-//! reported once. Each repair is logged, counted (`repairs_total{outcome}`) and recorded as
-//! an Event on the Pod.
+//! at most one every [`EVICTION_INTERVAL`], and none for [`WARMUP`] after this replica takes
+//! the Lease (a replica that just became ready is not yet among the webhook's endpoints, and a
+//! Pod replaced then would be admitted without its secrets again). A controller whose
+//! replacement Pod is itself stuck without its secrets (the webhook is still unreachable) waits
+//! [`OWNER_BACKOFF`], doubling up to [`OWNER_BACKOFF_MAX`], before its next eviction, so an
+//! unreachable webhook never turns repair into a loop. Bare Pods are reported once. Each
+//! repair is logged, counted (`repairs_total{outcome}`) and recorded as an Event on the Pod.
 //!
 //! [`core::repair`]: crate::core::repair
 
@@ -38,8 +40,13 @@ use crate::shutdown::Trigger;
 /// At most one eviction this often: an outage may leave hundreds of stuck Pods, and
 /// replacing them all at once would be a self-inflicted stampede.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
-/// A controller's Pods are evicted at most once in this period.
-pub const OWNER_COOLDOWN: Duration = Duration::from_secs(60);
+/// No eviction this long after taking the Lease: the readiness probe (5 s in the chart), the
+/// endpoints controller and the API server's own resolver take a few seconds to send it calls.
+pub const WARMUP: Duration = Duration::from_secs(15);
+/// After an eviction, a controller's next one waits this long, doubling while its
+/// replacements keep arriving without their secrets.
+pub const OWNER_BACKOFF: Duration = Duration::from_secs(15);
+pub const OWNER_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// Stuck Pods found but not yet evicted are looked at again this often (a PDB that blocked an
 /// eviction, a cooldown that ran out).
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,7 +88,8 @@ impl RepairLoop {
                 () = leadership.until_leader() => {}
                 () = &mut stopped => return,
             }
-            tracing::info!("repair: watching Pods for ones stuck without their secrets");
+            state.not_before = Instant::now() + WARMUP;
+            tracing::info!(warmup = ?WARMUP, "repair: watching Pods for ones stuck without their secrets");
             tokio::select! {
                 () = self.watch(&recorder, &mut state) => {}
                 () = leadership.until_lost() => {}
@@ -134,6 +142,13 @@ impl RepairLoop {
             watcher::Event::Apply(pod) => match self.assess(&pod) {
                 Some(candidate) => {
                     tracing::debug!(namespace = %candidate.namespace, pod = %candidate.name, action = candidate.action.as_str(), "repair candidate");
+                    if let Some((owner, uid)) = &candidate.owner
+                        && let Some(backoff) = state.backoff.get(uid)
+                        && backoff.announce()
+                    {
+                        tracing::warn!(namespace = %candidate.namespace, owner = %owner, retry_in = ?backoff.wait,
+                            "the replacement of an evicted Pod was also admitted without its secrets: the API server does not reach the webhook yet; retrying later");
+                    }
                     let key = uid(&pod);
                     if !state.candidates.contains_key(&key) {
                         state.queue.push(key.clone());
@@ -172,8 +187,11 @@ impl RepairLoop {
         })
     }
 
-    /// Repairs the next queued candidate whose owner is not cooling down.
+    /// Repairs the next queued candidate whose owner is not backing off.
     async fn repair_one(&self, recorder: &Recorder, state: &mut State) {
+        if Instant::now() < state.not_before {
+            return;
+        }
         let Some((key, candidate)) = state.next() else {
             return;
         };
@@ -186,7 +204,7 @@ impl RepairLoop {
                 tracing::warn!(namespace = %candidate.namespace, pod = %candidate.name, missing = ?candidate.missing,
                     "Pod was admitted without its imagePullSecrets and cannot pull; it has no controller: recreate it");
                 self.record(recorder, &reference, EventType::Warning, "Reported", format!(
-                    "admitted without imagePullSecrets {} (the webhook was unreachable); stuck pulling; no controller to recreate it: delete and recreate this Pod",
+                    "admitted without imagePullSecrets {} (the webhook was unreachable, or the namespace was not selected yet); stuck pulling; no controller to recreate it: delete and recreate this Pod",
                     candidate.missing.join(", "))).await;
             }
             Action::Evict => {
@@ -194,14 +212,15 @@ impl RepairLoop {
                 match api.evict(&candidate.name, &EvictParams::default()).await {
                     Ok(_) => {
                         state.done.insert(key);
+                        let owner = candidate.owner.as_ref().map_or("", |o| o.0.as_str());
                         if let Some((_, owner_uid)) = &candidate.owner {
-                            state.cooling.insert(owner_uid.clone(), Instant::now());
+                            state.evicted(owner_uid);
                         }
                         self.count("evicted");
-                        tracing::info!(namespace = %candidate.namespace, pod = %candidate.name, owner = ?candidate.owner.as_ref().map(|o| &o.0),
+                        tracing::info!(namespace = %candidate.namespace, pod = %candidate.name, owner = %owner,
                             missing = ?candidate.missing, "evicted a Pod admitted without its imagePullSecrets; its controller recreates it");
                         self.record(recorder, &reference, EventType::Normal, "Evicted", format!(
-                            "evicted: admitted without imagePullSecrets {} while the webhook was unreachable, and stuck pulling; the replacement gets them",
+                            "evicted: admitted without imagePullSecrets {} (the webhook was unreachable, or the namespace was not selected yet), and stuck pulling; the replacement gets them",
                             candidate.missing.join(", "))).await;
                     }
                     // A PodDisruptionBudget forbids it now: try again later.
@@ -263,18 +282,49 @@ fn object_reference(candidate: &Candidate) -> k8s_openapi::api::core::v1::Object
     }
 }
 
-/// Candidates by Pod uid, the order to try them in, and what is done or cooling down.
-#[derive(Default)]
+/// When a controller's next eviction may happen.
+#[derive(Debug, Clone)]
+struct Backoff {
+    until: Instant,
+    wait: Duration,
+    /// Whether a stuck replacement has been reported for this wait.
+    announced: std::cell::Cell<bool>,
+}
+
+impl Backoff {
+    /// True the first time per wait (log once, not on every status update).
+    fn announce(&self) -> bool {
+        !self.announced.replace(true)
+    }
+}
+
+/// Candidates by Pod uid, the order to try them in, what is done, and each controller's
+/// backoff.
 struct State {
     candidates: HashMap<String, Candidate>,
     listing: Option<HashMap<String, Candidate>>,
     queue: Vec<String>,
     done: HashSet<String>,
-    cooling: HashMap<String, Instant>,
+    backoff: HashMap<String, Backoff>,
+    /// No repair before this (the warm-up after taking the Lease).
+    not_before: Instant,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            candidates: HashMap::new(),
+            listing: None,
+            queue: Vec::new(),
+            done: HashSet::new(),
+            backoff: HashMap::new(),
+            not_before: Instant::now(),
+        }
+    }
 }
 
 impl State {
-    /// Queues every current candidate not repaired yet.
+    /// Queues every current candidate not repaired yet; forgets backoffs long expired.
     fn requeue(&mut self) {
         let mut queue: Vec<String> = self
             .candidates
@@ -285,7 +335,26 @@ impl State {
         queue.sort();
         self.queue = queue;
         self.done.retain(|k| self.candidates.contains_key(k));
-        self.cooling.retain(|_, at| at.elapsed() < OWNER_COOLDOWN);
+        // A controller whose Pods stayed fine for a whole wait after its backoff ended starts
+        // over from the first wait.
+        self.backoff
+            .retain(|_, b| b.until + b.wait > Instant::now());
+    }
+
+    /// An owner's Pod was evicted: its next eviction waits, longer each time in a row.
+    fn evicted(&mut self, owner_uid: &str) {
+        let wait = self
+            .backoff
+            .get(owner_uid)
+            .map_or(OWNER_BACKOFF, |b| (b.wait * 2).min(OWNER_BACKOFF_MAX));
+        self.backoff.insert(
+            owner_uid.to_string(),
+            Backoff {
+                until: Instant::now() + wait,
+                wait,
+                announced: std::cell::Cell::new(false),
+            },
+        );
     }
 
     /// The next candidate to repair now.
@@ -298,12 +367,12 @@ impl State {
             if self.done.contains(&key) {
                 continue;
             }
-            let cooling = candidate
+            let waiting = candidate
                 .owner
                 .as_ref()
-                .and_then(|(_, uid)| self.cooling.get(uid))
-                .is_some_and(|at| at.elapsed() < OWNER_COOLDOWN);
-            if cooling {
+                .and_then(|(_, uid)| self.backoff.get(uid))
+                .is_some_and(|b| Instant::now() < b.until);
+            if waiting {
                 continue;
             }
             return Some((key, candidate.clone()));
@@ -331,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_cool_down_and_done_pods_are_not_repeated() {
+    fn owners_back_off_and_done_pods_are_not_repeated() {
         let mut state = State::default();
         for (uid, name, owner) in [
             ("1", "web-a", Some("rs")),
@@ -343,24 +412,33 @@ mod tests {
         state.requeue();
         let (key, first) = state.next().expect("a candidate");
         assert_eq!((key.as_str(), first.name.as_str()), ("1", "web-a"));
-        // Evicted: its owner cools down, so the sibling waits; the bare Pod goes next.
+        // Evicted: its owner backs off, so the sibling waits; the bare Pod goes next.
         state.done.insert(key);
-        state.cooling.insert("rs".into(), Instant::now());
+        state.evicted("rs");
+        assert_eq!(state.backoff["rs"].wait, OWNER_BACKOFF);
         let (_, second) = state.next().expect("a candidate");
         assert_eq!(second.name, "bare");
         state.done.insert("3".into());
-        assert!(state.next().is_none(), "web-b must wait for the cooldown");
+        assert!(state.next().is_none(), "web-b must wait for the backoff");
         state.requeue();
         assert!(
             state.next().is_none(),
-            "still cooling, bare already reported"
+            "still backing off, bare already reported"
         );
-        // Cooled down: the sibling is next.
-        state.cooling.insert(
-            "rs".into(),
-            Instant::now() - OWNER_COOLDOWN - Duration::from_secs(1),
-        );
+        // The backoff over: the sibling is next; evicting it too doubles the wait.
+        if let Some(b) = state.backoff.get_mut("rs") {
+            b.until = Instant::now() - Duration::from_millis(1);
+        }
         state.requeue();
         assert_eq!(state.next().map(|(_, c)| c.name), Some("web-b".to_string()));
+        state.evicted("rs");
+        assert_eq!(state.backoff["rs"].wait, OWNER_BACKOFF * 2);
+        for _ in 0..10 {
+            state.evicted("rs");
+        }
+        assert_eq!(state.backoff["rs"].wait, OWNER_BACKOFF_MAX);
+        // Announced once per wait.
+        assert!(state.backoff["rs"].announce());
+        assert!(!state.backoff["rs"].announce());
     }
 }

@@ -20,9 +20,9 @@ pub const KIND: &str = "AdmissionReview";
 #[derive(Debug, Deserialize)]
 #[serde(bound(deserialize = "R: Deserialize<'de>"))]
 pub struct Envelope<'a, R> {
-    #[serde(borrow, rename = "apiVersion")]
+    #[serde(borrow, default, rename = "apiVersion", deserialize_with = "opt_str")]
     pub api_version: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub kind: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "object_or_null")]
     pub request: Option<R>,
@@ -115,11 +115,11 @@ impl<'a> Pod<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ObjectMeta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "generateName")]
+    #[serde(borrow, default, rename = "generateName", deserialize_with = "opt_str")]
     pub generate_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub namespace: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "null_as_default")]
     pub labels: PodLabels<'a>,
@@ -130,13 +130,23 @@ pub struct ObjectMeta<'a> {
 /// Only the label we act on; serde skips the rest without allocating.
 #[derive(Debug, Default, Deserialize)]
 pub struct PodLabels<'a> {
-    #[serde(borrow, rename = "pullsecret-injector/inject")]
+    #[serde(
+        borrow,
+        default,
+        rename = "pullsecret-injector/inject",
+        deserialize_with = "opt_str"
+    )]
     pub inject: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct PodAnnotations<'a> {
-    #[serde(borrow, rename = "kubernetes.io/config.mirror")]
+    #[serde(
+        borrow,
+        default,
+        rename = "kubernetes.io/config.mirror",
+        deserialize_with = "opt_str"
+    )]
     pub mirror: Option<Cow<'a, str>>,
 }
 
@@ -179,9 +189,9 @@ pub struct Volume<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ImageVolumeSource<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub reference: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "pullPolicy")]
+    #[serde(borrow, default, rename = "pullPolicy", deserialize_with = "opt_str")]
     pub pull_policy: Option<Cow<'a, str>>,
 }
 
@@ -189,16 +199,64 @@ pub struct ImageVolumeSource<'a> {
 pub struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub image: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "imagePullPolicy")]
+    #[serde(
+        borrow,
+        default,
+        rename = "imagePullPolicy",
+        deserialize_with = "opt_str"
+    )]
     pub image_pull_policy: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct LocalObjectReference<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     pub name: Option<Cow<'a, str>>,
+}
+
+/// An optional string, borrowed from the input unless it has escapes. serde's own
+/// `Option<Cow<str>>` always allocates (`#[serde(borrow)]` borrows only a `Cow<str>` field
+/// itself), which was a dozen allocations per review. Accepts and rejects what serde's
+/// `Option<Cow<str>>` does, with the same messages.
+fn opt_str<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct OptStr;
+    impl<'de> serde::de::Visitor<'de> for OptStr {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("option")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Str).map(Some)
+        }
+    }
+    struct Str;
+    impl<'de> serde::de::Visitor<'de> for Str {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    deserializer.deserialize_option(OptStr)
 }
 
 /// Kubernetes writes `null` for empty maps and lists in some clients; treat it as empty.
@@ -271,23 +329,81 @@ impl AdmissionResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ResponseReview<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'static str,
-    response: &'a AdmissionResponse,
+/// Serialises a full AdmissionReview answer for `api_version` (echoing the request's).
+///
+/// Written field by field into one buffer sized up front, exactly as serde_json would write
+/// the derived `Serialize` of the envelope (the tests compare both): every string escaped by
+/// serde_json, except the base64 `patch`, whose alphabet needs no escaping.
+pub fn encode_response(api_version: &str, response: &AdmissionResponse) -> Vec<u8> {
+    let text = |s: &str| s.len() + 2;
+    let size = 96
+        + text(api_version)
+        + text(&response.uid)
+        + response.patch.as_deref().map_or(0, |p| 32 + text(p))
+        + response.warnings.iter().map(|w| text(w) + 1).sum::<usize>()
+        + response
+            .audit_annotations
+            .iter()
+            .map(|(k, v)| text(k) + text(v) + 2)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    write_str(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":");
+    write_str(&mut out, KIND);
+    out.extend_from_slice(b",\"response\":{\"uid\":");
+    write_str(&mut out, &response.uid);
+    out.extend_from_slice(if response.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let Some(patch_type) = response.patch_type {
+        out.extend_from_slice(b",\"patchType\":");
+        write_str(&mut out, patch_type);
+    }
+    if let Some(patch) = &response.patch {
+        out.extend_from_slice(b",\"patch\":");
+        if patch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        {
+            out.push(b'"');
+            out.extend_from_slice(patch.as_bytes());
+            out.push(b'"');
+        } else {
+            write_str(&mut out, patch);
+        }
+    }
+    if !response.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, warning) in response.warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(&mut out, warning);
+        }
+        out.push(b']');
+    }
+    if !response.audit_annotations.is_empty() {
+        out.extend_from_slice(b",\"auditAnnotations\":{");
+        for (i, (key, value)) in response.audit_annotations.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(&mut out, key);
+            out.push(b':');
+            write_str(&mut out, value);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+    out
 }
 
-/// Serialises a full AdmissionReview answer for `api_version` (echoing the request's).
-pub fn encode_response(api_version: &str, response: &AdmissionResponse) -> Vec<u8> {
-    let review = ResponseReview {
-        api_version,
-        kind: KIND,
-        response,
-    };
-    // Serialising plain strings, bools and maps of strings cannot fail.
-    serde_json::to_vec(&review).unwrap_or_default()
+/// A JSON string, escaped as serde_json escapes it (writing into a `Vec` cannot fail).
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
@@ -313,6 +429,43 @@ mod tests {
         let secrets = spec.image_pull_secrets.expect("present");
         assert_eq!(secrets[0].name.as_deref(), Some("own"));
         assert!(secrets[1].name.is_none());
+    }
+
+    /// The envelope as serde would derive it: what [`encode_response`] must write, byte for byte.
+    #[derive(Serialize)]
+    struct ResponseReview<'a> {
+        #[serde(rename = "apiVersion")]
+        api_version: &'a str,
+        kind: &'static str,
+        response: &'a AdmissionResponse,
+    }
+
+    #[test]
+    fn the_response_is_written_as_serde_would() {
+        let mut full = AdmissionResponse::allow("u-\"1\"\u{7}é").with_patch(br#"[{"op":"add"}]"#);
+        full.warnings = vec!["a \"quoted\" \\ warning\n".into(), "second".into()];
+        full.audit_annotations
+            .insert("b-key".into(), "v\u{1}".into());
+        full.audit_annotations.insert("a-key".into(), "x,y".into());
+        let mut odd_patch = AdmissionResponse::allow("u2");
+        odd_patch.patch = Some("not \"base64\"".into());
+        odd_patch.allowed = false;
+        for (api_version, response) in [
+            (API_VERSION_V1, AdmissionResponse::allow("u1")),
+            (API_VERSION_V1BETA1, full),
+            ("odd \"version\"", odd_patch),
+        ] {
+            let derived = serde_json::to_vec(&ResponseReview {
+                api_version,
+                kind: KIND,
+                response: &response,
+            })
+            .expect("serialises");
+            assert_eq!(
+                String::from_utf8_lossy(&encode_response(api_version, &response)),
+                String::from_utf8_lossy(&derived)
+            );
+        }
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct RegistryPattern {
     /// The pattern as written, for messages and metric labels.
     raw: String,
     labels: Vec<LabelPattern>,
+    /// The host when every label is exact (most patterns): one comparison instead of a label
+    /// by label walk.
+    exact_host: Option<String>,
+    /// For a host with globs: its exact trailing labels with the dot before them
+    /// (`.amazonaws.com` of `*.dkr.ecr.*.amazonaws.com`), which a matching host must end with.
+    exact_suffix: String,
     port: Option<String>,
     path: Vec<String>,
 }
@@ -183,9 +189,18 @@ impl RegistryPattern {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let exact = |l: &LabelPattern| matches!(l, LabelPattern::Exact(_));
+        let exact_host = labels.iter().all(exact).then(|| join_labels(&labels));
+        let trailing = labels.iter().rev().take_while(|l| exact(l)).count();
+        let exact_suffix = match trailing {
+            0 => String::new(),
+            n => format!(".{}", join_labels(&labels[labels.len() - n..])),
+        };
         Ok(Self {
             raw: raw.trim().to_string(),
             labels,
+            exact_host,
+            exact_suffix,
             port,
             path,
         })
@@ -230,15 +245,31 @@ impl RegistryPattern {
         if self.port.as_deref() != image.port {
             return false;
         }
-        let mut host_labels = image.host.split('.');
-        for pattern in &self.labels {
-            match host_labels.next() {
-                Some(label) if pattern.matches(label) => {}
-                _ => return false,
+        // Label by label, exact labels ignoring ASCII case; for an all-exact host that is the
+        // same as comparing the whole host, and a host with globs must end with the exact
+        // labels it ends with.
+        if let Some(host) = &self.exact_host {
+            if !host.eq_ignore_ascii_case(&image.host) {
+                return false;
             }
-        }
-        if host_labels.next().is_some() {
-            return false;
+        } else {
+            let suffix = self.exact_suffix.as_bytes();
+            let host = image.host.as_bytes();
+            if host.len() < suffix.len()
+                || !host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            {
+                return false;
+            }
+            let mut host_labels = image.host.split('.');
+            for pattern in &self.labels {
+                match host_labels.next() {
+                    Some(label) if pattern.matches(label) => {}
+                    _ => return false,
+                }
+            }
+            if host_labels.next().is_some() {
+                return false;
+            }
         }
         let mut segments = image.path_segments();
         self.path
@@ -261,6 +292,14 @@ impl fmt::Display for RegistryPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
     }
+}
+
+fn join_labels(labels: &[LabelPattern]) -> String {
+    labels
+        .iter()
+        .map(LabelPattern::as_str)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// `host:port`, leaving bracketed IPv6 literals intact.

@@ -370,10 +370,20 @@ def check_tls(c, svc):
     src = v["tls"]["source"]
     secrets = c.kind("Secret")
     if src == "helm":
-        (s,) = secrets or [{}]
-        c.check(s.get("type") == "kubernetes.io/tls" and s["metadata"]["name"] == secret_name, "helm TLS Secret")
+        tls_secrets = [x for x in secrets if x.get("type") == "kubernetes.io/tls"]
+        ca_secrets = [x for x in secrets if x["metadata"]["name"].endswith("-ca")]
+        c.check(len(secrets) == 2 and len(tls_secrets) == 1 and len(ca_secrets) == 1,
+                f"helm renders a TLS Secret and a CA Secret, got {[x['metadata']['name'] for x in secrets]}")
+        (s,) = tls_secrets or [{"metadata": {"name": ""}}]
+        c.check(s["metadata"]["name"] == secret_name, "helm TLS Secret")
         data = {k: base64.b64decode(x).decode() for k, x in s.get("data", {}).items()}
         c.check(set(data) == {"ca.crt", "tls.crt", "tls.key"}, "TLS Secret keys")
+        # The CA Secret holds the CA's key; it is never mounted into the Pods.
+        (ca_secret,) = ca_secrets or [{"metadata": {"name": ""}, "data": {}}]
+        ca_data = {k: base64.b64decode(x).decode() for k, x in ca_secret.get("data", {}).items()}
+        c.check(set(ca_data) == {"ca.crt", "ca.key"} and ca_data.get("ca.crt") == data.get("ca.crt"),
+                "CA Secret keys, or its ca.crt differs from the TLS Secret's")
+        c.check(ca_secret["metadata"]["name"] not in vol_secret, "the CA Secret (with the CA key) is mounted")
         hook_ca = base64.b64decode(c.one("MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]).decode()
         c.check(hook_ca == data.get("ca.crt"), "caBundle differs from the Secret's ca.crt")
         with tempfile.TemporaryDirectory() as t:

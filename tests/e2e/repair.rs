@@ -100,14 +100,25 @@ pub async fn outage(sc: Sc) -> Result<()> {
     Api::<DynamicObject>::namespaced_with(sc.admin(), &ns, &pdb)
         .create(&PostParams::default(), &guard)
         .await?;
-    sc.create_pod(&ns, &pod("bare").image("nginx").label("app", "bare").build())
-        .await?;
+    sc.create_pod(
+        &ns,
+        &pod("bare").image("nginx").label("app", "bare").build(),
+    )
+    .await?;
     let (pods, _) = eventually(
         Duration::from_secs(20),
         "the controller creates the ReplicaSets' Pods",
         || async {
-            let (web, guarded) = (pods_of(&sc, &ns, "web").await?, pods_of(&sc, &ns, "guarded").await?);
-            ensure!(web.len() == 1 && guarded.len() == 1, "{} and {} Pods", web.len(), guarded.len());
+            let (web, guarded) = (
+                pods_of(&sc, &ns, "web").await?,
+                pods_of(&sc, &ns, "guarded").await?,
+            );
+            ensure!(
+                web.len() == 1 && guarded.len() == 1,
+                "{} and {} Pods",
+                web.len(),
+                guarded.len()
+            );
             Ok((web[0].clone(), guarded[0].clone()))
         },
     )
@@ -136,7 +147,19 @@ pub async fn outage(sc: Sc) -> Result<()> {
     let config = path_str(&inst.config_path)?.to_string();
     let (status, out, err) = run_binary(
         &sc.suite.env.bin,
-        &["audit", "--kubeconfig", &kubeconfig, "--config", &config, "--namespace", &inst.ns, "-n", &ns, "-o", "json"],
+        &[
+            "audit",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config",
+            &config,
+            "--namespace",
+            &inst.ns,
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ],
     )
     .await?;
     ensure!(status.success(), "audit failed: {err}");
@@ -148,8 +171,16 @@ pub async fn outage(sc: Sc) -> Result<()> {
             .map(|p| p["repair"].clone())
             .unwrap_or(Value::Null)
     };
-    for (name, want) in [(&names[0], "evict"), (&names[1], "evict"), (&names[2], "report")] {
-        ensure!(repair_of(name) == want, "audit: {name} repair {}, want {want}", repair_of(name));
+    for (name, want) in [
+        (&names[0], "evict"),
+        (&names[1], "evict"),
+        (&names[2], "report"),
+    ] {
+        ensure!(
+            repair_of(name) == want,
+            "audit: {name} repair {}, want {want}",
+            repair_of(name)
+        );
     }
 
     injector.start().await?;
@@ -160,7 +191,9 @@ pub async fn outage(sc: Sc) -> Result<()> {
         || async {
             let web_pods = pods_of(&sc, &ns, "web").await?;
             ensure!(
-                web_pods.iter().all(|p| p.metadata.name.as_deref() != Some(names[0].as_str())),
+                web_pods
+                    .iter()
+                    .all(|p| p.metadata.name.as_deref() != Some(names[0].as_str())),
                 "{} still there",
                 names[0]
             );
@@ -174,19 +207,34 @@ pub async fn outage(sc: Sc) -> Result<()> {
         "the replacement has {:?}",
         pull_secrets(&replacement)
     );
-    sc.note(format!("stuck Pod replaced, with its secret, {took:?} after the injector came back"));
+    sc.note(format!(
+        "stuck Pod replaced, with its secret, {took:?} after the injector came back"
+    ));
     // The bare Pod is reported (metric, Event) and left alone; the PDB holds the guarded one.
-    let (_, _) = eventually(Duration::from_secs(20), "bare reported, guarded blocked", || async {
-        let metrics = injector.metrics().await?;
-        let reported = count(&metrics, r#"pullsecret_injector_repairs_total{outcome="reported"} "#);
-        let blocked = count(&metrics, r#"pullsecret_injector_repairs_total{outcome="blocked"} "#);
-        let evicted = count(&metrics, r#"pullsecret_injector_repairs_total{outcome="evicted"} "#);
-        ensure!(
-            reported == 1.0 && blocked >= 1.0 && evicted == 1.0,
-            "evicted {evicted}, reported {reported}, blocked {blocked}"
-        );
-        Ok(())
-    })
+    let (_, _) = eventually(
+        Duration::from_secs(20),
+        "bare reported, guarded blocked",
+        || async {
+            let metrics = injector.metrics().await?;
+            let reported = count(
+                &metrics,
+                r#"pullsecret_injector_repairs_total{outcome="reported"} "#,
+            );
+            let blocked = count(
+                &metrics,
+                r#"pullsecret_injector_repairs_total{outcome="blocked"} "#,
+            );
+            let evicted = count(
+                &metrics,
+                r#"pullsecret_injector_repairs_total{outcome="evicted"} "#,
+            );
+            ensure!(
+                reported == 1.0 && blocked >= 1.0 && evicted == 1.0,
+                "evicted {evicted}, reported {reported}, blocked {blocked}"
+            );
+            Ok(())
+        },
+    )
     .await?;
     let remaining = Api::<Pod>::namespaced(sc.admin(), &ns);
     for name in [&names[1], &names[2]] {
@@ -201,9 +249,11 @@ pub async fn outage(sc: Sc) -> Result<()> {
         .items;
     for (name, action) in [(&names[0], "Evicted"), (&names[2], "Reported")] {
         ensure!(
-            events.iter().any(|e| e.reason.as_deref() == Some("PullSecretRepair")
-                && e.action.as_deref() == Some(action)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())),
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("PullSecretRepair")
+                    && e.action.as_deref() == Some(action)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())),
             "no PullSecretRepair {action} Event for {name}"
         );
     }
@@ -214,8 +264,14 @@ pub async fn outage(sc: Sc) -> Result<()> {
 /// UPDATE of `pods/ephemeralcontainers` carrying an `EphemeralContainers` object.
 pub async fn debug_container(sc: Sc) -> Result<()> {
     let ns = sc.ns(Label::Enabled, STD).await?;
-    let created = sc.create_pod(&ns, &pod("web").image("nginx").build()).await?;
-    ensure!(created.secrets() == ["dockerhub"], "web got {:?}", created.secrets());
+    let created = sc
+        .create_pod(&ns, &pod("web").image("nginx").build())
+        .await?;
+    ensure!(
+        created.secrets() == ["dockerhub"],
+        "web got {:?}",
+        created.secrets()
+    );
     let path = format!("/api/v1/namespaces/{ns}/pods/web/ephemeralcontainers");
     let client = sc.admin();
     let current: Value = client
@@ -250,7 +306,11 @@ pub async fn debug_container(sc: Sc) -> Result<()> {
     );
     // Never a change: the stored Pod keeps its pull secrets, and gained the debug container.
     let stored = Api::<Pod>::namespaced(sc.admin(), &ns).get("web").await?;
-    ensure!(pull_secrets(&stored) == ["dockerhub"], "stored {:?}", pull_secrets(&stored));
+    ensure!(
+        pull_secrets(&stored) == ["dockerhub"],
+        "stored {:?}",
+        pull_secrets(&stored)
+    );
     let debugged = stored
         .spec
         .and_then(|s| s.ephemeral_containers)

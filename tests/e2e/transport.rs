@@ -18,8 +18,14 @@ pub async fn idle_connections(sc: Sc) -> Result<()> {
     let mut last = Instant::now();
     let mut n = 0;
     let create = |sc: Sc, ns: String| async move {
-        let created = sc.create_pod(&ns, &pod("idle").image("nginx").generate().build()).await?;
-        ensure!(created.secrets() == ["dockerhub"], "got {:?}", created.secrets());
+        let created = sc
+            .create_pod(&ns, &pod("idle").image("nginx").generate().build())
+            .await?;
+        ensure!(
+            created.secrets() == ["dockerhub"],
+            "got {:?}",
+            created.secrets()
+        );
         Ok::<_, anyhow::Error>(())
     };
     create(sc.clone(), ns.clone()).await?;

@@ -8,7 +8,7 @@
 # Env:   DIR (/tmp/psi-node), REG_PORT (5000), REG_USER (psi), REG_PASS (random, first run)
 # Writes $DIR/registry/:
 #   ca.crt              the registry's CA (certs/ca.crt: the same, as skopeo --cert-dir wants)
-#   creds               USER:PASS (read by injector-image.sh and smoke.sh)
+#   creds               USER:PASS (read by injector-image.sh and the story, tests/node/story/)
 #   htpasswd, config.yml, registry.{crt,key}, data/ (blobs), registry.{pid,log}
 #   $DIR/containerd/certs.d/127.0.0.1:$REG_PORT/hosts.toml   containerd's trust (up.sh's config)
 # Stopped by down.sh.

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2329 # functions run through step and the EXIT trap
 # The whole node stage: packages, Kubernetes binaries (cached), the static injector binary, the
-# private registry, the one-node cluster, the smoke test, then everything stopped and the host
-# restored (also on failure or Ctrl-C, by a trap). Prints each step's time and, before stopping,
-# the resident memory of every component.
+# story's test binary, the private registry, the one-node cluster, the injector's image, then
+# the story (Rust tests, tests/node/story/: `cargo test --test node -- --ignored`), then
+# everything stopped and the host restored (also on failure or Ctrl-C, by a trap). Prints each
+# step's time and, before stopping, the resident memory of every component.
 #
 # Usage: tests/node/run.sh [BINARY]    BINARY: a static pullsecret-injector; default: build it
 #                                      with scripts/build-static.sh
-# Env:   NODE_KEEP=1   leave the cluster and registry running (stop later with tests/node/down.sh)
-#        DIR, ports... (tests/node/lib.sh), HELM (tests/chart/tools.sh by default)
-# Needs root (apt, containerd, kubelet, iptables). Exit status: 0 when the smoke test passed.
+# Env:   NODE_KEEP=1      leave the cluster and registry running (stop later with tests/node/down.sh)
+#        NODE_FILTER      test name filters for cargo test, space-separated (e.g. "s3a s4e")
+#        NODE_LATENCY_RUNS  Deployments per variant in s5_latency (5)
+#        CHART            another copy of the chart (default charts/pullsecret-injector)
+#        DIR, ports... (tests/node/lib.sh), KUBELET_AS_ADMIN, KUBELET_SYNC_FREQUENCY (up.sh)
+# Needs root (apt, containerd, kubelet, iptables). Exit status: 0 when every scenario passed.
 set -euo pipefail
 # shellcheck source=tests/node/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,7 +42,7 @@ rss() { # rss: resident memory of each component, MiB
   done
   printf '  %-20s %6.1f MiB (%d shims)\n' "containerd-shims" "$(awk -v k="$total" 'BEGIN { print k / 1024 }')" "$n"
   for pid in $(ctrd tasks ls 2>/dev/null | awk 'NR > 1 { print $2 }'); do
-    name=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -d' ' -f1)
+    name=$({ tr '\0' '\n' <"/proc/$pid/cmdline"; } 2>/dev/null | head -n 1) || continue
     case $name in */pullsecret-injector) ;; *) continue ;; esac
     kib=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ')
     printf '  %-20s %6.1f MiB (pid %s)\n' "injector Pod" "$(awk -v k="$kib" 'BEGIN { print k / 1024 }')" "$pid"
@@ -46,6 +51,8 @@ rss() { # rss: resident memory of each component, MiB
 finish() {
   local rc=$?
   trap - EXIT INT TERM
+  set +e
+  [ -d "$DIR" ] && rss
   if [ "${NODE_KEEP:-0}" = 1 ]; then
     echo "NODE_KEEP=1: left running; KUBECONFIG=$ADMIN_KUBECONFIG; stop with tests/node/down.sh"
   else
@@ -64,11 +71,39 @@ if [ -z "$BIN" ]; then
   BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/pullsecret-injector
 fi
 [ -x "$BIN" ] || { echo "run.sh: no binary at $BIN" >&2; exit 1; }
+BIN=$(realpath "$BIN")
+helm_tools() { # Helm (and PyYAML) from tests/chart/tools.sh; exports HELM and HELM_*_HOME
+  # shellcheck source=tests/chart/tools.sh
+  source "$ROOT/tests/chart/tools.sh"
+  tools_install --no-checkov >/dev/null
+}
+step "helm (tests/chart/tools.sh)" helm_tools
+# The test binary, before anything is started.
+step "cargo test --test node --no-run" \
+  bash -c "cd '$ROOT' && cargo test --locked --test node --no-run 2>&1 | tail -n 2"
 # A previous run's cluster (NODE_KEEP=1, or killed) is stopped first: every run starts clean.
 if [ -d "$DIR" ]; then step "down (left from a previous run)" "$H/down.sh"; fi
 trap finish EXIT
 trap 'exit 130' INT TERM
 step "registry" "$H/registry-up.sh"
 step "cluster" "$H/up.sh"
-step "smoke" "$H/smoke.sh" "$BIN"
-rss
+image() { IMG=$("$H/injector-image.sh" "$BIN"); }
+step "injector image (tests/node/injector-image.sh)" image
+
+export NODE_DIR=$DIR NODE_RUN=$DIR/story NODE_KUBECONFIG=$ADMIN_KUBECONFIG NODE_IMAGE=$IMG \
+  NODE_BIN=$BIN NODE_HELM=$HELM NODE_REGISTRY=$REG NODE_CHART=${CHART:-$ROOT/charts/pullsecret-injector}
+mkdir -p "$NODE_RUN"
+echo "=== the story (cargo test --test node -- --ignored; binary $BIN, image $IMG)"
+t=$EPOCHREALTIME
+rc=0
+# One at a time, in name order: the scenarios share the one installation and the one node.
+# shellcheck disable=SC2086 # NODE_FILTER is a list of filters
+(cd "$ROOT" && cargo test --locked --test node -- --ignored --test-threads 1 ${NODE_FILTER:-}) || rc=$?
+passed=$(grep -c '^PASS ' "$NODE_RUN/report.txt" 2>/dev/null || true)
+failed=$(grep -c '^FAIL ' "$NODE_RUN/report.txt" 2>/dev/null || true)
+steps=$(grep -c '^  PASS ' "$NODE_RUN/report.txt" 2>/dev/null || true)
+echo "=== story summary: ${passed:-0} scenarios passed (${steps:-0} steps), ${failed:-0} failed in $(since "$t")s ($NODE_RUN/report.txt)"
+grep -E '^(FAIL|  FAIL) ' "$NODE_RUN/report.txt" 2>/dev/null | sed 's/^ */  /' || true
+cp "$NODE_RUN/report.txt" "$DIR.report.txt" 2>/dev/null || true
+[ -s "$NODE_RUN/latency.md" ] && cp "$NODE_RUN/latency.md" "$DIR.latency.md"
+exit "$rc"

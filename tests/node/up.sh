@@ -10,7 +10,9 @@
 # Env:   DIR, CACHE, API_PORT, ETCD_PORT, ETCD_PEER_PORT, KUBELET_PORT, KUBELET_HEALTHZ_PORT,
 #        POD_CIDR, BRIDGE, NODE_NAME (defaults and ports: tests/node/lib.sh),
 #        KUBELET_VERBOSITY (2), KUBELET_AS_ADMIN (0; 1: the kubelet uses the admin token instead
-#        of system:node:$NODE_NAME, which avoids the Node authorizer race described in README.md)
+#        of system:node:$NODE_NAME, which avoids the Node authorizer race described in README.md),
+#        KUBELET_SYNC_FREQUENCY (10s; the kubelet's default is 1m: how soon ConfigMap and Secret
+#        volume edits reach the Pods)
 # Network: the bridge $BRIDGE holds NODE_IP (the first address of POD_CIDR, 10.244.0.1), made
 #   before anything starts, so nothing depends on the host's interfaces or routes. The API server
 #   listens on https://NODE_IP:API_PORT only, the kubelet on NODE_IP:KUBELET_PORT (client
@@ -269,6 +271,14 @@ makeIPTablesUtilChains: false
 serializeImagePulls: false
 # Ready is reported on the first status update after registration: 2 s instead of 10 s.
 nodeStatusUpdateFrequency: 2s
+# How often each Pod is re-synced, which is when the kubelet rewrites its ConfigMap and Secret
+# volumes (1 to 1.5 times this). The default 1m made a ConfigMap edit reach the injector in
+# 60 - 90 s here; 10s keeps the story's three file swaps (config, certificate) quick.
+syncFrequency: ${KUBELET_SYNC_FREQUENCY:-10s}
+# The story creates a Pod a second during operations (5 events each); at the default 5 events/s
+# the kubelet's Events lagged more than 30 s behind what it did.
+eventRecordQPS: 50
+eventBurst: 100
 # CI disks are often nearly full: image GC or eviction must not remove the test's images or Pods.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -74,19 +74,32 @@ Secret, the webhook caBundle and the Deployment checksum. On upgrade the existin
 reused (lookup), so the CA and caBundle do not change. Returns JSON {ca, crt, key}.
 */}}
 {{- define "pullsecret-injector.helmTLS" -}}
+{{- /*
+tls.source=helm: a CA kept in a Secret of its own (<fullname>-ca, never mounted), and a serving
+certificate it signs (the TLS Secret). Both are read back on upgrade. Deleting only the TLS
+Secret and upgrading re-signs a new serving certificate with the same CA, so the caBundle does
+not change and Pods still serving the old certificate stay trusted while the rollout replaces
+them: no admission fails. A new CA is made only when the CA Secret is missing.
+*/}}
 {{- if not (hasKey $ "pullsecretInjectorTLS") }}
-{{- $secretName := include "pullsecret-injector.tlsSecretName" . }}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
-{{- $tls := dict }}
-{{- if and $existing $existing.data (hasKey $existing.data "ca.crt") (hasKey $existing.data "tls.crt") (hasKey $existing.data "tls.key") }}
-{{- $tls = dict "ca" (index $existing.data "ca.crt" | b64dec) "crt" (index $existing.data "tls.crt" | b64dec) "key" (index $existing.data "tls.key" | b64dec) }}
-{{- else }}
+{{- $fullname := include "pullsecret-injector.fullname" . }}
 {{- $days := int .Values.tls.helm.validityDays }}
-{{- $ca := genCA (printf "%s-ca" (include "pullsecret-injector.fullname" .)) $days }}
+{{- $caSecret := lookup "v1" "Secret" .Release.Namespace (printf "%s-ca" $fullname) }}
+{{- $ca := dict }}
+{{- if and $caSecret $caSecret.data (hasKey $caSecret.data "ca.crt") (hasKey $caSecret.data "ca.key") }}
+{{- $ca = buildCustomCert (index $caSecret.data "ca.crt") (index $caSecret.data "ca.key") }}
+{{- else }}
+{{- $ca = genCA (printf "%s-ca" $fullname) $days }}
+{{- end }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "pullsecret-injector.tlsSecretName" .) }}
+{{- $tls := dict }}
+{{- if and $existing $existing.data (hasKey $existing.data "tls.crt") (hasKey $existing.data "tls.key") (eq (index $existing.data "ca.crt" | default "" | b64dec) $ca.Cert) }}
+{{- $tls = dict "ca" $ca.Cert "caKey" $ca.Key "crt" (index $existing.data "tls.crt" | b64dec) "key" (index $existing.data "tls.key" | b64dec) }}
+{{- else }}
 {{- $svc := include "pullsecret-injector.serviceName" . }}
 {{- $cn := printf "%s.%s.svc" $svc .Release.Namespace }}
 {{- $cert := genSignedCert $cn nil (include "pullsecret-injector.dnsNames" . | fromJsonArray) $days $ca }}
-{{- $tls = dict "ca" $ca.Cert "crt" $cert.Cert "key" $cert.Key }}
+{{- $tls = dict "ca" $ca.Cert "caKey" $ca.Key "crt" $cert.Cert "key" $cert.Key }}
 {{- end }}
 {{- $_ := set $ "pullsecretInjectorTLS" $tls }}
 {{- end }}
