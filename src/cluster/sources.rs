@@ -6,7 +6,7 @@
 //! own TLS key among them) are never read, let alone held or copied. Objects are read untyped,
 //! so one odd Secret is skipped and counted instead of stopping the watch.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -17,8 +17,8 @@ use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
 use crate::core::dockercfg::{self, SourceSecret};
 use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, SOURCE_LABEL};
-use crate::core::policy::Sources;
-use crate::metrics::{KindLabels, Metrics};
+use crate::core::policy::{Policy, Sources};
+use crate::metrics::{KindLabels, Metrics, RuleLabels};
 
 /// A source Secret as sync and discovery need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,43 @@ impl Discovery {
             out.rules.extend(rules);
         }
         out
+    }
+}
+
+/// The credential check of the rules, reported: for every rule whose Secrets the injector can
+/// read, would the kubelet use them for the rule's images? A gauge per rule; a newly uncovered
+/// rule is logged once.
+#[derive(Default)]
+pub struct Coverage {
+    last: BTreeMap<String, bool>,
+}
+
+impl Coverage {
+    pub fn report(&mut self, policy: &Policy, metrics: &Metrics) {
+        let mut now = BTreeMap::new();
+        for rule in policy.rules().rules() {
+            let Some(covered) = policy.serves(rule, |keyring| keyring.covers(&rule.pattern)) else {
+                continue;
+            };
+            let pattern = rule.pattern.as_str().to_string();
+            if !covered && self.last.get(&pattern) != Some(&false) {
+                tracing::warn!(rule = %pattern, secrets = ?rule.secrets, source = %rule.source,
+                    "the kubelet would not use this rule's Secrets for its images: none of their docker config keys matches the rule's registry (check --docker-server)");
+            }
+            now.insert(pattern, covered);
+        }
+        for gone in self.last.keys().filter(|k| !now.contains_key(*k)) {
+            metrics
+                .rule_credential_mismatch
+                .remove(&RuleLabels { rule: gone.clone() });
+        }
+        for (rule, covered) in &now {
+            metrics
+                .rule_credential_mismatch
+                .get_or_create(&RuleLabels { rule: rule.clone() })
+                .set(i64::from(!covered));
+        }
+        self.last = now;
     }
 }
 
