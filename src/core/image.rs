@@ -24,8 +24,9 @@ const TAG_LENGTH_MAX: usize = 128;
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef<'a> {
-    /// Registry host, lowercased when the input had capitals (hosts compare case-insensitively).
-    /// An IPv6 literal keeps its brackets, as in the reference.
+    /// Registry host, lowercased when the input had capitals (hosts compare case-insensitively);
+    /// `docker.io` for Docker Hub, also when written `index.docker.io` without a port. An IPv6
+    /// literal keeps its brackets, as in the reference.
     pub host: Cow<'a, str>,
     /// Registry port, as written (digits only).
     pub port: Option<&'a str>,
@@ -42,11 +43,16 @@ impl ImageRef<'_> {
     /// without tag or digest, the host as written (`docker.io/library/nginx`,
     /// `Registry.Example.com/app`).
     pub fn kubelet_name(&self) -> String {
-        let domain = match self.domain {
+        format!("{}/{}", self.normalised_domain(), self.path)
+    }
+
+    /// distribution's domain of the normalised name: as written, but for Docker Hub's
+    /// default and its exact legacy name, which become `docker.io`.
+    fn normalised_domain(&self) -> &str {
+        match self.domain {
             None | Some(DOCKER_HUB_LEGACY) => DOCKER_HUB,
             Some(domain) => domain,
-        };
-        format!("{domain}/{}", self.path)
+        }
     }
 
     /// `host[:port]`, as a registry is usually written.
@@ -65,7 +71,8 @@ impl ImageRef<'_> {
 
 impl fmt::Display for ImageRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry(), self.path)?;
+        // The registry as written: lowercasing it could turn a host into a path (`Foo/bar`).
+        write!(f, "{}/{}", self.normalised_domain(), self.path)?;
         if let Some(tag) = self.tag {
             write!(f, ":{tag}")?;
         }
@@ -123,16 +130,17 @@ pub fn parse(reference: &str) -> Result<ImageRef<'_>, ImageError> {
     if name.is_empty() {
         return Err(ImageError::Format("repository name is empty"));
     }
-    if name.len() > NAME_TOTAL_LENGTH_MAX {
-        return Err(ImageError::NameTooLong);
-    }
 
     let (domain, remainder) = split_docker_domain(name);
     let (host, port) = match domain {
         Some(domain) => parse_domain(domain)?,
         None => (Cow::Borrowed(DOCKER_HUB), None),
     };
-    let host = if host == DOCKER_HUB_LEGACY {
+    // Hosts compare ignoring case, so any spelling of `index.docker.io` (without a port) is
+    // Docker Hub for matching rules. distribution itself renames only the exact lowercase
+    // domain and adds `library/` only for it and `docker.io`: the path and the kubelet's
+    // name follow that (`DOCKER.IO/nginx` is the repository `nginx`).
+    let host = if port.is_none() && host == DOCKER_HUB_LEGACY {
         Cow::Borrowed(DOCKER_HUB)
     } else {
         host
@@ -141,19 +149,25 @@ pub fn parse(reference: &str) -> Result<ImageRef<'_>, ImageError> {
         return Err(ImageError::Uppercase);
     }
     validate_path(remainder)?;
-    let path = if host == DOCKER_HUB && port.is_none() && !remainder.contains('/') {
+    let docker_hub_name = matches!(domain, None | Some(DOCKER_HUB) | Some(DOCKER_HUB_LEGACY));
+    let path = if docker_hub_name && !remainder.contains('/') {
         Cow::Owned(format!("library/{remainder}"))
     } else {
         Cow::Borrowed(remainder)
     };
-    Ok(ImageRef {
+    let image = ImageRef {
         host,
         port,
         path,
         tag,
         digest,
         domain,
-    })
+    };
+    // distribution limits the normalised name (`docker.io/library/...`), not the input.
+    if image.normalised_domain().len() + 1 + image.path.len() > NAME_TOTAL_LENGTH_MAX {
+        return Err(ImageError::NameTooLong);
+    }
+    Ok(image)
 }
 
 /// distribution's `splitDockerDomain`: the first component is a host only if it contains
@@ -489,6 +503,33 @@ mod tests {
                 None,
             ),
             ("Foo/bar", "foo", None, "bar", None, None),
+            // distribution adds `library/` only for the exact Docker Hub domains...
+            ("DOCKER.IO/nginx", "docker.io", None, "nginx", None, None),
+            (
+                "INDEX.DOCKER.IO/nginx",
+                "docker.io",
+                None,
+                "nginx",
+                None,
+                None,
+            ),
+            // ...and `index.docker.io` with a port is just a host.
+            (
+                "index.docker.io:5000/app",
+                "index.docker.io",
+                Some("5000"),
+                "app",
+                None,
+                None,
+            ),
+            (
+                "docker.io:5000/app",
+                "docker.io",
+                Some("5000"),
+                "app",
+                None,
+                None,
+            ),
             (
                 "10.0.0.1:5000/app",
                 "10.0.0.1",
@@ -564,6 +605,8 @@ mod tests {
                 "localhost:5000/app",
             ),
             ("Registry.Example.com/app", "Registry.Example.com/app"),
+            ("DOCKER.IO/nginx", "DOCKER.IO/nginx"),
+            ("index.docker.io:5000/app", "index.docker.io:5000/app"),
         ];
         for (reference, want) in cases {
             assert_eq!(
@@ -672,7 +715,38 @@ mod tests {
     }
 
     #[test]
+    fn the_length_limit_applies_to_the_normalised_name() {
+        // `docker.io/library/` + 237 = 255 characters: the longest Docker Hub official name.
+        assert!(parse(&"a".repeat(237)).is_ok());
+        assert_eq!(parse(&"a".repeat(238)), Err(ImageError::NameTooLong));
+        assert_eq!(
+            parse(&format!("docker.io/{}", "a".repeat(245))),
+            Err(ImageError::NameTooLong)
+        );
+        // Longer than 255 as written, 255 once `index.docker.io` is `docker.io`.
+        let legacy = format!("index.docker.io/x/{}", "a".repeat(243));
+        let image = parse(&legacy).expect("fits once normalised");
+        assert_eq!(image.kubelet_name().len(), 255);
+    }
+
+    #[test]
     fn display_round_trips_the_normalised_form() {
+        for reference in [
+            "Foo/bar:1",
+            "DOCKER.IO/nginx",
+            "index.docker.io/nginx",
+            "x/y",
+        ] {
+            let image = parse(reference).expect(reference);
+            let shown = image.to_string();
+            let again = parse(&shown).expect("display parses");
+            assert_eq!(
+                (&again.host, again.port, &again.path, again.tag),
+                (&image.host, image.port, &image.path, image.tag),
+                "{reference} displays as {image}"
+            );
+        }
+        assert_eq!(parse("Foo/bar:1").expect("valid").to_string(), "Foo/bar:1");
         let image = parse("localhost:5000/app:dev").expect("valid");
         assert_eq!(image.to_string(), "localhost:5000/app:dev");
         assert_eq!(

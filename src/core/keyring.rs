@@ -139,98 +139,156 @@ fn is_default_registry_match(image: &str) -> bool {
     !first.contains(['.', ':'])
 }
 
-/// Go's `path/filepath.Match` on one host label (no separators): `*`, `?`, `[class]` with
-/// ranges and `^` negation, `\` escapes. `None` for a malformed pattern (no match).
+/// Go's `path/filepath.Match` on one host label (Unix, no separators in a label): `*`, `?`,
+/// `[class]` with ranges and `^` negation, `\` escapes. `None` for a malformed pattern, which
+/// the kubelet treats as no match. Go's algorithm, so also its cost: the pattern is split at
+/// stars into star-free chunks, each matched at its leftmost place, so a lookup is at most
+/// (label length × pattern length), never exponential in the number of stars.
 fn filepath_match(pattern: &str, name: &str) -> Option<bool> {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    glob(&pattern, &name)
-}
-
-fn glob(pattern: &[char], name: &[char]) -> Option<bool> {
-    let Some((&first, rest)) = pattern.split_first() else {
-        return Some(name.is_empty());
-    };
-    match first {
-        '*' => {
-            for skip in 0..=name.len() {
-                if glob(rest, &name[skip..])? {
-                    return Some(true);
+    let mut pattern = pattern;
+    let mut name = name;
+    'chunks: while !pattern.is_empty() {
+        let (star, chunk, rest) = scan_chunk(pattern);
+        pattern = rest;
+        if star && chunk.is_empty() {
+            // A trailing star matches the rest.
+            return Some(true);
+        }
+        // At the current position; the last chunk must use up the name.
+        if let Some(after) = match_chunk(chunk, name)?
+            && (after.is_empty() || !pattern.is_empty())
+        {
+            name = after;
+            continue;
+        }
+        if star {
+            // Skip one character more each time.
+            for (i, c) in name.char_indices() {
+                if let Some(after) = match_chunk(chunk, &name[i + c.len_utf8()..])? {
+                    if pattern.is_empty() && !after.is_empty() {
+                        continue;
+                    }
+                    name = after;
+                    continue 'chunks;
                 }
             }
-            // Keep checking the pattern is well formed, as Go reports bad patterns.
-            Some(false)
         }
-        '?' => match name.split_first() {
-            Some((_, name_rest)) => glob(rest, name_rest),
-            None => {
-                glob(rest, &[])?;
-                Some(false)
-            }
-        },
-        '[' => {
-            let (matched, after) = class(rest, name.first().copied())?;
-            match name.split_first() {
-                Some((_, name_rest)) if matched => glob(after, name_rest),
-                _ => Some(false),
-            }
+        // No match; Go still reports a malformed remainder of the pattern.
+        while !pattern.is_empty() {
+            let (_, chunk, rest) = scan_chunk(pattern);
+            pattern = rest;
+            match_chunk(chunk, "")?;
         }
-        '\\' => {
-            let (&escaped, rest) = rest.split_first()?;
-            match name.split_first() {
-                Some((&c, name_rest)) if c == escaped => glob(rest, name_rest),
-                _ => Some(false),
-            }
-        }
-        c => match name.split_first() {
-            Some((&n, name_rest)) if n == c => glob(rest, name_rest),
-            _ => Some(false),
-        },
+        return Some(false);
     }
+    Some(name.is_empty())
 }
 
-/// A character class after `[`: whether `c` is in it, and the pattern after `]`.
-fn class(pattern: &[char], c: Option<char>) -> Option<(bool, &[char])> {
-    let (negated, mut rest) = match pattern.split_first() {
-        Some(('^', rest)) => (true, rest),
-        _ => (false, pattern),
-    };
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let (&lo, after) = rest.split_first()?;
-        if lo == ']' && !first {
-            rest = after;
-            break;
+/// Go's `scanChunk`: leading stars, then the pattern up to the next star outside a class.
+fn scan_chunk(pattern: &str) -> (bool, &str, &str) {
+    let trimmed = pattern.trim_start_matches('*');
+    let star = trimmed.len() != pattern.len();
+    let bytes = trimmed.as_bytes();
+    let mut in_range = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if i + 1 < bytes.len() => i += 1,
+            b'[' => in_range = true,
+            b']' => in_range = false,
+            b'*' if !in_range => break,
+            _ => {}
         }
-        first = false;
-        let (lo, after) = if lo == '\\' {
-            let (&e, after) = after.split_first()?;
-            (e, after)
-        } else {
-            (lo, after)
-        };
-        let (hi, after) = match after {
-            ['-', hi, after @ ..] if *hi != ']' => {
-                let (hi, after) = if *hi == '\\' {
-                    let (&e, after) = after.split_first()?;
-                    (e, after)
-                } else {
-                    (*hi, after)
-                };
-                (hi, after)
-            }
-            _ => (lo, after),
-        };
-        if let Some(c) = c
-            && lo <= c
-            && c <= hi
-        {
-            matched = true;
-        }
-        rest = after;
+        i += 1;
     }
-    Some((matched != negated, rest))
+    (star, &trimmed[..i], &trimmed[i..])
+}
+
+/// Go's `matchChunk`: the rest of `name` after `chunk` (no stars) matched at its start,
+/// `Some(None)` when it does not match, `None` when the chunk is malformed. After a mismatch
+/// the chunk is still read to the end, as Go does, to find malformed classes.
+fn match_chunk<'n>(chunk: &str, name: &'n str) -> Option<Option<&'n str>> {
+    let mut chunk = chunk;
+    let mut name = name;
+    let mut failed = false;
+    while let Some(first) = chunk.chars().next() {
+        let next = (!failed).then(|| name.chars().next()).flatten();
+        if next.is_none() {
+            failed = true;
+        }
+        let advance = |name: &mut &'n str, c: char| *name = &name[c.len_utf8()..];
+        match first {
+            '[' => {
+                chunk = &chunk[1..];
+                let negated = chunk.starts_with('^');
+                if negated {
+                    chunk = &chunk[1..];
+                }
+                let mut matched = false;
+                let mut ranges = 0;
+                loop {
+                    if ranges > 0
+                        && let Some(after) = chunk.strip_prefix(']')
+                    {
+                        chunk = after;
+                        break;
+                    }
+                    let (lo, after) = class_char(chunk)?;
+                    let (hi, after) = match after.strip_prefix('-') {
+                        Some(after) => class_char(after)?,
+                        None => (lo, after),
+                    };
+                    chunk = after;
+                    if next.is_some_and(|c| lo <= c && c <= hi) {
+                        matched = true;
+                    }
+                    ranges += 1;
+                }
+                if let Some(c) = next {
+                    advance(&mut name, c);
+                }
+                if matched == negated {
+                    failed = true;
+                }
+            }
+            '?' => {
+                if let Some(c) = next {
+                    advance(&mut name, c);
+                }
+                chunk = &chunk[1..];
+            }
+            _ => {
+                let literal = if first == '\\' {
+                    chunk = &chunk[1..];
+                    chunk.chars().next()?
+                } else {
+                    first
+                };
+                if let Some(c) = next {
+                    if c != literal {
+                        failed = true;
+                    }
+                    advance(&mut name, c);
+                }
+                chunk = &chunk[literal.len_utf8()..];
+            }
+        }
+    }
+    Some((!failed).then_some(name))
+}
+
+/// Go's `getEsc`: one (possibly escaped) character of a class, and what follows it. A class
+/// character may not be `-` or `]`, and the class must go on after it (`[0-9-9]`, `[]a]`,
+/// `[-a]` and an unterminated `[a` are malformed).
+fn class_char(chunk: &str) -> Option<(char, &str)> {
+    let chunk = match chunk.as_bytes().first()? {
+        b'-' | b']' => return None,
+        b'\\' => &chunk[1..],
+        _ => chunk,
+    };
+    let c = chunk.chars().next()?;
+    let rest = &chunk[c.len_utf8()..];
+    (!rest.is_empty()).then_some((c, rest))
 }
 
 #[cfg(test)]
@@ -410,6 +468,23 @@ mod tests {
     }
 
     #[test]
+    fn many_stars_on_a_long_label_take_linear_time() {
+        // A recursive matcher takes C(n + k, k) steps for k stars; this one about n × k.
+        let label = "a".repeat(4000);
+        assert_eq!(filepath_match("*****x", &label), Some(false));
+        assert_eq!(filepath_match("*a*a*a*a*", &label), Some(true));
+        let keyring = Keyring::new(["****x.example.com"]);
+        assert!(!keyring.serves(&format!("{}.example.com/app", "a".repeat(200))));
+        assert!(keyring.serves("abx.example.com/app"));
+    }
+
+    #[test]
+    fn a_malformed_key_glob_serves_nothing() {
+        assert!(!Keyring::new(["reg[0-9-9].example.com"]).serves("reg2.example.com/app"));
+        assert!(Keyring::new(["reg[0-9].example.com"]).serves("reg2.example.com/app"));
+    }
+
+    #[test]
     fn globs_follow_go_filepath_match() {
         for (pattern, name, want) in [
             ("a*c", "abbc", Some(true)),
@@ -422,6 +497,23 @@ mod tests {
             ("A", "a", Some(false)),
             ("[", "a", None),
             ("a[", "ab", None),
+            // Malformed classes are errors, whether or not the name would match (Go's table).
+            ("[0-9-9]", "2", None),
+            ("[]a]", "]", None),
+            ("[-]", "-", None),
+            ("[x-]", "x", None),
+            ("[-x]", "x", None),
+            ("[a-b-c]", "a", None),
+            ("a[", "x", None),
+            ("*x[", "yz", None),
+            ("[\\]a]", "]", Some(true)),
+            ("[!]", "!", Some(true)),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", Some(true)),
+            ("a*b?c*x", "abxbbxdbxebxczzx", Some(true)),
+            ("a*b?c*x", "abxbbxdbxebxczzy", Some(false)),
+            ("*", "", Some(true)),
+            ("**x", "ax", Some(true)),
+            ("?", "é", Some(true)),
         ] {
             assert_eq!(filepath_match(pattern, name), want, "{pattern} {name}");
         }

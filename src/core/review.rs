@@ -38,7 +38,7 @@ pub type LooseReview<'a> = Envelope<'a, LooseRequest<'a>>;
 pub struct AdmissionRequest<'a> {
     #[serde(borrow)]
     pub uid: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub kind: GroupVersionKind<'a>,
     #[serde(borrow, default)]
     pub operation: Cow<'a, str>,
@@ -77,7 +77,7 @@ pub struct GroupVersionKind<'a> {
 pub struct LooseRequest<'a> {
     #[serde(borrow)]
     pub uid: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub kind: GroupVersionKind<'a>,
     #[serde(borrow, default)]
     pub operation: Cow<'a, str>,
@@ -88,9 +88,9 @@ pub struct LooseRequest<'a> {
 /// The parts of a Pod the decision reads.
 #[derive(Debug, Default, Deserialize)]
 pub struct Pod<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub metadata: ObjectMeta<'a>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub spec: Option<PodSpec<'a>>,
     /// Kubernetes 1.16 to 1.21 send the `pods/ephemeralcontainers` subresource as an
     /// `EphemeralContainers` object: metadata and this list, no spec.
@@ -98,7 +98,7 @@ pub struct Pod<'a> {
         borrow,
         default,
         rename = "ephemeralContainers",
-        deserialize_with = "null_as_default"
+        deserialize_with = "objects"
     )]
     pub ephemeral_containers: Vec<Container<'a>>,
 }
@@ -121,9 +121,9 @@ pub struct ObjectMeta<'a> {
     pub generate_name: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
     pub namespace: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub labels: PodLabels<'a>,
-    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub annotations: PodAnnotations<'a>,
 }
 
@@ -156,16 +156,21 @@ pub struct PodSpec<'a> {
         borrow,
         default,
         rename = "initContainers",
-        deserialize_with = "null_as_default"
+        deserialize_with = "objects"
     )]
     pub init_containers: Vec<Container<'a>>,
-    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    #[serde(borrow, default, deserialize_with = "objects")]
     pub containers: Vec<Container<'a>>,
     /// `None` when the field is absent or null (the patch must then create it).
-    #[serde(borrow, default, rename = "imagePullSecrets")]
+    #[serde(
+        borrow,
+        default,
+        rename = "imagePullSecrets",
+        deserialize_with = "objects_or_null"
+    )]
     pub image_pull_secrets: Option<Vec<LocalObjectReference<'a>>>,
     /// Image volumes are pulled with the Pod's pull secrets too; other volumes are skipped.
-    #[serde(borrow, default, deserialize_with = "null_as_default")]
+    #[serde(borrow, default, deserialize_with = "objects")]
     pub volumes: Vec<Volume<'a>>,
     /// Added by `kubectl debug` (an UPDATE of `pods/ephemeralcontainers`), pulled with the
     /// Pod's pull secrets, which can no longer change.
@@ -173,7 +178,7 @@ pub struct PodSpec<'a> {
         borrow,
         default,
         rename = "ephemeralContainers",
-        deserialize_with = "null_as_default"
+        deserialize_with = "objects"
     )]
     pub ephemeral_containers: Vec<Container<'a>>,
 }
@@ -183,7 +188,7 @@ pub struct Volume<'a> {
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// `spec.volumes[].image` (OCI image volumes, Kubernetes 1.31+).
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object_or_null")]
     pub image: Option<ImageVolumeSource<'a>>,
 }
 
@@ -259,39 +264,65 @@ where
     deserializer.deserialize_option(OptStr)
 }
 
-/// Kubernetes writes `null` for empty maps and lists in some clients; treat it as empty.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+/// `T` read from a JSON object only. serde's derived structs also accept an array, filling
+/// the fields by position: no API server sends that, and a patch computed from such a reading
+/// would not apply to the object as it is.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
 }
 
-/// Accepts a JSON object (or null) only. serde's derived structs also accept arrays, filling
-/// fields by position, which no AdmissionReview ever uses.
+/// An object or null (`None`).
 fn object_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct ObjectVisitor<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
-        type Value = Option<T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object or null")
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-    deserializer.deserialize_any(ObjectVisitor(std::marker::PhantomData))
+    Ok(Option::<ObjectOnly<T>>::deserialize(deserializer)?.map(|object| object.0))
+}
+
+/// An object; null is the empty one (Kubernetes clients write `null` for empty maps).
+fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(object_or_null(deserializer)?.unwrap_or_default())
+}
+
+/// A list of objects, or null (`None`).
+fn objects_or_null<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let list = Option::<Vec<ObjectOnly<T>>>::deserialize(deserializer)?;
+    Ok(list.map(|list| list.into_iter().map(|object| object.0).collect()))
+}
+
+/// A list of objects; null is the empty list.
+fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(objects_or_null(deserializer)?.unwrap_or_default())
 }
 
 /// The response half of an AdmissionReview. `allowed` is always true: the injector never
@@ -429,6 +460,38 @@ mod tests {
         let secrets = spec.image_pull_secrets.expect("present");
         assert_eq!(secrets[0].name.as_deref(), Some("own"));
         assert!(secrets[1].name.is_none());
+    }
+
+    #[test]
+    fn objects_written_as_arrays_are_refused() {
+        // serde's derived structs would read these by position and the patch built from that
+        // reading would not apply to the object the API server holds.
+        let wrap = |object: &str| {
+            format!(
+                r#"{{"request":{{"uid":"u","kind":{{"kind":"Pod"}},"operation":"CREATE","object":{object}}}}}"#
+            )
+        };
+        for object in [
+            r#"["meta"]"#,
+            r#"{"spec":[[{"name":"i","image":"ghcr.io/acme/init"}]]}"#,
+            r#"{"spec":{"containers":[["c","ghcr.io/acme/api"]]}}"#,
+            r#"{"spec":{"initContainers":[["i","ghcr.io/acme/init"]]}}"#,
+            r#"{"spec":{"volumes":[{"name":"m","image":["ghcr.io/acme/m"]}]}}"#,
+            r#"{"spec":{"volumes":[["m",{"reference":"ghcr.io/acme/m"}]]}}"#,
+            r#"{"spec":{"imagePullSecrets":[["own"]]}}"#,
+            r#"{"metadata":[null,null,null,{"pullsecret-injector/inject":"enabled"}]}"#,
+            r#"{"metadata":{"labels":["enabled"]}}"#,
+        ] {
+            let body = wrap(object);
+            let decoded = serde_json::from_str::<AdmissionReview<'_>>(&body);
+            assert!(decoded.is_err(), "{object} was read as {decoded:?}");
+        }
+        let body = r#"{"request":{"uid":"u","kind":["","v1","Pod"]}}"#;
+        assert!(serde_json::from_str::<LooseReview<'_>>(body).is_err());
+        // Objects and nulls still decode.
+        let body =
+            wrap(r#"{"metadata":null,"spec":{"containers":null,"volumes":[{"image":null}]}}"#);
+        assert!(serde_json::from_str::<AdmissionReview<'_>>(&body).is_ok());
     }
 
     /// The envelope as serde would derive it: what [`encode_response`] must write, byte for byte.

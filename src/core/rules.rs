@@ -166,7 +166,10 @@ impl RegistryPattern {
         };
         let (host, port) = split_port(domain);
         let host = host.to_ascii_lowercase();
-        let host = normalise_docker_hub(&host);
+        let host = match port {
+            None => normalise_docker_hub(&host),
+            Some(_) => &host,
+        };
         let labels = host
             .split('.')
             .map(parse_label)
@@ -316,9 +319,9 @@ fn split_port(domain: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// `index.docker.io` is Docker Hub's legacy name: distribution (and so every image reference)
-/// treats it as `docker.io`. Other Docker Hub hosts (`registry-1.docker.io`) are just hosts,
-/// as in the kubelet's keyring.
+/// `index.docker.io` (without a port) is Docker Hub's legacy name: distribution (and so every
+/// image reference) treats it as `docker.io`. Other Docker Hub hosts (`registry-1.docker.io`)
+/// are just hosts, as in the kubelet's keyring.
 fn normalise_docker_hub(host: &str) -> &str {
     match host {
         "index.docker.io" => DOCKER_HUB,
@@ -379,6 +382,12 @@ mod tests {
             ("docker.io", "docker.io/acme/app", true),
             ("index.docker.io", "nginx", true),
             ("index.docker.io/acme", "docker.io/acme/app", true),
+            // With a port it is a host like any other.
+            ("index.docker.io:5000", "index.docker.io:5000/app", true),
+            ("docker.io:5000", "index.docker.io:5000/app", false),
+            ("index.docker.io:5000", "docker.io:5000/app", false),
+            // Any case of the host, even where distribution keeps the path as written.
+            ("docker.io", "DOCKER.IO/nginx", true),
             // Only index.docker.io is docker.io; other Docker Hub hosts are hosts of their own.
             ("registry-1.docker.io", "acme/app", false),
             ("docker.io", "registry-1.docker.io/acme/app", false),
