@@ -100,7 +100,7 @@ impl Cred {
 
 impl Suite {
     pub fn remember_cred(&self, cred: &Cred) {
-        self.remember_secret(cred.material());
+        self.journal.remember_secret(cred.material());
     }
 }
 

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -18,6 +17,9 @@ use tokio::sync::{OnceCell, RwLock};
 
 use crate::api::{self, Cred};
 use crate::install::{Inst, Installation};
+
+use crate::journal::Journal;
+pub use crate::journal::{RT, path_str};
 
 /// Every namespace the suite creates carries this label; each installation's webhook only
 /// selects namespaces labelled with its own name, so installations never see each other's Pods.
@@ -100,10 +102,8 @@ pub struct Suite {
     /// Serialises the scenarios that label `kube-system` for their installation.
     pub kube_system: tokio::sync::Mutex<()>,
     installations: Vec<OnceCell<Result<Arc<Installation>, String>>>,
-    /// Passwords and payloads used by the suite: none may appear in an injector's log.
-    secret_material: Mutex<Vec<String>>,
-    report: Mutex<std::fs::File>,
-    started: Instant,
+    /// The report, the clock, and the passwords and payloads no injector log may contain.
+    pub journal: Journal,
 }
 
 pub struct Tls {
@@ -111,15 +111,6 @@ pub struct Tls {
     pub key: PathBuf,
     pub ca_pem: Vec<u8>,
 }
-
-/// One runtime for the whole test binary: clients and processes outlive single tests.
-pub static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-});
 
 static SUITE: OnceCell<Result<Suite, String>> = OnceCell::const_new();
 static START_ALL: Once = Once::new();
@@ -161,10 +152,7 @@ impl Suite {
             key: tls_dir.join("tls.key"),
             ca_pem: std::fs::read(tls_dir.join("ca.crt"))?,
         };
-        let report = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(env.run.join("report.txt"))?;
+        let journal = Journal::open(&env.run.join("report.txt"))?;
         let suite = Self {
             installations: Inst::ALL.iter().map(|_| OnceCell::new()).collect(),
             env,
@@ -172,9 +160,7 @@ impl Suite {
             tls,
             api_lock: RwLock::new(()),
             kube_system: tokio::sync::Mutex::new(()),
-            secret_material: Mutex::new(Vec::new()),
-            report: Mutex::new(report),
-            started: Instant::now(),
+            journal,
         };
         crate::sidecar::start(&suite).await?;
         Ok(suite)
@@ -186,12 +172,12 @@ impl Suite {
             .get_or_init(|| async move {
                 let started = Instant::now();
                 let result = Installation::setup(self, inst).await;
-                self.report(&match &result {
+                self.journal.report(&match &result {
                     Ok(_) => format!(
                         "SETUP [{}] ready in {} ms (at {})\n",
                         inst.name(),
                         started.elapsed().as_millis(),
-                        self.clock()
+                        self.journal.clock()
                     ),
                     Err(e) => format!("FAIL [{}] setup: {e:#}\n", inst.name()),
                 });
@@ -201,40 +187,6 @@ impl Suite {
             .clone()
             .map_err(|e| anyhow!("installation {} could not be set up: {e}", inst.name()))
     }
-
-    /// Records strings that must never appear in a log.
-    pub fn remember_secret(&self, values: impl IntoIterator<Item = String>) {
-        let mut material = self
-            .secret_material
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        material.extend(values);
-    }
-
-    fn secret_material(&self) -> Vec<String> {
-        self.secret_material
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Seconds since the suite started, for the report.
-    pub fn clock(&self) -> String {
-        format!("{:.1}s", self.started.elapsed().as_secs_f64())
-    }
-
-    pub fn report(&self, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-        let mut file = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = file.write_all(text.as_bytes());
-    }
-}
-
-pub fn path_str(path: &Path) -> Result<&str> {
-    path.to_str()
-        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))
 }
 
 /// How a scenario gets along with the others.
@@ -514,7 +466,7 @@ where
             audit_offset: file_len(&suite.env.audit_log()),
         }));
         let started = Instant::now();
-        let from = suite.clock();
+        let from = suite.journal.clock();
         let outcome = tokio::spawn(body(sc.clone())).await;
         let elapsed = started.elapsed();
         let mut failure = match outcome {
@@ -562,7 +514,7 @@ where
             if failure.is_some() { "FAIL" } else { "PASS" },
             installation.name,
             elapsed.as_millis(),
-            suite.clock()
+            suite.journal.clock()
         );
         if let Some(reason) = &failure {
             text.push_str(&format!("     reason: {reason}\n"));
@@ -584,7 +536,7 @@ where
                 }
             }
         }
-        suite.report(&text);
+        suite.journal.report(&text);
         match failure {
             Some(reason) => Err(anyhow!("[{}] {id}: {reason}", installation.name)),
             None => Ok(()),
@@ -650,7 +602,7 @@ pub fn failed_webhook_calls(suite: &Suite, inst: &Installation, offset: u64) -> 
 }
 
 fn secret_material_in_logs(suite: &Suite, inst: &Installation) -> Option<String> {
-    let material = suite.secret_material();
+    let material = suite.journal.secret_material();
     let mut found = Vec::new();
     for injector in &inst.injectors {
         let log = injector.log_since(0);

@@ -183,7 +183,7 @@ impl Installation {
                     // namespace like in a real installation; sync must never copy it.
                     let secret: Secret = serde_json::from_value(doc.clone())?;
                     if let Some(key) = secret.data.as_ref().and_then(|d| d.get("tls.key")) {
-                        suite.remember_secret([base64::Engine::encode(
+                        suite.journal.remember_secret([base64::Engine::encode(
                             &base64::engine::general_purpose::STANDARD,
                             &key.0,
                         )]);

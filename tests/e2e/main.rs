@@ -12,6 +12,7 @@ mod basic;
 mod cluster_mode;
 mod harness;
 mod install;
+mod journal;
 mod process;
 mod rbac;
 mod reload;

@@ -2,10 +2,9 @@
 //! (steps printed as they finish, cleanups, the checks every scenario gets, PASS/FAIL lines).
 
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -13,6 +12,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use pullsecret_injector::core::names::INJECT_LABEL;
 use tokio::sync::OnceCell;
+
+use crate::journal::Journal;
+pub use crate::journal::{RT, path_str};
 
 /// What `tests/node/run.sh` passes in (`NODE_*`), with the defaults of `tests/node/lib.sh`.
 pub struct Env {
@@ -103,20 +105,9 @@ pub struct Suite {
     pub env: Env,
     /// cluster-admin.
     pub admin: kube::Client,
-    /// Passwords and payloads: none may appear in an injector's log.
-    secret_material: Mutex<Vec<String>>,
-    report: Mutex<std::fs::File>,
-    started: Instant,
+    /// The report, the clock, and the passwords and payloads no injector log may contain.
+    pub journal: Journal,
 }
-
-/// One runtime for the whole test binary: clients and the installation outlive single tests.
-pub static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-});
 
 static SUITE: OnceCell<Result<Suite, String>> = OnceCell::const_new();
 
@@ -134,14 +125,8 @@ impl Suite {
         let env = Env::from_env()?;
         std::fs::create_dir_all(&env.run)?;
         let admin = crate::api::client_from(&env.kubeconfig).await?;
-        let report = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(env.run.join("report.txt"))?;
         let suite = Self {
-            secret_material: Mutex::new(Vec::new()),
-            report: Mutex::new(report),
-            started: Instant::now(),
+            journal: Journal::open(&env.run.join("report.txt"))?,
             admin,
             env,
         };
@@ -149,43 +134,11 @@ impl Suite {
             &base64::engine::general_purpose::STANDARD,
             format!("{}:{}", suite.env.reg_user, suite.env.reg_pass),
         );
-        suite.remember_secret([suite.env.reg_pass.clone(), auth]);
+        suite
+            .journal
+            .remember_secret([suite.env.reg_pass.clone(), auth]);
         Ok(suite)
     }
-
-    /// Records strings that must never appear in a log.
-    pub fn remember_secret(&self, values: impl IntoIterator<Item = String>) {
-        self.secret_material
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(values);
-    }
-
-    fn secret_material(&self) -> Vec<String> {
-        self.secret_material
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Seconds since the suite started.
-    pub fn clock(&self) -> String {
-        format!("{:.1}s", self.started.elapsed().as_secs_f64())
-    }
-
-    /// Written at once (not captured by libtest), and to DIR/story/report.txt.
-    pub fn report(&self, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-        let mut file = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = file.write_all(text.as_bytes());
-    }
-}
-
-pub fn path_str(path: &Path) -> Result<&str> {
-    path.to_str()
-        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))
 }
 
 type Deferred = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -230,7 +183,7 @@ impl Sc {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match pending.as_mut() {
             Some(notes) => notes.push(text),
-            None => self.suite.report(&format!("     ({text})\n")),
+            None => self.suite.journal.report(&format!("     ({text})\n")),
         }
     }
 
@@ -267,7 +220,7 @@ impl Sc {
         for note in notes {
             text.push_str(&format!("     ({note})\n"));
         }
-        self.suite.report(&text);
+        self.suite.journal.report(&text);
         result.with_context(|| format!("step {id}: {what}"))
     }
 
@@ -331,7 +284,7 @@ where
             expect_failed_calls: Mutex::new(false),
             apiserver_offset: file_len(&suite.env.apiserver_log()),
         }));
-        suite.report(&format!("=== {id}: {what} (at {})\n", suite.clock()));
+        suite.journal.report(&format!("=== {id}: {what} (at {})\n", suite.journal.clock()));
         let started = Instant::now();
         let outcome = tokio::spawn(body(sc.clone())).await;
         let elapsed = started.elapsed();
@@ -392,12 +345,12 @@ where
             "{} {id}: {what} ({:.1} s, at {})\n",
             if failure.is_some() { "FAIL" } else { "PASS" },
             elapsed.as_secs_f64(),
-            suite.clock()
+            suite.journal.clock()
         );
         if let Some(reason) = &failure {
             text.push_str(&format!("     reason: {reason}\n"));
         }
-        suite.report(&text);
+        suite.journal.report(&text);
         match failure {
             Some(reason) => Err(anyhow!("{id}: {reason}")),
             None => Ok(()),
@@ -466,7 +419,7 @@ pub fn failed_webhook_calls(suite: &Suite, offset: u64) -> Vec<String> {
 /// The injector containers' logs as the kubelet wrote them (every run, every Pod of the
 /// release, also those already deleted: /var/log/pods keeps them while the Pod exists).
 fn secret_material_in_logs(suite: &Suite) -> Option<String> {
-    let material = suite.secret_material();
+    let material = suite.journal.secret_material();
     let mut found = Vec::new();
     let Ok(dirs) = std::fs::read_dir("/var/log/pods") else {
         return None;

@@ -15,6 +15,8 @@ mod churn;
 mod forms;
 mod harness;
 mod install;
+#[path = "../../e2e/journal.rs"]
+mod journal;
 mod kubelet;
 mod latency;
 mod operations;

@@ -81,6 +81,25 @@ fn identities(pods: &[InjectorPod]) -> Vec<(String, String, i32)> {
     ids
 }
 
+/// The end of an operation: every Pod `churn` created meanwhile got regcred and is Running
+/// (step `id`), and no injector Pod was restarted or replaced.
+async fn churn_complete(
+    sc: &Sc,
+    id: &str,
+    what: &str,
+    churn: Churn,
+    before: &[(String, String, i32)],
+) -> Result<()> {
+    sc.step(id, what, async {
+        let summary = churn.finish(&sc.admin()).await?;
+        sc.note(summary.describe());
+        ensure!(summary.missed.is_empty(), "missed: {:?}", summary.missed);
+        Ok(())
+    })
+    .await?;
+    same_pods(sc, id, before).await
+}
+
 async fn same_pods(sc: &Sc, id: &str, before: &[(String, String, i32)]) -> Result<()> {
     sc.step(
         id,
@@ -201,18 +220,14 @@ pub async fn helm_upgrade(sc: Sc) -> Result<()> {
         Ok(())
     })
     .await?;
-    sc.step(
+    churn_complete(
+        &sc,
         "4.6",
         "every Pod created during the upgrade got regcred and is Running",
-        async {
-            let summary = churn.finish(&client).await?;
-            sc.note(summary.describe());
-            ensure!(summary.missed.is_empty(), "missed: {:?}", summary.missed);
-            Ok(())
-        },
+        churn,
+        &before,
     )
-    .await?;
-    same_pods(&sc, "4.6", &before).await
+    .await
 }
 
 /// The rotation values.yaml documents for tls.source=helm: delete the TLS Secret, helm
@@ -451,18 +466,14 @@ pub async fn certificate_rotation(sc: Sc) -> Result<()> {
         },
     )
     .await?;
-    sc.step(
+    churn_complete(
+        &sc,
         "4.11",
         "every Pod created during the rotation got regcred and is Running",
-        async {
-            let summary = churn.finish(&client).await?;
-            sc.note(summary.describe());
-            ensure!(summary.missed.is_empty(), "missed: {:?}", summary.missed);
-            Ok(())
-        },
+        churn,
+        &before,
     )
-    .await?;
-    same_pods(&sc, "4.11", &before).await
+    .await
 }
 
 pub async fn configmap_edit(sc: Sc) -> Result<()> {
@@ -507,18 +518,14 @@ pub async fn configmap_edit(sc: Sc) -> Result<()> {
         },
     )
     .await?;
-    sc.step(
+    churn_complete(
+        &sc,
         "4.14",
         "every Pod created meanwhile got regcred and is Running",
-        async {
-            let summary = churn.finish(&client).await?;
-            sc.note(summary.describe());
-            ensure!(summary.missed.is_empty(), "missed: {:?}", summary.missed);
-            Ok(())
-        },
+        churn,
+        &before,
     )
     .await?;
-    same_pods(&sc, "4.14", &before).await?;
     sc.step("4.15", "the next helm upgrade takes the chart's config back (Helm 4 applies server-side: a field another manager changed conflicts)", async {
         let out = inst.upgrade(env, "after-edit", &inst.values(), &[]).await?;
         if !out.ok {
