@@ -46,8 +46,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the webhook (TLS) and the admin listener (plain HTTP).
+    /// Run the webhook (TLS) and the admin listener (plain HTTP). Reads only.
     Serve(ServeArgs),
+    /// Run the writer: sync, repair and the Lease; admin listener only, no webhook.
+    Controller(ControllerArgs),
     /// Validate a configuration file: exit 0, or exit 1 listing every error.
     CheckConfig(CheckConfigArgs),
     /// Offline: show what the injector would do to the Pods and pod templates in a file.
@@ -94,8 +96,27 @@ pub struct ServeArgs {
     /// How often the config, certificate and key files are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+    /// Plain-HTTP listener for /livez, /readyz and /metrics (the controller has no other).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8080",
+        env = "PULLSECRET_INJECTOR_ADMIN_LISTEN"
+    )]
+    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
     /// Name of the Lease (in the injector's namespace) that picks the one replica that writes
-    /// (sync). One per installation.
+    /// (sync, repair). One per installation. The replica's identity in it is $POD_NAME, else
+    /// the hostname.
     #[arg(long, default_value = MANAGED_BY, env = "PULLSECRET_INJECTOR_LEASE_NAME")]
     pub lease_name: String,
 }
@@ -262,7 +283,7 @@ mod tests {
             .iter()
             .map(|(_, command)| command.as_str())
             .collect();
-        assert_eq!(namespace, ["serve", "audit"]);
+        assert_eq!(namespace, ["serve", "controller", "audit"]);
     }
 
     #[test]

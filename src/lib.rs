@@ -12,14 +12,18 @@
 //! # Layout
 //! - [`core`]: pure and synchronous; everything that decides.
 //! - [`webhook`]: the server: TLS listener, handlers, reloads, admin endpoints, and
-//!   [`webhook::run`], the composition root of `serve`.
-//! - [`cluster`]: cluster mode: watches into compact indexes, source Secrets, sync, the Lease.
+//!   [`webhook::run`], the composition root of `serve`. It only reads the cluster.
+//! - [`controller`]: the composition root of `controller`, the process that writes (sync,
+//!   repair, the Lease), apart from the one that answers the network.
+//! - [`cluster`]: what both read (watches into compact indexes, source Secrets) and the
+//!   writers the controller runs (sync, repair, the Lease and its gate).
 //! - [`commands`]: `check-config`, `explain`, `audit`.
 //! - [`cli`], [`metrics`], [`telemetry`], [`shutdown`]: shared by all of them.
 
 pub mod cli;
 pub(crate) mod cluster;
 pub mod commands;
+pub mod controller;
 pub mod core;
 pub mod metrics;
 pub mod shutdown;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pullsecret_injector::cli::{Cli, Command};
 use pullsecret_injector::commands::{audit, check_config, explain};
-use pullsecret_injector::{shutdown, telemetry, webhook};
+use pullsecret_injector::{controller, shutdown, telemetry, webhook};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => run_async(async move {
             webhook::run(args, shutdown::signal).await?;
+            Ok(String::new())
+        }),
+        Command::Controller(args) => run_async(async move {
+            controller::run(args, shutdown::signal()).await?;
             Ok(String::new())
         }),
         Command::CheckConfig(args) => match check_config::run(&args) {

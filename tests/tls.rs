@@ -123,7 +123,6 @@ fn args(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> ServeArgs {
         shutdown_delay: Duration::from_millis(600),
         drain_timeout: Duration::from_secs(5),
         reload_interval: Duration::from_millis(100),
-        lease_name: "pullsecret-injector".into(),
     }
 }
 

@@ -1,18 +1,18 @@
 //! Cluster mode: what the injector learns from the Kubernetes API, kept in compact indexes so
-//! that admissions never wait on the API server, and the one writer (sync) among replicas.
+//! that admissions never wait on the API server. Both processes read from here: `serve`
+//! (the webhook, read-only caches) and `controller` (the writers: sync and repair under the
+//! Lease); [`supervisor`] decides which watches and loops run in each.
 //!
 //! - [`client`]: the client and the watches' backoff.
 //! - [`index`]: the indexes and the [`ClusterFacts`](crate::core::facts::ClusterFacts) admission
 //!   reads, each knowing whether it is fresh; [`watch`] feeds them.
 //! - [`sources`]: labelled docker config Secrets of the injector's namespace (discovery, sync).
 //! - [`sync`] (pure plan, apply), [`sync_loop`] (input assembly, driver), [`repair`] (Pods an
-//!   outage let through), [`lease`] (one writer for both).
+//!   outage let through), [`lease`] (one writer for both, and the gate every write passes);
+//!   these run only in `controller`.
 //!
-//! Which watches run follows the configuration, also on reload: `secretAwareness` or `sync`
-//! watch credential Secrets cluster-wide (metadata only, one server-side filtered watch per
-//! docker config type), `discovery` or `sync` watch the labelled sources, `sync` runs the sync
-//! loop and `repair` the repair loop, both on the replica holding the Lease. Namespaces
-//! (metadata) are always watched.
+//! Which watches run follows the configuration and the process, also on reload (the table in
+//! [`supervisor`]). Namespaces (metadata) are always watched.
 
 pub mod client;
 pub mod index;
@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 pub use client::ClusterError;
 use index::{ClusterIndex, Index, NamespaceEntry, SecretEntry};
 use sources::{Coverage, Discovery};
+pub use supervisor::Role;
 use supervisor::Supervisor;
 use watch::Watches;
 
@@ -54,8 +55,8 @@ use crate::webhook::state::Readiness;
 pub struct Wiring {
     pub args: ClusterArgs,
     pub own_namespace: Option<String>,
-    /// The Lease's name (one per installation, in the injector's namespace).
-    pub lease_name: String,
+    /// `serve` (read-only caches) or `controller` (the writers and the Lease).
+    pub role: Role,
     pub policy: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
@@ -92,10 +93,10 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         secrets: ArcSwapOption::empty(),
     });
     let mut supervisor = Supervisor {
+        role: wiring.role,
+        running: supervisor::Wanted::default(),
         client,
         own_namespace,
-        lease_name: wiring.lease_name,
-        identity: identity(),
         policy: wiring.policy,
         reader: Discovery::new(wiring.metrics.clone()),
         metrics: wiring.metrics,
@@ -119,14 +120,6 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         wiring.stop,
     ));
     Ok(Cluster { facts, task })
-}
-
-/// Who this replica is in the Lease: the Pod's name when the chart passes it.
-fn identity() -> String {
-    std::env::var("POD_NAME")
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| format!("pullsecret-injector-{}", std::process::id()))
 }
 
 fn namespace_entry(namespace: &PartialObjectMeta<Namespace>) -> Option<NamespaceEntry> {

@@ -1,6 +1,15 @@
-//! The supervisor of cluster mode: owns the watches, the Lease and the loops that write (sync,
-//! repair), starts and stops them as the settings change on reload, reads the sources into
-//! discovered rules and keyrings, and marks the process ready once every cache has listed.
+//! The supervisor of cluster mode: owns the watches and, in `controller`, the Lease and the
+//! loops that write (sync, repair); starts and stops them as the settings change on reload
+//! ([`wanted`] and [`steps`] decide which, purely), reads the sources into discovered rules and
+//! keyrings, and marks the process ready once every cache has listed.
+//!
+//! | what runs | `serve` (the webhook) | `controller` (the writer) |
+//! |---|---|---|
+//! | namespaces (metadata) | always | always |
+//! | credential Secrets (metadata, cluster-wide) | `secretAwareness` | `sync` |
+//! | sources (the injector's namespace) | `discovery` or `sync` | `discovery` or `sync` |
+//! | the Lease | never | `sync` or `repair` |
+//! | sync / repair | never | `sync` / `repair` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::index::{ClusterIndex, Index, SecretIndexes};
-use super::lease::Lease;
+use super::lease::{Fresh, KubeLease, Lease};
 use super::repair::RepairLoop;
 use super::secret_entry;
 use super::sources::{self, Coverage, Discovery, Source};
@@ -34,12 +43,92 @@ pub(super) struct SourceWatch {
     _running: Running,
 }
 
-/// Owns the watches and the sync task, and starts or stops them as the settings change.
+/// Which process the cluster side runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `serve`: admission's read-only caches.
+    Webhook,
+    /// `controller`: the writers, under the Lease `lease_name`, as `identity`.
+    Controller {
+        lease_name: String,
+        identity: String,
+    },
+}
+
+/// What should be running for one role and one set of settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wanted {
+    pub secrets: bool,
+    pub sources: bool,
+    pub lease: bool,
+    pub sync: bool,
+    pub repair: bool,
+}
+
+/// Pure: what `role` runs under `settings` (the table in the module docs).
+pub fn wanted(role: &Role, settings: &Settings) -> Wanted {
+    let sources = settings.discovery || settings.sync;
+    match role {
+        Role::Webhook => Wanted {
+            secrets: settings.secret_awareness,
+            sources,
+            ..Wanted::default()
+        },
+        Role::Controller { .. } => Wanted {
+            secrets: settings.sync,
+            sources,
+            lease: settings.sync || settings.repair,
+            sync: settings.sync,
+            repair: settings.repair,
+        },
+    }
+}
+
+/// One change to what runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    StartSecrets,
+    StartSources,
+    Contend,
+    StartSync,
+    StartRepair,
+    StopSync,
+    StopRepair,
+    Release,
+    StopSources,
+    StopSecrets,
+}
+
+/// Pure: the steps from `before` to `after`, in a safe order: the caches a writer reads start
+/// before it, the writers stop before the Lease is released and before their caches go.
+pub fn steps(before: Wanted, after: Wanted) -> Vec<Step> {
+    let mut out = Vec::new();
+    let starts = [
+        (before.secrets, after.secrets, Step::StartSecrets),
+        (before.sources, after.sources, Step::StartSources),
+        (before.lease, after.lease, Step::Contend),
+        (before.sync, after.sync, Step::StartSync),
+        (before.repair, after.repair, Step::StartRepair),
+    ];
+    let stops = [
+        (before.sync, after.sync, Step::StopSync),
+        (before.repair, after.repair, Step::StopRepair),
+        (before.lease, after.lease, Step::Release),
+        (before.sources, after.sources, Step::StopSources),
+        (before.secrets, after.secrets, Step::StopSecrets),
+    ];
+    out.extend(stops.iter().filter(|(b, a, _)| *b && !*a).map(|s| s.2));
+    out.extend(starts.iter().filter(|(b, a, _)| !*b && *a).map(|s| s.2));
+    out
+}
+
+/// Owns the watches and the writing tasks, and starts or stops them as the settings change.
 pub(super) struct Supervisor {
+    pub(super) role: Role,
+    /// What runs now.
+    pub(super) running: Wanted,
     pub(super) client: kube::Client,
     pub(super) own_namespace: String,
-    pub(super) lease_name: String,
-    pub(super) identity: String,
     pub(super) policy: Arc<PolicyStore>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) facts: Arc<ClusterIndex>,
@@ -53,7 +142,7 @@ pub(super) struct Supervisor {
     pub(super) coverage: Coverage,
     pub(super) secrets: Option<SecretWatches>,
     pub(super) sources: Option<SourceWatch>,
-    /// Held while sync or repair is on.
+    /// Contended for while sync or repair is on (controller only).
     pub(super) lease: Option<Lease>,
     pub(super) sync: Option<(Trigger, JoinHandle<()>)>,
     pub(super) repair: Option<(Trigger, JoinHandle<()>)>,
@@ -81,8 +170,10 @@ impl Supervisor {
                         self.apply(&new);
                         settings = new;
                     } else {
-                        // The rules may have changed: check them against the credentials.
+                        // The rules may have changed: check them against the credentials, and
+                        // let sync act on them now rather than at its next periodic pass.
                         self.coverage.report(&self.policy.load(), &self.metrics);
+                        self.watches.changed.notify_one();
                     }
                 }
                 () = self.sources_changed.notified() => self.rediscover(),
@@ -136,43 +227,23 @@ impl Supervisor {
 
     /// Starts what `settings` needs and stops what it no longer needs.
     pub(super) fn apply(&mut self, settings: &Settings) {
-        let want_secrets = settings.secret_awareness || settings.sync;
-        match (want_secrets, self.secrets.is_some()) {
-            (true, false) => {
-                let (indexes, running): (Vec<_>, Vec<_>) = [
-                    ("secrets", DOCKER_CONFIG_JSON),
-                    ("legacy_secrets", DOCKER_CFG),
-                ]
-                .into_iter()
-                .map(|(kind, type_)| {
-                    let index = Arc::new(Index::new(kind, self.metrics.clone()));
-                    let running = self.watches.start_metadata(
-                        Api::<Secret>::all(self.client.clone()),
-                        Some(format!("type={type_}")),
-                        index.clone(),
-                        secret_entry,
-                    );
-                    (index, running)
-                })
-                .unzip();
-                let indexes = Arc::new(SecretIndexes(indexes));
-                self.facts.secrets.store(Some(indexes.clone()));
-                self.secrets = Some(SecretWatches {
-                    indexes,
-                    _running: running,
-                });
-            }
-            (false, true) => {
+        let after = wanted(&self.role, settings);
+        for step in steps(self.running, after) {
+            self.run_step(step);
+        }
+        self.running = after;
+        self.rediscover();
+    }
+
+    fn run_step(&mut self, step: Step) {
+        match step {
+            Step::StartSecrets => self.start_secrets(),
+            Step::StopSecrets => {
                 // Its RBAC may be gone with the setting: stop trusting it at once.
                 self.facts.secrets.store(None);
                 self.secrets = None;
             }
-            _ => {}
-        }
-
-        let want_sources = settings.discovery || settings.sync;
-        match (want_sources, self.sources.is_some()) {
-            (true, false) => {
+            Step::StartSources => {
                 let watches = Watches {
                     changed: self.sources_changed.clone(),
                 };
@@ -183,44 +254,60 @@ impl Supervisor {
                     _running: running,
                 });
             }
-            (false, true) => self.sources = None,
-            _ => {}
-        }
-        self.rediscover();
-
-        if (settings.sync || settings.repair) && self.lease.is_none() {
-            self.lease = Some(Lease::contend(
-                self.client.clone(),
-                self.own_namespace.clone(),
-                self.lease_name.clone(),
-                self.identity.clone(),
-                self.metrics.clone(),
-            ));
-        }
-        match (settings.sync, self.sync.is_some()) {
-            (true, false) => self.start_sync(),
-            (false, true) => {
+            Step::StopSources => self.sources = None,
+            Step::Contend => {
+                if let Role::Controller {
+                    lease_name,
+                    identity,
+                } = &self.role
+                {
+                    let api = KubeLease::new(self.client.clone(), &self.own_namespace, lease_name);
+                    self.lease = Some(Lease::contend(api, identity.clone(), self.metrics.clone()));
+                }
+            }
+            Step::Release => {
+                if let Some(lease) = self.lease.take() {
+                    tokio::spawn(lease.release());
+                }
+            }
+            Step::StartSync => self.start_sync(),
+            Step::StopSync => {
                 if let Some((stop, _)) = self.sync.take() {
                     stop.fire();
                 }
             }
-            _ => {}
-        }
-        match (settings.repair, self.repair.is_some()) {
-            (true, false) => self.start_repair(),
-            (false, true) => {
+            Step::StartRepair => self.start_repair(),
+            Step::StopRepair => {
                 if let Some((stop, _)) = self.repair.take() {
                     stop.fire();
                 }
             }
-            _ => {}
         }
-        if !settings.sync
-            && !settings.repair
-            && let Some(lease) = self.lease.take()
-        {
-            tokio::spawn(lease.release());
-        }
+    }
+
+    fn start_secrets(&mut self) {
+        let (indexes, running): (Vec<_>, Vec<_>) = [
+            ("secrets", DOCKER_CONFIG_JSON),
+            ("legacy_secrets", DOCKER_CFG),
+        ]
+        .into_iter()
+        .map(|(kind, type_)| {
+            let index = Arc::new(Index::new(kind, self.metrics.clone()));
+            let running = self.watches.start_metadata(
+                Api::<Secret>::all(self.client.clone()),
+                Some(format!("type={type_}")),
+                index.clone(),
+                secret_entry,
+            );
+            (index, running)
+        })
+        .unzip();
+        let indexes = Arc::new(SecretIndexes(indexes));
+        self.facts.secrets.store(Some(indexes.clone()));
+        self.secrets = Some(SecretWatches {
+            indexes,
+            _running: running,
+        });
     }
 
     /// Discovered rules (none when discovery is off) and keyrings from the sources.
@@ -241,7 +328,17 @@ impl Supervisor {
         else {
             return;
         };
-        let leadership = lease.leadership();
+        // Sync writes only while every cache it plans from is listed and watching.
+        let mut caches: Vec<Arc<dyn Fresh>> =
+            vec![self.facts.namespaces.clone(), sources.index.clone()];
+        caches.extend(
+            secrets
+                .indexes
+                .0
+                .iter()
+                .map(|i| i.clone() as Arc<dyn Fresh>),
+        );
+        let leadership = lease.leadership(caches);
         let sync_loop = SyncLoop {
             client: self.client.clone(),
             own_namespace: self.own_namespace.clone(),
@@ -257,13 +354,13 @@ impl Supervisor {
     }
 
     fn start_repair(&mut self) {
-        let Some(lease) = &self.lease else {
+        let (Some(lease), Role::Controller { identity, .. }) = (&self.lease, &self.role) else {
             return;
         };
         let repair_loop = RepairLoop {
             client: self.client.clone(),
             own_namespace: self.own_namespace.clone(),
-            identity: self.identity.clone(),
+            identity: identity.clone(),
             policy: self.policy.clone(),
             facts: self.facts.clone(),
             metrics: self.metrics.clone(),
@@ -271,7 +368,9 @@ impl Supervisor {
         let stop = Trigger::default();
         self.repair = Some((
             stop.clone(),
-            tokio::spawn(repair_loop.run(lease.leadership(), stop)),
+            tokio::spawn(
+                repair_loop.run(lease.leadership(vec![self.facts.namespaces.clone()]), stop),
+            ),
         ));
     }
 
@@ -284,6 +383,160 @@ impl Supervisor {
         }
         if let Some(lease) = self.lease.take() {
             lease.release().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(awareness: bool, discovery: bool, sync: bool, repair: bool) -> Settings {
+        Settings {
+            secret_awareness: awareness,
+            discovery,
+            sync,
+            repair,
+            ..Settings::default()
+        }
+    }
+
+    fn controller() -> Role {
+        Role::Controller {
+            lease_name: "l".into(),
+            identity: "i".into(),
+        }
+    }
+
+    #[test]
+    fn what_each_role_runs() {
+        let w = |secrets, sources, lease, sync, repair| Wanted {
+            secrets,
+            sources,
+            lease,
+            sync,
+            repair,
+        };
+        // (awareness, discovery, sync, repair) → (webhook, controller)
+        let cases = [
+            (
+                (false, false, false, false),
+                w(false, false, false, false, false),
+                w(false, false, false, false, false),
+            ),
+            (
+                (true, false, false, false),
+                w(true, false, false, false, false),
+                w(false, false, false, false, false),
+            ),
+            (
+                (false, true, false, false),
+                w(false, true, false, false, false),
+                w(false, true, false, false, false),
+            ),
+            (
+                (false, false, true, false),
+                w(false, true, false, false, false),
+                w(true, true, true, true, false),
+            ),
+            (
+                (false, false, false, true),
+                w(false, false, false, false, false),
+                w(false, false, true, false, true),
+            ),
+            (
+                (true, true, true, true),
+                w(true, true, false, false, false),
+                w(true, true, true, true, true),
+            ),
+        ];
+        for ((a, d, s, r), webhook, ctl) in cases {
+            let settings = settings(a, d, s, r);
+            assert_eq!(
+                wanted(&Role::Webhook, &settings),
+                webhook,
+                "webhook {settings:?}"
+            );
+            assert_eq!(
+                wanted(&controller(), &settings),
+                ctl,
+                "controller {settings:?}"
+            );
+            // The webhook never writes, whatever the settings.
+            assert!(!webhook.lease && !webhook.sync && !webhook.repair);
+        }
+    }
+
+    #[test]
+    fn transitions_start_caches_before_writers_and_stop_writers_first() {
+        use Step::*;
+        let none = Wanted::default();
+        let all = wanted(&controller(), &settings(true, true, true, true));
+        let repair_only = wanted(&controller(), &settings(false, false, false, true));
+        let sync_only = wanted(&controller(), &settings(false, false, true, false));
+        let cases: [(Wanted, Wanted, Vec<Step>); 7] = [
+            (none, none, vec![]),
+            (all, all, vec![]),
+            (
+                none,
+                all,
+                vec![StartSecrets, StartSources, Contend, StartSync, StartRepair],
+            ),
+            (
+                all,
+                none,
+                vec![StopSync, StopRepair, Release, StopSources, StopSecrets],
+            ),
+            // Sync off, repair stays: the Lease is kept, sync's caches go after sync.
+            (all, repair_only, vec![StopSync, StopSources, StopSecrets]),
+            // Repair off, sync on: the Lease is kept across the switch.
+            (
+                repair_only,
+                sync_only,
+                vec![StopRepair, StartSecrets, StartSources, StartSync],
+            ),
+            (
+                sync_only,
+                none,
+                vec![StopSync, Release, StopSources, StopSecrets],
+            ),
+        ];
+        for (before, after, want) in cases {
+            assert_eq!(steps(before, after), want, "{before:?} → {after:?}");
+        }
+    }
+
+    #[test]
+    fn every_transition_between_settings_reaches_the_wanted_state() {
+        // Apply the steps to a model of what runs and check it ends where `wanted` says, and
+        // that no writer ever runs without the Lease and its caches.
+        let all: Vec<Settings> = (0..16)
+            .map(|b| settings(b & 1 != 0, b & 2 != 0, b & 4 != 0, b & 8 != 0))
+            .collect();
+        for role in [Role::Webhook, controller()] {
+            for from in &all {
+                for to in &all {
+                    let (before, after) = (wanted(&role, from), wanted(&role, to));
+                    let mut state = before;
+                    for step in steps(before, after) {
+                        match step {
+                            Step::StartSecrets => state.secrets = true,
+                            Step::StopSecrets => state.secrets = false,
+                            Step::StartSources => state.sources = true,
+                            Step::StopSources => state.sources = false,
+                            Step::Contend => state.lease = true,
+                            Step::Release => state.lease = false,
+                            Step::StartSync => state.sync = true,
+                            Step::StopSync => state.sync = false,
+                            Step::StartRepair => state.repair = true,
+                            Step::StopRepair => state.repair = false,
+                        }
+                        assert!(!state.sync || (state.lease && state.secrets && state.sources));
+                        assert!(!state.repair || state.lease);
+                    }
+                    assert_eq!(state, after, "{role:?}: {from:?} → {to:?}");
+                }
+            }
         }
     }
 }

@@ -170,19 +170,32 @@ pub struct Applied {
     pub deleted: usize,
     pub conflicts: usize,
     pub failed: usize,
+    /// The writer gate closed during the pass (Lease not renewed, a cache went stale): the
+    /// remaining actions were not carried out.
+    pub interrupted: bool,
 }
 
-/// Carries out `actions`. Errors are logged and counted; the next pass retries.
-/// `reported` remembers conflicts already logged, so each is logged once.
+/// Carries out `actions` while `may_write` says so (checked before each write). Errors are
+/// logged and counted; the next pass retries. `reported` remembers conflicts already logged,
+/// so each is logged once.
 pub async fn apply(
     client: &kube::Client,
     own_namespace: &str,
     sources: &BTreeMap<String, Source>,
     actions: &[Action],
     reported: &mut HashSet<(String, String)>,
+    may_write: &(dyn Fn() -> bool + Sync),
 ) -> Applied {
     let mut result = Applied::default();
     for action in actions {
+        if !matches!(action, Action::Conflict { .. }) && !may_write() {
+            tracing::warn!(
+                remaining = actions.len(),
+                "sync stopped mid-pass: this replica no longer holds the Lease, or a cache is stale"
+            );
+            result.interrupted = true;
+            break;
+        }
         let outcome: Result<(), kube::Error> = match action {
             Action::Create { namespace, source } | Action::Update { namespace, source } => {
                 let Some(source) = sources.get(source) else {

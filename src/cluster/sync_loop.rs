@@ -134,7 +134,8 @@ impl SyncLoop {
                 }
                 continue;
             }
-            self.pass(&mut reported, &mut kept_reported).await;
+            self.pass(leadership, &mut reported, &mut kept_reported)
+                .await;
             tokio::select! {
                 () = self.changed.notified() => tokio::time::sleep(COALESCE).await,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => {}
@@ -152,6 +153,7 @@ impl SyncLoop {
 
     async fn pass(
         &self,
+        leadership: &Leadership,
         reported: &mut HashSet<(String, String)>,
         kept_reported: &mut HashSet<(String, String)>,
     ) {
@@ -191,6 +193,7 @@ impl SyncLoop {
             &gathered.sources,
             &actions,
             reported,
+            &|| leadership.is_open(),
         )
         .await;
         self.metrics.sync_conflicts.inc_by(applied.conflicts as u64);
@@ -203,7 +206,7 @@ impl SyncLoop {
                     .inc_by(count as u64);
             }
         }
-        if applied.failed == 0 {
+        if applied.failed == 0 && !applied.interrupted {
             self.metrics.mark_synced_now();
         }
     }

@@ -81,7 +81,7 @@ where
         let cluster = cluster::start(cluster::Wiring {
             args: args.cluster.clone(),
             own_namespace: own_namespace.clone(),
-            lease_name: args.lease_name.clone(),
+            role: cluster::Role::Webhook,
             policy: policy.clone(),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
