@@ -226,6 +226,29 @@ fn http_get(addr: &str, path: &str) -> Option<u16> {
     response.get(9..12)?.parse().ok()
 }
 
+/// Polls `check` every 20 ms until it returns `Ok`, and returns that value; panics naming
+/// `what` and the last thing `check` saw (its `Err`) if `timeout` passes first.
+fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= timeout => {
+                panic!("{what}: not within {timeout:?}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `/readyz` answers `want`.
+fn readyz_is(admin: &str, want: u16) -> Result<(), String> {
+    match http_get(admin, "/readyz") {
+        Some(status) if status == want => Ok(()),
+        other => Err(format!("/readyz {other:?}")),
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -266,30 +289,26 @@ fn serve_until_sigterm(log_format: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(&admin, "/readyz") != Some(200) {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(10), "serve ready (/readyz 200)", || {
+        readyz_is(&admin, 200)
+    });
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        http_get(&admin, "/readyz"),
-        Some(503),
-        "not ready during the shutdown delay"
+    // An answer at all means the process still runs: not ready between SIGTERM and the exit.
+    eventually(
+        Duration::from_secs(5),
+        "/readyz 503 after SIGTERM, before the exit",
+        || readyz_is(&admin, 503),
     );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually(Duration::from_secs(10), "the process exited", || {
+        child
+            .try_wait()
+            .expect("wait")
+            .ok_or_else(|| "still running".to_string())
+    });
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
     child

@@ -73,6 +73,54 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
+/// Polls `check` every 20 ms until it returns `Ok`, and returns that value; panics naming
+/// `what` and the last thing `check` saw (its `Err`) if `timeout` passes first.
+async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= timeout => {
+                panic!("{what}: not within {timeout:?}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The value of one series (`name{labels}`, exactly as exposed) in a Prometheus text body.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until the admin port's `series` reads `want`.
+async fn await_metric(admin: SocketAddr, series: &str, want: f64) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{series} == {want}"),
+        async || {
+            let (_, body) = admin_get(admin, "/metrics")
+                .await
+                .ok_or("/metrics unreachable")?;
+            match metric_value(&body, series) {
+                Some(value) if value == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
 /// Writes a file the way Kubernetes updates a mounted volume: a new file renamed into place.
 fn write_atomically(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
@@ -144,23 +192,23 @@ async fn start(ca: &Ca) -> Server {
         }
     };
     let task = tokio::spawn(webhook::run(args(dir.path(), addr, admin), signals));
-    for _ in 0..200 {
-        if admin_get(admin, "/readyz")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-        {
-            return Server {
-                dir,
-                addr,
-                admin,
-                first_signal,
-                second_signal,
-                task,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the server ready (/readyz 200)",
+        async || match admin_get(admin, "/readyz").await {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    Server {
+        dir,
+        addr,
+        admin,
+        first_signal,
+        second_signal,
+        task,
     }
-    panic!("server did not become ready");
 }
 
 /// A plain HTTP/1.1 GET on the admin port: (status, body).
@@ -310,20 +358,22 @@ async fn certificate_rotates_under_load_with_zero_failed_requests() {
     }
     let ca = Arc::new(ca);
     let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Per client (HTTP/1.1, HTTP/2): rounds done, each a fresh connection (a new handshake)
+    // and 5 keep-alive requests on it.
+    let rounds: Arc<[AtomicUsize; 2]> = Arc::default();
+    let failed = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
-    for alpn in [&b"http/1.1"[..], b"h2"] {
-        let (ca, stop, sent, failed, addr) = (
+    for (i, alpn) in [&b"http/1.1"[..], b"h2"].into_iter().enumerate() {
+        let (ca, stop, rounds, failed, addr) = (
             ca.clone(),
             stop.clone(),
-            sent.clone(),
+            rounds.clone(),
             failed.clone(),
             server.addr,
         );
         clients.push(tokio::spawn(async move {
             let body = fixture("pod-create.json");
             while !stop.load(Ordering::Relaxed) {
-                // A fresh connection (new handshake) followed by keep-alive requests on it.
                 let result = async {
                     let mut conn = connect(&ca, addr, alpn).await?;
                     for _ in 0..5 {
@@ -335,7 +385,7 @@ async fn certificate_rotates_under_load_with_zero_failed_requests() {
                     Ok::<_, String>(())
                 }
                 .await;
-                sent.fetch_add(5, Ordering::Relaxed);
+                rounds[i].fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = result {
                     eprintln!("request failed: {e}");
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -343,40 +393,72 @@ async fn certificate_rotates_under_load_with_zero_failed_requests() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = |rounds: &[AtomicUsize; 2]| rounds.each_ref().map(|r| r.load(Ordering::Relaxed));
+    // Both clients under way before the swap, so it lands in the middle of their traffic.
+    eventually(
+        Duration::from_secs(10),
+        "2 rounds by each client before the rotation",
+        async || {
+            let now = done(&rounds);
+            if now.iter().all(|&n| n >= 2) {
+                Ok(())
+            } else {
+                Err(format!("rounds {now:?}"))
+            }
+        },
+    )
+    .await;
 
     let (cert, key) = ca.leaf(false);
     kubelet_swap(&server, "v2", &cert, &key);
     let rotated = leaf_der(&cert);
     assert_ne!(rotated, original);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let conn = connect(&ca, server.addr, b"http/1.1")
-            .await
-            .expect("connect");
-        if conn.peer_certificate == rotated {
-            break;
-        }
-        assert!(Instant::now() < deadline, "new certificate never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate served",
+        async || {
+            let conn = connect(&ca, server.addr, b"http/1.1").await?;
+            if conn.peer_certificate == rotated {
+                Ok(())
+            } else {
+                Err("the old certificate".to_string())
+            }
+        },
+    )
+    .await;
+    // Both clients go on past the swap: 2 more rounds each, so at least one whole round (a
+    // handshake with the new certificate, 5 requests) started after it was served.
+    let at_rotation = done(&rounds);
+    eventually(
+        Duration::from_secs(10),
+        "2 rounds by each client after the new certificate was served",
+        async || {
+            let now = done(&rounds);
+            if (0..2).all(|i| now[i] >= at_rotation[i] + 2) {
+                Ok(())
+            } else {
+                Err(format!("rounds {now:?}, {at_rotation:?} at the rotation"))
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.expect("client task");
     }
-    let sent = sent.load(Ordering::Relaxed);
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "failed requests during rotation"
+        "failed rounds during rotation (of {:?})",
+        done(&rounds)
     );
-    assert!(sent >= 50, "too little traffic to prove anything: {sent}");
-    let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains(r#"pullsecret_injector_certificate_reloads_total{result="success"}"#),
-        "{metrics}"
-    );
+    // One reload: the first swap (v1) left the bytes unchanged, the second changed both files.
+    await_metric(
+        server.admin,
+        r#"pullsecret_injector_certificate_reloads_total{result="success"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -386,13 +468,14 @@ async fn broken_certificate_is_rejected_and_the_old_one_keeps_serving() {
     let original = leaf_der(&std::fs::read_to_string(server.path("tls.crt")).expect("read"));
     // A key that belongs to another certificate, then garbage in the certificate file.
     let (_, other_key) = ca.leaf(false);
+    let failures = r#"pullsecret_injector_certificate_reloads_total{result="failure"}"#;
     write_atomically(&server.path("tls.key"), &other_key);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    await_metric(server.admin, failures, 1.0).await;
     write_atomically(
         &server.path("tls.crt"),
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    await_metric(server.admin, failures, 2.0).await;
 
     let mut conn = connect(&ca, server.addr, b"h2")
         .await
@@ -406,12 +489,12 @@ async fn broken_certificate_is_rejected_and_the_old_one_keeps_serving() {
         200
     );
     let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains(r#"pullsecret_injector_certificate_reloads_total{result="failure"} 2"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"certificate_reloads_total{result="success"} 0"#),
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"pullsecret_injector_certificate_reloads_total{result="success"}"#
+        ),
+        Some(0.0),
         "{metrics}"
     );
 }
@@ -437,21 +520,29 @@ async fn config_reloads_and_a_broken_file_keeps_the_last_good_one() {
 
     let config = format!("{CONFIG}  - registry: ghcr.io/acme\n    secrets: [ghcr-acme]\n");
     write_atomically(&server.path("config.yaml"), &config);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, answer) = conn.post("/mutate", &body).await.expect("request");
-        if injected(&Reply::parse(&answer)).as_deref() == Some("ghcr-acme,dockerhub") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "new configuration never applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the new configuration applied (injected ghcr-acme,dockerhub)",
+        async || {
+            let (_, answer) = conn.post("/mutate", &body).await?;
+            match injected(&Reply::parse(&answer)) {
+                Some(s) if s == "ghcr-acme,dockerhub" => Ok(()),
+                other => Err(format!("injected {other:?}")),
+            }
+        },
+    )
+    .await;
 
     write_atomically(
         &server.path("config.yaml"),
         "rules:\n  - registry: '*.io:x'\n    secrets: [x]\n",
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    await_metric(
+        server.admin,
+        r#"pullsecret_injector_config_reloads_total{result="failure"}"#,
+        1.0,
+    )
+    .await;
     let (_, answer) = conn.post("/mutate", &body).await.expect("request");
     assert_eq!(
         injected(&Reply::parse(&answer)).as_deref(),
@@ -459,12 +550,12 @@ async fn config_reloads_and_a_broken_file_keeps_the_last_good_one() {
         "last good config serves"
     );
     let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains(r#"pullsecret_injector_config_reloads_total{result="success"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"pullsecret_injector_config_reloads_total{result="failure"} 1"#),
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"pullsecret_injector_config_reloads_total{result="success"}"#
+        ),
+        Some(1.0),
         "{metrics}"
     );
 }
@@ -514,6 +605,19 @@ async fn raw_connect(ca: &Ca, addr: SocketAddr) -> TlsStream<TcpStream> {
         .expect("tls")
 }
 
+/// Waits until the first signal is taken: `/readyz` answers 503 "shutting down".
+async fn not_ready(admin: SocketAddr) {
+    eventually(
+        Duration::from_secs(5),
+        "/readyz 503 \"shutting down\" after the first signal",
+        async || match admin_get(admin, "/readyz").await {
+            Some((503, reason)) if reason.trim() == "shutting down" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn sigterm_reports_not_ready_closes_idle_connections_and_drains_in_flight() {
     let ca = Ca::new();
@@ -545,9 +649,7 @@ async fn sigterm_reports_not_ready_closes_idle_connections_and_drains_in_flight(
     in_flight.flush().await.expect("flush");
 
     server.first_signal.fire();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, reason) = admin_get(server.admin, "/readyz").await.expect("readyz");
-    assert_eq!((status, reason.trim()), (503, "shutting down"));
+    not_ready(server.admin).await;
     // Still answering during the shutdown delay, on new connections too.
     let mut late = connect(&ca, server.addr, b"h2")
         .await
@@ -603,7 +705,8 @@ async fn second_signal_forces_exit() {
     let ca = Ca::new();
     let server = start(&ca).await;
     server.first_signal.fire();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The second signal must come during the shutdown the first one started.
+    not_ready(server.admin).await;
     server.second_signal.fire();
     let result = tokio::time::timeout(Duration::from_secs(2), server.task)
         .await

@@ -3,7 +3,7 @@
 //! admission, nothing stored), so a short window of failed webhook calls is seen too.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use tokio::task::JoinHandle;
 
 use crate::api::create_pod;
-use crate::harness::{force, secs};
+use crate::harness::{eventually, force, secs};
 use crate::kubelet::{self, PULL_TIMEOUT};
 
 const LABEL: &str = "story-churn";
@@ -30,6 +30,8 @@ pub struct Churn {
     ns: String,
     secret: String,
     stop: Arc<AtomicBool>,
+    /// Admissions answered so far (or refused), real and dry runs.
+    answered: Arc<AtomicUsize>,
     task: JoinHandle<Vec<Made>>,
     started: Instant,
 }
@@ -65,6 +67,7 @@ impl Summary {
 impl Churn {
     pub fn start(client: &kube::Client, ns: &str, image: &str, secret: &str) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut pod = kubelet::app_pod("churn-", image, "Always", &[])?;
         pod.metadata
@@ -72,7 +75,12 @@ impl Churn {
             .get_or_insert_with(Default::default)
             .insert("app".into(), LABEL.into());
         let task = {
-            let (client, ns, stop) = (client.clone(), ns.to_string(), stop.clone());
+            let (client, ns, stop, answered) = (
+                client.clone(),
+                ns.to_string(),
+                stop.clone(),
+                answered.clone(),
+            );
             tokio::spawn(async move {
                 let mut made = Vec::new();
                 let mut tick = 0u64;
@@ -90,8 +98,10 @@ impl Churn {
                         secrets,
                         error,
                     });
+                    answered.fetch_add(1, Ordering::SeqCst);
                     let next = Duration::from_millis(200 * tick);
                     if let Some(wait) = next.checked_sub(started.elapsed()) {
+                        // Pacing the load (one admission every 200 ms), not a wait.
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -102,9 +112,23 @@ impl Churn {
             ns: ns.to_string(),
             secret: secret.to_string(),
             stop,
+            answered,
             task,
             started,
         })
+    }
+
+    /// Waits until `n` more admissions than now have been answered (a stuck API server or
+    /// churn fails after a minute): the operation has traffic on both sides of a moment.
+    pub async fn await_more(&self, n: usize, what: &str) -> Result<()> {
+        let from = self.answered.load(Ordering::SeqCst);
+        eventually(Duration::from_secs(60), what, || async {
+            let now = self.answered.load(Ordering::SeqCst) - from;
+            ensure!(now >= n, "{now} of {n} admissions answered");
+            Ok(())
+        })
+        .await?;
+        Ok(())
     }
 
     /// Stops creating, waits until every real Pod that got the secret is Running, deletes them.

@@ -472,6 +472,23 @@ where
     }
 }
 
+/// Checks that `check` keeps returning `Ok` for `period`, every 200 ms (something must not
+/// happen: the period is the scenario's, not a wait).
+pub async fn stays<F, Fut>(period: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    while started.elapsed() < period {
+        check()
+            .await
+            .with_context(|| format!("{what} (after {:?})", started.elapsed()))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Seconds with one decimal, for notes.
 pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())

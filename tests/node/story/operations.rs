@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::api::{create_pod, pull_secrets};
 use crate::churn::Churn;
-use crate::harness::{Sc, eventually, failed_webhook_calls, file_len, secs};
+use crate::harness::{Sc, eventually, failed_webhook_calls, file_len, secs, stays};
 use crate::install::{
     self, FULLNAME, InjectorPod, Installation, NAMESPACE, SERVICE_DNS, TLS_SECRET,
     await_metric_grew, describe_times, metric_by_pod,
@@ -160,9 +160,13 @@ pub async fn helm_upgrade(sc: Sc) -> Result<()> {
             kubectl(env, &["label", "namespace", &late, &format!("{INJECT_LABEL}=enabled")]).await?;
             let secrets = Api::<Secret>::namespaced(client.clone(), &late);
             eventually(Duration::from_secs(60), "regcred copied", || async { secrets.get(REGCRED).await.map(|_| ()).map_err(Into::into) }).await?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let pods = kubelet::pods_of(&client, &late, "late").await?;
-            ensure!(pods.len() == 1 && kubelet::name(&pods[0]) == name && kubelet::state(&pods[0]).pull_failed(), "the stuck Pod changed: {:?}", pods.iter().map(kubelet::name).collect::<Vec<_>>());
+            // Nothing may happen to the stuck Pod: watched for 3 s once the copy is there.
+            stays(Duration::from_secs(3), "the stuck Pod left alone with repair off", || async {
+                let pods = kubelet::pods_of(&client, &late, "late").await?;
+                ensure!(pods.len() == 1 && kubelet::name(&pods[0]) == name && kubelet::state(&pods[0]).pull_failed(), "the stuck Pod changed: {:?}", pods.iter().map(|p| (kubelet::name(p), kubelet::state(p))).collect::<Vec<_>>());
+                Ok(())
+            })
+            .await?;
             Ok(name)
         })
         .await?;
@@ -234,10 +238,8 @@ pub async fn helm_upgrade(sc: Sc) -> Result<()> {
 /// upgrade. The CA, kept in its own Secret, signs a new serving certificate; the caBundle does
 /// not change, so the old Pods, still serving the old certificate while the rollout replaces
 /// them (checksum/tls), stay trusted: no call fails. (Before the CA had a Secret of its own,
-/// this made a new CA and 3 to 23 of about 60 admissions failed in the rollout window;
-/// `KNOWN_BUG` kept that visible until it was fixed.)
+/// this made a new CA and 3 to 23 of about 60 admissions failed in the rollout window.)
 pub async fn documented_rotation(sc: Sc) -> Result<()> {
-    const KNOWN_BUG: bool = false;
     let env = sc.env();
     let client = sc.admin();
     let inst = install::installation(sc.suite).await?;
@@ -245,13 +247,18 @@ pub async fn documented_rotation(sc: Sc) -> Result<()> {
     let old_pods = install::pods(&client).await?;
     let old: Vec<String> = old_pods.iter().map(|p| p.name.clone()).collect();
     let old_ca = ca_bundle(&client).await?;
-    // The bug's mechanism, seen directly: an old Pod, still one of the Service's Endpoints,
-    // serving a certificate the new caBundle does not verify (the window can be shorter than
-    // the churn's 200 ms between admissions).
+    // What made admissions fail before the fix, looked for directly: an old Pod, still one of
+    // the Service's Endpoints, serving a certificate the caBundle does not verify (the window
+    // can be shorter than the churn's 200 ms between admissions).
     let mut untrusted: Option<String> = None;
     let offset = file_len(&env.apiserver_log());
     let churn = Churn::start(&client, &ns, &env.app(), REGCRED)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    churn
+        .await_more(
+            10,
+            "10 admissions (2 Pods, 8 dry runs) answered before the rotation",
+        )
+        .await?;
     let started = Instant::now();
     let old_secret = tls_secret(&client).await?;
     sc.step("4.7", format!("kubectl delete secret {TLS_SECRET}; helm upgrade: the same CA (its own Secret) signs a new certificate, the caBundle stays, the Pods roll (checksum/tls) to 2 new Ready ones serving the new certificate"), async {
@@ -278,6 +285,7 @@ pub async fn documented_rotation(sc: Sc) -> Result<()> {
                     }
                 }
             }
+            // Sampling the Endpoints for 5 s after helm upgrade returns, not a wait.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let pods = install::await_ready(&client, 2, &old).await?;
@@ -296,7 +304,12 @@ pub async fn documented_rotation(sc: Sc) -> Result<()> {
         Ok(())
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    churn
+        .await_more(
+            10,
+            "10 admissions (2 Pods, 8 dry runs) answered after the roll",
+        )
+        .await?;
     let summary = churn.finish(&client).await;
     let calls = failed_webhook_calls(sc.suite, offset);
     sc.step("4.7", "admissions during the rotation (Pods created throughout, dry runs every 200 ms): none may fail, and no old Pod still in the Endpoints serves a certificate the caBundle rejects", async {
@@ -304,32 +317,19 @@ pub async fn documented_rotation(sc: Sc) -> Result<()> {
         sc.note(summary.describe());
         let failed = summary.missed.len() + calls.len();
         if let Some(pod) = &untrusted {
-            sc.note(format!("old Pod serving a certificate the new caBundle rejects: {pod}"));
+            sc.note(format!("old Pod serving a certificate the caBundle rejects: {pod}"));
         }
-        match (failed, KNOWN_BUG) {
-            (0, false) if untrusted.is_none() => Ok(()),
-            (0, false) => bail!("an old Pod served a certificate the new caBundle rejects"),
-            (0, true) if untrusted.is_some() => {
-                sc.note("KNOWN BUG (chart, expected failure): no admission happened to fall in the window this time, but the window was there");
-                Ok(())
-            }
-            (0, true) => bail!("no failed call and no old Pod the new caBundle rejects: the known caBundle/rollout race is gone; set KNOWN_BUG = false in operations.rs"),
-            (_, known) => {
-                let (first, last) = summary.window().unwrap_or_default();
-                let text = format!(
-                    "{} admissions without regcred or refused, from {first:.1} s to {last:.1} s of the churn; the API server logged {} failed call(s), first: {}",
-                    summary.missed.len(),
-                    calls.len(),
-                    calls.first().map(String::as_str).unwrap_or("-")
-                );
-                if known {
-                    sc.note(format!("KNOWN BUG (chart, expected failure): {text}"));
-                    Ok(())
-                } else {
-                    bail!("{text}")
-                }
-            }
+        if failed > 0 {
+            let (first, last) = summary.window().unwrap_or_default();
+            bail!(
+                "{} admissions without regcred or refused, from {first:.1} s to {last:.1} s of the churn; the API server logged {} failed call(s), first: {}",
+                summary.missed.len(),
+                calls.len(),
+                calls.first().map(String::as_str).unwrap_or("-")
+            );
         }
+        ensure!(untrusted.is_none(), "an old Pod still in the Endpoints served a certificate the caBundle rejects");
+        Ok(())
     })
     .await
 }
@@ -461,8 +461,16 @@ pub async fn certificate_rotation(sc: Sc) -> Result<()> {
         "caBundle = new CA only: calls keep working",
         async {
             set_ca_bundle(&client, ca.as_bytes()).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            dry_run_shows(&client, &ns, &env.app(), 5, |s, _| s == [REGCRED]).await
+            let app = env.app();
+            // When the API server's webhook client takes the new bundle is not visible from
+            // outside (no metric, no Event): calls are checked throughout a period that
+            // covers the switch, not once after a guessed delay.
+            stays(
+                Duration::from_secs(3),
+                "dry runs get regcred with caBundle = new CA",
+                || dry_run_shows(&client, &ns, &app, 1, |s, _| s == [REGCRED]),
+            )
+            .await
         },
     )
     .await?;
