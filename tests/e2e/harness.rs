@@ -455,7 +455,7 @@ where
             Kind::StopsApiServer => None,
         };
         let apiserver_offset = file_len(&suite.env.apiserver_log());
-        let log_offsets: Vec<u64> = installation.injectors.iter().map(|i| i.log_len()).collect();
+        let log_offsets: Vec<u64> = installation.processes().map(|i| i.log_len()).collect();
         let sc = Sc(Arc::new(ScInner {
             suite,
             inst: installation.clone(),
@@ -523,7 +523,7 @@ where
             text.push_str(&format!("     ({note})\n"));
         }
         if failure.is_some() {
-            for (injector, offset) in installation.injectors.iter().zip(&log_offsets) {
+            for (injector, offset) in installation.processes().zip(&log_offsets) {
                 let lines = injector.log_since(*offset);
                 let tail: Vec<&str> = lines.lines().rev().take(60).collect();
                 text.push_str(&format!(
@@ -604,7 +604,7 @@ pub fn failed_webhook_calls(suite: &Suite, inst: &Installation, offset: u64) -> 
 fn secret_material_in_logs(suite: &Suite, inst: &Installation) -> Option<String> {
     let material = suite.journal.secret_material();
     let mut found = Vec::new();
-    for injector in &inst.injectors {
+    for injector in inst.processes() {
         let log = injector.log_since(0);
         for value in &material {
             if log.contains(value.as_str()) {

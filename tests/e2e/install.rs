@@ -80,6 +80,11 @@ impl Inst {
         if self == Inst::Ha { 2 } else { 1 }
     }
 
+    /// Whether a writing feature is on in the chart values, so the chart runs `controller`.
+    pub fn writes(self) -> bool {
+        matches!(self, Inst::Sync | Inst::Reload | Inst::Ha | Inst::Repair)
+    }
+
     pub fn standalone(self) -> bool {
         matches!(self, Inst::Standalone | Inst::Idle)
     }
@@ -131,7 +136,15 @@ pub struct Installation {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub base: Rendered,
+    /// `serve` processes: the webhook, read-only.
     pub injectors: Vec<Injector>,
+    /// `controller` processes (sync, repair, the Lease), when a writing feature is on. In `ha`
+    /// two, each under a ServiceAccount of its own (the chart's, and a second one bound to the
+    /// same rules), so one can lose its right to update Leases.
+    pub controllers: Vec<Injector>,
+    /// The controllers' ServiceAccounts and identities (TokenRequests for them), in order.
+    pub controller_accounts: Vec<String>,
+    pub controller_identities: Vec<kube::Client>,
     /// Read by ordinary scenarios, written by those that change or stop the installation.
     pub lock: RwLock<()>,
     /// The installation's own identity (`system:serviceaccount:<ns>:<fullname>`), from a
@@ -195,26 +208,36 @@ impl Installation {
         }
 
         // The chart's ServiceAccount, with a token as a Pod would get (TokenRequest).
-        let request = TokenRequest {
-            metadata: ObjectMeta::default(),
-            spec: TokenRequestSpec {
-                audiences: Vec::new(),
-                expiration_seconds: Some(4 * 3600),
-                bound_object_ref: None,
-            },
-            status: None,
-        };
-        let token: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
-            .create_subresource("token", &fullname, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("TokenRequest for ServiceAccount {ns}/{fullname}"))?;
-        let token = token
-            .status
-            .ok_or_else(|| anyhow!("TokenRequest answered without a token"))?
-            .token;
         let kubeconfig = dir.join("injector.kubeconfig");
-        write_kubeconfig(suite, &kubeconfig, &format!("{ns}-{fullname}"), &token)?;
-        let identity = api::client_from(&kubeconfig).await?;
+        let identity = service_account_client(suite, &ns, &fullname, &kubeconfig).await?;
+
+        // The controller: its own ServiceAccount, rendered by the chart iff a writing feature
+        // is on.
+        let controller_sa = format!("{fullname}-controller");
+        let rendered_controller = base
+            .of_kind("Deployment")
+            .any(|d| d["metadata"]["name"] == controller_sa.as_str());
+        ensure!(
+            rendered_controller == inst.writes(),
+            "the chart renders a controller Deployment: {rendered_controller}, want {}",
+            inst.writes()
+        );
+        let mut controller_accounts = Vec::new();
+        if inst.writes() {
+            controller_accounts.push(controller_sa.clone());
+            if inst == Inst::Ha {
+                let second = format!("{fullname}-controller-b");
+                split_lease_rights(&admin, &base, &ns, &controller_sa, &second).await?;
+                controller_accounts.push(second);
+            }
+        }
+        let mut controller_kubeconfigs = Vec::new();
+        let mut controller_identities = Vec::new();
+        for (k, account) in controller_accounts.iter().enumerate() {
+            let path = dir.join(format!("controller-{k}.kubeconfig"));
+            controller_identities.push(service_account_client(suite, &ns, account, &path).await?);
+            controller_kubeconfigs.push(path);
+        }
 
         let config_path = dir.join("config.yaml");
         let config = match inst {
@@ -276,7 +299,48 @@ impl Installation {
                 args,
             ));
         }
-        futures_util::future::try_join_all(injectors.iter().map(Injector::start)).await?;
+        let mut controllers = Vec::new();
+        for (k, kubeconfig) in controller_kubeconfigs.iter().enumerate() {
+            let port = suite.env.port_base + 10 * index + 4 + k as u16;
+            let identity_name = format!("{fullname}-controller-{k}");
+            let args: Vec<String> = [
+                "controller",
+                "--admin-listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+                path_str(&config_path)?,
+                "--namespace",
+                &ns,
+                "--reload-interval",
+                "200ms",
+                "--log-level",
+                &suite.env.log_level,
+                "--lease-name",
+                &fullname,
+                "--kubeconfig",
+                path_str(kubeconfig)?,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            controllers.push(Injector::new(
+                identity_name.clone(),
+                0,
+                port,
+                dir.join(format!("controller-{k}.log")),
+                suite
+                    .env
+                    .run
+                    .join("pids")
+                    .join(format!("{identity_name}.pid")),
+                suite.env.bin.clone(),
+                args,
+            ));
+        }
+        futures_util::future::try_join_all(
+            injectors.iter().chain(&controllers).map(Injector::start),
+        )
+        .await?;
 
         let installation = Self {
             inst,
@@ -288,6 +352,9 @@ impl Installation {
             config_path,
             base,
             injectors,
+            controllers,
+            controller_accounts,
+            controller_identities,
             lock: RwLock::new(()),
             identity,
             suite,
@@ -305,6 +372,18 @@ impl Installation {
 
     pub fn admin(&self) -> kube::Client {
         self.suite.admin.clone()
+    }
+
+    /// Every process of the installation: the webhooks, then the controllers.
+    pub fn processes(&self) -> impl Iterator<Item = &Injector> {
+        self.injectors.iter().chain(&self.controllers)
+    }
+
+    /// The controller that writes when there is one (single-controller installations).
+    pub fn controller(&self) -> Result<&Injector> {
+        self.controllers
+            .first()
+            .ok_or_else(|| anyhow!("installation {} runs no controller", self.name))
     }
 
     /// `system:serviceaccount:<ns>:<fullname>`.
@@ -578,6 +657,122 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A TokenRequest for the ServiceAccount `account` of `ns`, as a Pod would get, written into a
+/// kubeconfig at `path`; the client that uses it.
+async fn service_account_client(
+    suite: &Suite,
+    ns: &str,
+    account: &str,
+    path: &std::path::Path,
+) -> Result<kube::Client> {
+    let request = TokenRequest {
+        metadata: ObjectMeta::default(),
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(4 * 3600),
+            bound_object_ref: None,
+        },
+        status: None,
+    };
+    let token: TokenRequest = Api::<ServiceAccount>::namespaced(suite.admin.clone(), ns)
+        .create_subresource("token", account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for ServiceAccount {ns}/{account}"))?;
+    let token = token
+        .status
+        .ok_or_else(|| anyhow!("TokenRequest answered without a token"))?
+        .token;
+    write_kubeconfig(suite, path, &format!("{ns}-{account}"), &token)?;
+    api::client_from(path).await
+}
+
+/// The name of the RoleBinding that gives `account` its Lease rights (see
+/// [`split_lease_rights`]); deleting it takes them away.
+pub fn lease_binding(account: &str) -> String {
+    format!("{account}-e2e-lease")
+}
+
+/// For two controllers under two ServiceAccounts (`first`, the chart's, and `second`): the
+/// chart's controller rules, bound to each, with the Lease rules (`coordination.k8s.io`) in a
+/// Role and RoleBinding of their own per account, so a scenario can take one account's right
+/// to update Leases away and nothing else. The chart's own RoleBinding for `first` is
+/// replaced by these.
+async fn split_lease_rights(
+    admin: &kube::Client,
+    base: &Rendered,
+    ns: &str,
+    first: &str,
+    second: &str,
+) -> Result<()> {
+    let binds = |doc: &&Value| {
+        doc["subjects"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == first))
+    };
+    let cluster_binding = base
+        .of_kind("ClusterRoleBinding")
+        .find(binds)
+        .ok_or_else(|| anyhow!("no ClusterRoleBinding for {first}"))?;
+    let role_binding = base
+        .of_kind("RoleBinding")
+        .find(binds)
+        .ok_or_else(|| anyhow!("no RoleBinding for {first}"))?;
+    let role_name = role_binding["roleRef"]["name"].clone();
+    let role = base
+        .of_kind("Role")
+        .find(|r| r["metadata"]["name"] == role_name)
+        .ok_or_else(|| anyhow!("no Role {role_name}"))?;
+    let rules = role["rules"].as_array().cloned().unwrap_or_default();
+    let (lease_rules, other_rules): (Vec<Value>, Vec<Value>) = rules
+        .into_iter()
+        .partition(|r| r["apiGroups"][0] == "coordination.k8s.io");
+    ensure!(
+        !lease_rules.is_empty(),
+        "the controller Role has no Lease rules"
+    );
+
+    apply_doc::<ServiceAccount>(
+        admin,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": second, "namespace": ns}}),
+    )
+    .await?;
+    let mut second_cluster = cluster_binding.clone();
+    second_cluster["metadata"] = json!({"name": format!("{second}-e2e")});
+    second_cluster["subjects"] =
+        json!([{"kind": "ServiceAccount", "name": second, "namespace": ns}]);
+    apply_doc::<ClusterRoleBinding>(admin, &second_cluster).await?;
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .delete(
+            role_binding["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default(),
+            &Default::default(),
+        )
+        .await
+        .context("removing the chart's controller RoleBinding (replaced by split ones)")?;
+    for account in [first, second] {
+        for (suffix, rules) in [("e2e-lease", &lease_rules), ("e2e-sources", &other_rules)] {
+            let name = format!("{account}-{suffix}");
+            apply_doc::<Role>(
+                admin,
+                &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                        "metadata": {"name": name, "namespace": ns}, "rules": rules}),
+            )
+            .await?;
+            apply_doc::<RoleBinding>(
+                admin,
+                &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": {"name": name, "namespace": ns},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]}),
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 

@@ -299,6 +299,14 @@ scenario!(
     sync::two_replicas
 );
 scenario!(
+    ha_lease_revoked,
+    Ha,
+    "lease-revoked",
+    "two controllers, two ServiceAccounts: the leader loses its right to update Leases, stops writing, the other takes over (issue 16.2)",
+    OwnsInstallation,
+    sync::lease_revoked
+);
+scenario!(
     ha_rbac,
     Ha,
     "rbac",

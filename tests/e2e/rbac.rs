@@ -1,6 +1,9 @@
-//! The chart's RBAC for each feature set, asked as the installation's own service account
-//! (SelfSubjectAccessReviews with its token: what `kubectl auth can-i` sends), and one real
-//! request it must be refused.
+//! The chart's RBAC for each feature set, asked as each of the installation's own service
+//! accounts (SelfSubjectAccessReviews with their tokens: what `kubectl auth can-i` sends), and
+//! one real request each must be refused.
+//!
+//! Two identities (issue 16.1): the webhook's (`serve`: it answers the network, so it only
+//! ever reads) and, when a writing feature is on, the controller's (sync, repair, the Lease).
 
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -10,12 +13,29 @@ use crate::api::{Can, can, can_i};
 use crate::harness::Sc;
 use crate::install::Inst;
 
-pub async fn chart_rbac(sc: Sc) -> Result<()> {
-    let inst = sc.inst.clone();
-    let own = Some(inst.ns.as_str());
+/// Verbs no webhook identity may ever have, whatever the features.
+fn never_for_the_webhook(own: Option<&str>, lease: &str) -> Vec<Can> {
     let default = Some("default");
-    let mut yes: Vec<Can> = Vec::new();
-    let mut no: Vec<Can> = vec![
+    vec![
+        can("create", "secrets", default),
+        can("update", "secrets", default),
+        can("delete", "secrets", default),
+        can("patch", "secrets", default),
+        can("create", "secrets", own),
+        can("list", "pods", None),
+        can("watch", "pods", None),
+        can("create", "pods/eviction", default),
+        can("create", "events.events.k8s.io", default),
+        can("create", "leases.coordination.k8s.io", own),
+        can("get", "leases.coordination.k8s.io", own).named(lease),
+        can("patch", "leases.coordination.k8s.io", own).named(lease),
+    ]
+}
+
+/// Verbs no identity of the installation may have.
+fn never(own: Option<&str>) -> Vec<Can> {
+    let default = Some("default");
+    vec![
         can("create", "pods", default),
         can(
             "patch",
@@ -27,108 +47,54 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
         can("get", "secrets", own),
         can("get", "secrets", default),
         can("patch", "secrets", default),
-    ];
+    ]
+}
+
+pub async fn chart_rbac(sc: Sc) -> Result<()> {
+    let inst = sc.inst.clone();
+    let own = Some(inst.ns.as_str());
+    let default = Some("default");
+    let lease = inst.fullname.as_str();
     let sync = matches!(inst.inst, Inst::Sync | Inst::Reload | Inst::Ha);
-    match inst.inst {
-        Inst::Standalone => {
-            no.extend([
-                can("list", "namespaces", None),
-                can("list", "secrets", None),
-                can("list", "secrets", own),
-            ]);
-        }
-        Inst::Cluster => {
-            yes.extend([
-                can("list", "namespaces", None),
-                can("watch", "namespaces", None),
-                can("list", "secrets", None),
-                can("watch", "secrets", None),
-            ]);
-            no.extend([
-                can("create", "secrets", default),
-                can("delete", "secrets", default),
-                can("list", "pods", None),
-                can("create", "leases.coordination.k8s.io", own),
-            ]);
-        }
-        Inst::Discovery => {
-            yes.extend([
-                can("list", "namespaces", None),
-                can("watch", "namespaces", None),
-                can("list", "secrets", own),
-                can("watch", "secrets", own),
-            ]);
-            no.extend([
-                can("list", "secrets", None),
-                can("create", "secrets", default),
-                can("create", "secrets", own),
-                can("create", "leases.coordination.k8s.io", own),
-            ]);
-        }
-        Inst::Sync | Inst::Reload | Inst::Ha => {}
-        Inst::Repair => {
-            let lease = inst.fullname.as_str();
-            yes.extend([
-                can("list", "namespaces", None),
-                can("list", "pods", None),
-                can("watch", "pods", None),
-                can("create", "pods/eviction", default),
-                can("create", "events.events.k8s.io", default),
-                can("patch", "events.events.k8s.io", default),
-                can("create", "leases.coordination.k8s.io", own),
-                can("get", "leases.coordination.k8s.io", own).named(lease),
-                can("patch", "leases.coordination.k8s.io", own).named(lease),
-            ]);
-            no.extend([
-                can("delete", "pods", default),
-                can("patch", "pods", default),
-                can("list", "secrets", None),
-                can("create", "secrets", default),
-            ]);
-        }
-        Inst::Idle => {
-            no.extend([can("list", "namespaces", None)]);
-        }
-    }
-    if sync {
-        let lease = inst.fullname.as_str();
+    let repair = inst.inst == Inst::Repair;
+    let awareness = matches!(inst.inst, Inst::Cluster | Inst::Reload);
+    let sources = matches!(
+        inst.inst,
+        Inst::Discovery | Inst::Sync | Inst::Reload | Inst::Ha
+    );
+
+    // The webhook: reads only.
+    let mut yes: Vec<Can> = Vec::new();
+    let mut no = never(own);
+    no.extend(never_for_the_webhook(own, lease));
+    if inst.inst.standalone() {
+        no.extend([
+            can("list", "namespaces", None),
+            can("list", "secrets", None),
+            can("list", "secrets", own),
+        ]);
+    } else {
         yes.extend([
             can("list", "namespaces", None),
-            can("list", "secrets", own),
-            can("list", "secrets", None),
-            can("watch", "secrets", None),
-            can("create", "secrets", default),
-            can("update", "secrets", default),
-            can("delete", "secrets", default),
-            can("list", "pods", None),
-            can("create", "leases.coordination.k8s.io", own),
-            can("get", "leases.coordination.k8s.io", own).named(lease),
-            can("patch", "leases.coordination.k8s.io", own).named(lease),
+            can("watch", "namespaces", None),
         ]);
-        no.extend([
-            can("watch", "pods", None),
-            can("get", "pods", default),
-            can("get", "leases.coordination.k8s.io", own).named("someone-elses"),
-            can("patch", "leases.coordination.k8s.io", own).named("someone-elses"),
-            can("delete", "leases.coordination.k8s.io", own).named(lease),
-            can("create", "leases.coordination.k8s.io", default),
-        ]);
-    }
-    let mut wrong = Vec::new();
-    for (want, list) in [(true, &yes), (false, &no)] {
-        for question in list {
-            let got = can_i(&inst.identity, question).await?;
-            if got != want {
-                wrong.push(format!(
-                    "{}: {}, want {}",
-                    question.describe(),
-                    yn(got),
-                    yn(want)
-                ));
-            }
+        let cluster_secrets = [can("list", "secrets", None), can("watch", "secrets", None)];
+        if awareness {
+            yes.extend(cluster_secrets);
+        } else {
+            no.extend(cluster_secrets);
+        }
+        let own_secrets = [can("list", "secrets", own), can("watch", "secrets", own)];
+        if sources || awareness {
+            yes.extend(own_secrets);
+        } else {
+            no.extend(own_secrets);
         }
     }
-    // A real request as the installation's identity, not only the review.
+    let mut wrong = check(&inst.identity, &yes, &no).await?;
+    let mut asked = yes.len() + no.len();
+
+    // A real request as the webhook's identity, not only the review.
     match Api::<Secret>::namespaced(inst.identity.clone(), &inst.probe_ns)
         .get("anything")
         .await
@@ -140,7 +106,7 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
             inst.user()
         )),
     }
-    if inst.inst == Inst::Standalone {
+    if inst.inst.standalone() {
         match Api::<Namespace>::all(inst.identity.clone())
             .list(&ListParams::default())
             .await
@@ -153,16 +119,101 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
             )),
         }
     }
+
+    // The controller: the writing verbs of its features, nothing else.
+    if inst.controller_identities.is_empty() == inst.inst.writes() {
+        wrong.push(format!(
+            "controller identities: {}, writing features: {}",
+            inst.controller_identities.len(),
+            inst.inst.writes()
+        ));
+    }
+    for (identity, account) in inst
+        .controller_identities
+        .iter()
+        .zip(&inst.controller_accounts)
+    {
+        let mut yes = vec![
+            can("list", "namespaces", None),
+            can("watch", "namespaces", None),
+            can("create", "leases.coordination.k8s.io", own),
+            can("get", "leases.coordination.k8s.io", own).named(lease),
+            can("patch", "leases.coordination.k8s.io", own).named(lease),
+        ];
+        let mut no = never(own);
+        no.extend([
+            can("get", "leases.coordination.k8s.io", own).named("someone-elses"),
+            can("patch", "leases.coordination.k8s.io", own).named("someone-elses"),
+            can("delete", "leases.coordination.k8s.io", own).named(lease),
+            can("create", "leases.coordination.k8s.io", default),
+            can("get", "pods", default),
+            can("delete", "pods", default),
+            can("patch", "pods", default),
+        ]);
+        let sync_verbs = [
+            can("list", "secrets", own),
+            can("list", "secrets", None),
+            can("watch", "secrets", None),
+            can("create", "secrets", default),
+            can("update", "secrets", default),
+            can("delete", "secrets", default),
+        ];
+        let repair_verbs = [
+            can("watch", "pods", None),
+            can("create", "pods/eviction", default),
+            can("create", "events.events.k8s.io", default),
+            can("patch", "events.events.k8s.io", default),
+        ];
+        // Sync lists Pods (a copy a Pod still names is kept); repair watches them.
+        let list_pods = can("list", "pods", None);
+        if sync || repair {
+            yes.push(list_pods);
+        } else {
+            no.push(list_pods);
+        }
+        if sync {
+            yes.extend(sync_verbs);
+        } else {
+            no.extend(sync_verbs);
+        }
+        if repair {
+            yes.extend(repair_verbs);
+        } else {
+            no.extend(repair_verbs);
+        }
+        asked += yes.len() + no.len();
+        for problem in check(identity, &yes, &no).await? {
+            wrong.push(format!("{account}: {problem}"));
+        }
+    }
     sc.note(format!(
-        "{} allowed and {} denied as {}",
-        yes.len(),
-        no.len(),
-        inst.user()
+        "{asked} questions asked as {} and {} controller identities",
+        inst.user(),
+        inst.controller_identities.len()
     ));
     if !wrong.is_empty() {
         bail!("{}", wrong.join("; "));
     }
     Ok(())
+}
+
+/// The questions whose answer as `identity` is not the one wanted.
+async fn check(identity: &kube::Client, yes: &[Can], no: &[Can]) -> Result<Vec<String>> {
+    let mut wrong = Vec::new();
+    for (want, list) in [(true, yes), (false, no)] {
+        for question in list {
+            let got = can_i(identity, question).await?;
+            if got != want {
+                wrong.push(format!(
+                    "{}: {}, want {}",
+                    question.describe(),
+                    yn(got),
+                    yn(want)
+                ));
+            }
+        }
+    }
+    Ok(wrong)
 }
 
 fn yn(b: bool) -> &'static str {

@@ -21,7 +21,8 @@ pub async fn features_at_runtime(sc: Sc) -> Result<()> {
     let base = inst.base.config.clone();
     let config = |discovery, sync, awareness| with_features(&base, discovery, sync, awareness);
     let off = config(false, false, false)?;
-    let injector = &inst.injectors[0];
+    // The Lease and sync live in the controller.
+    let controller = inst.controller()?;
     let x = sc.ns(Label::Enabled, &[]).await?;
     create_source(
         &sc,
@@ -83,7 +84,7 @@ pub async fn features_at_runtime(sc: Sc) -> Result<()> {
     .await?;
     sc.note(format!("sync on: copy written {took:?} after the reload"));
     ensure!(
-        injector.metric(LEADER).await? == 1.0,
+        controller.metric(LEADER).await? == 1.0,
         "sync on, yet not holding the Lease"
     );
     inst.reload(&off).await?;
@@ -91,7 +92,7 @@ pub async fn features_at_runtime(sc: Sc) -> Result<()> {
         Duration::from_secs(5),
         "sync turned off: the Lease is released",
         || async {
-            let leader = injector.metric(LEADER).await?;
+            let leader = controller.metric(LEADER).await?;
             ensure!(leader == 0.0, "{LEADER} {leader}");
             Ok(())
         },

@@ -215,7 +215,7 @@ pub async fn outage(sc: Sc) -> Result<()> {
         Duration::from_secs(20),
         "bare reported, guarded blocked",
         || async {
-            let metrics = injector.metrics().await?;
+            let metrics = inst.controller()?.metrics().await?;
             let reported = count(
                 &metrics,
                 r#"pullsecret_injector_repairs_total{outcome="reported"} "#,

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use base64::Engine;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use pullsecret_injector::core::names::{
     DOCKER_CONFIG_JSON, INJECT_ENABLED, INJECT_LABEL, MANAGED_BY, MANAGED_BY_LABEL,
@@ -18,6 +19,7 @@ use serde_json::json;
 
 use crate::api::{Cred, pod};
 use crate::harness::{Label, Sc, eventually, stays};
+use crate::install::lease_binding;
 use crate::process::Injector;
 
 /// A labelled source credential in the installation's namespace, deleted after the scenario.
@@ -209,7 +211,7 @@ pub async fn sync(sc: Sc) -> Result<()> {
         )
         .await?;
     let conflicts = "pullsecret_injector_sync_conflicts_total";
-    let c0 = inst.injectors[0].metric(conflicts).await?;
+    let c0 = inst.controller()?.metric(conflicts).await?;
 
     create_source(
         &sc,
@@ -283,7 +285,7 @@ pub async fn sync(sc: Sc) -> Result<()> {
         || {
             let inst = &inst;
             async move {
-                let now = inst.injectors[0].metric(conflicts).await?;
+                let now = inst.controller()?.metric(conflicts).await?;
                 ensure!(now > c0, "still {now}");
                 Ok(())
             }
@@ -376,7 +378,7 @@ async fn holder(sc: &Sc) -> Result<Option<String>> {
     Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
 }
 
-/// Waits until exactly one running injector holds the Lease (metric and holderIdentity).
+/// Waits until exactly one running controller holds the Lease (metric and holderIdentity).
 async fn one_leader(sc: &Sc, timeout: Duration) -> Result<(usize, Duration)> {
     let inst = sc.inst.clone();
     eventually(timeout, "exactly one replica holds the Lease", || {
@@ -384,7 +386,7 @@ async fn one_leader(sc: &Sc, timeout: Duration) -> Result<(usize, Duration)> {
         async move {
             let mut leaders = Vec::new();
             for (i, injector) in inst
-                .injectors
+                .controllers
                 .iter()
                 .enumerate()
                 .filter(|(_, i)| i.running())
@@ -402,11 +404,11 @@ async fn one_leader(sc: &Sc, timeout: Duration) -> Result<(usize, Duration)> {
             let [leader] = leaders[..] else {
                 bail!(
                     "leaders: {leaders:?} ({:?})",
-                    leader_state(&inst.injectors).await?
+                    leader_state(&inst.controllers).await?
                 );
             };
             let held = holder(sc).await?;
-            let identity = &inst.injectors[leader].identity;
+            let identity = &inst.controllers[leader].identity;
             ensure!(
                 held.as_deref() == Some(identity.as_str()),
                 "Lease holderIdentity {held:?}, leader by metric {identity}"
@@ -450,7 +452,7 @@ pub async fn two_replicas(sc: Sc) -> Result<()> {
     create_source(&sc, "ha-cred", &ha("ha-pass-1")).await?;
 
     let (leader, took) = one_leader(&sc, Duration::from_secs(20)).await?;
-    sc.note(format!("one writer: {} (Lease holderIdentity and pullsecret_injector_leader 1; the other 0), after {took:?}", inst.injectors[leader].identity));
+    sc.note(format!("one writer: {} (Lease holderIdentity and pullsecret_injector_leader 1; the other 0), after {took:?}", inst.controllers[leader].identity));
 
     let a = sc.ns(Label::Enabled, &[]).await?;
     let b = sc.ns(Label::Enabled, &[]).await?;
@@ -479,12 +481,12 @@ pub async fn two_replicas(sc: Sc) -> Result<()> {
         elsewhere.is_empty(),
         "the TLS Secret {tls} was copied to {elsewhere:?}"
     );
-    let refused = inst.injectors[leader]
+    let refused = inst.controllers[leader]
         .metric(r#"pullsecret_injector_source_secret_errors_total{kind="wrong_type"}"#)
         .await?;
 
     // Failover: the holder dies without releasing the Lease.
-    let killed = &inst.injectors[leader];
+    let killed = &inst.controllers[leader];
     killed.kill()?;
     let t0 = Instant::now();
     let c = sc.ns(Label::Enabled, &[]).await?;
@@ -533,12 +535,103 @@ pub async fn two_replicas(sc: Sc) -> Result<()> {
         "the TLS Secret {tls} was copied to {elsewhere:?}"
     );
     // Refused, and said so: a rule names a Secret that is not a docker config.
-    let refused_now = inst.injectors[survivor]
+    let refused_now = inst.controllers[survivor]
         .metric(r#"pullsecret_injector_source_secret_errors_total{kind="wrong_type"}"#)
         .await?;
     ensure!(
         refused >= 1.0 && refused_now >= 1.0,
         "the TLS Secret named by a rule was not counted as refused: source_secret_errors_total{{kind=\"wrong_type\"}} {refused} (first writer), {refused_now} (second)"
     );
+    Ok(())
+}
+
+/// Issue 16.2: two controllers under two ServiceAccounts. The leader's right to update Leases
+/// is taken away (its RoleBinding for Leases deleted; everything else it may do stays):
+/// within the Lease duration it reports `pullsecret_injector_leader 0`, the other takes over,
+/// and a rotated source still reaches every copy. The old leader writes nothing after it
+/// lost the right (its log has no "wrote Secret copy" from then on).
+pub async fn lease_revoked(sc: Sc) -> Result<()> {
+    let inst = sc.inst.clone();
+    // A scenario before may have killed one: both controllers run from here on.
+    for controller in &inst.controllers {
+        if !controller.running() {
+            controller.start().await?;
+        }
+    }
+    let ha = |pass: &str| Cred::new("ha.example.com", pass);
+    create_source(&sc, "ha-cred", &ha("ha-revoke-1")).await?;
+    let (leader, _) = one_leader(&sc, Duration::from_secs(30)).await?;
+    let a = sc.ns(Label::Enabled, &[]).await?;
+    let targets = [inst.probe_ns.as_str(), a.as_str()];
+    let (before, _) = copies(&sc, &targets, "ha-cred", Duration::from_secs(10), "copies").await?;
+
+    let account = &inst.controller_accounts[leader];
+    let binding = lease_binding(account);
+    let bindings = Api::<RoleBinding>::namespaced(sc.admin(), &inst.ns);
+    let saved = bindings.get(&binding).await?;
+    {
+        let (bindings, mut saved) = (bindings.clone(), saved.clone());
+        saved.metadata.resource_version = None;
+        saved.metadata.uid = None;
+        sc.defer(async move {
+            let _ = bindings.create(&Default::default(), &saved).await;
+        });
+    }
+    let old = &inst.controllers[leader];
+    let log_from = old.log_len();
+    bindings.delete(&binding, &DeleteParams::default()).await?;
+    let revoked = Instant::now();
+    let (_, took) = eventually(
+        Duration::from_secs(20),
+        "the leader that lost its right to update Leases reports leader 0",
+        || async {
+            let value = old.metric("pullsecret_injector_leader").await?;
+            ensure!(value == 0.0, "{}: leader {value}", old.identity);
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        took <= Duration::from_secs(15),
+        "leader 0 only {took:?} after the right was taken away (Lease 15 s)"
+    );
+    let (new, _) = one_leader(&sc, Duration::from_secs(30)).await?;
+    ensure!(
+        new != leader,
+        "the replica without Lease rights is still the leader"
+    );
+    let takeover = revoked.elapsed();
+    rotate(&sc, &inst.ns, "ha-cred", &ha("ha-revoke-2")).await?;
+    let (after, took) = copies(
+        &sc,
+        &targets,
+        "ha-cred",
+        Duration::from_secs(10),
+        "the new writer's rotation reaches every copy",
+    )
+    .await?;
+    ensure!(before == after, "copies recreated: {before:?} -> {after:?}");
+    let wrote = old
+        .log_since(log_from)
+        .lines()
+        .filter(|l| l.contains("wrote Secret copy") || l.contains("removed Secret copy"))
+        .count();
+    ensure!(
+        wrote == 0,
+        "{} wrote {wrote} time(s) after it lost the right to renew the Lease",
+        old.identity
+    );
+    sc.note(format!(
+        "{} stopped writing (leader 0) {took:?} after losing Lease rights; {} took over {takeover:?} after; the rotation reached every copy in place",
+        old.identity, inst.controllers[new].identity
+    ));
+    bindings
+        .create(&Default::default(), &{
+            let mut saved = saved;
+            saved.metadata.resource_version = None;
+            saved.metadata.uid = None;
+            saved
+        })
+        .await?;
     Ok(())
 }
