@@ -2,8 +2,9 @@
 //!
 //! A watch delivers whole objects; an index keeps only what a decision needs, keyed by
 //! namespace and name (a namespace's inject label; for a Secret, whether it exists and, for
-//! copies, their source). Each index knows whether it is fresh: listed once and healthy since
-//! its last error. A stale or unlisted index answers "unknown", never "absent".
+//! copies, their source). Each index knows whether it is fresh: listed once, and confirmed
+//! current by the API server since its last error (see [`super::watch`] for what confirms it).
+//! A stale or unlisted index answers "unknown", never "absent".
 //!
 //! Indexes are filled through [`Index::apply`], [`Index::delete`] and a list cycle
 //! ([`Index::start_list`], [`Index::apply_listed`], [`Index::finish_list`]), which tests drive
@@ -20,8 +21,9 @@ use crate::metrics::{KindLabels, Metrics, unix_now};
 
 type Map<V> = HashMap<Box<str>, HashMap<Box<str>, V>>;
 
-/// Whether a watch has listed and is streaming; mirrored into the `watch_healthy` and
-/// `watch_last_event_timestamp_seconds` gauges.
+/// Whether a watch has listed, and whether its index is current as of a resourceVersion the
+/// API server confirmed since the watch's last error (healthy); mirrored into the
+/// `watch_healthy` and `watch_last_event_timestamp_seconds` gauges.
 pub struct Health {
     kind: &'static str,
     listed: AtomicBool,
@@ -49,17 +51,36 @@ impl Health {
 
     /// An event or a completed list arrived.
     fn alive(&self) {
-        self.healthy.store(true, Ordering::Release);
-        let labels = KindLabels { kind: self.kind };
-        self.metrics.watch_healthy.get_or_create(&labels).set(1);
+        self.confirmed();
         self.metrics
             .watch_last_event
-            .get_or_create(&labels)
+            .get_or_create(&KindLabels { kind: self.kind })
             .set(unix_now());
     }
 
-    /// The watch failed; it retries with backoff. Until it delivers again, absence in the
-    /// index proves nothing.
+    /// Healthy: the index is current as of a version the API server confirmed.
+    fn confirmed(&self) {
+        self.healthy.store(true, Ordering::Release);
+        let labels = KindLabels { kind: self.kind };
+        self.metrics.watch_healthy.get_or_create(&labels).set(1);
+    }
+
+    /// The API server accepted a watch from the resourceVersion the index is current at: it
+    /// serves every change after that version, so nothing was missed. Healthy again, even if
+    /// no event follows; not an event itself (the last-event time stays).
+    pub fn resumed(&self) {
+        self.confirmed();
+    }
+
+    /// A bookmark arrived: the index is current as of a later version the API server
+    /// confirmed. Healthy again, and an event (the last-event time moves on).
+    pub fn bookmark(&self) {
+        self.alive();
+    }
+
+    /// The watch failed (or its version expired); it retries with backoff. Until the API server
+    /// confirms the index current again (a list, an accepted watch, a bookmark or an event),
+    /// absence in the index proves nothing.
     pub fn failed(&self) {
         self.healthy.store(false, Ordering::Release);
         let labels = KindLabels { kind: self.kind };
@@ -71,7 +92,8 @@ impl Health {
         self.listed.load(Ordering::Acquire)
     }
 
-    /// Listed, and no error since the last event.
+    /// Listed, and confirmed current (a list, an accepted watch, a bookmark or an event)
+    /// since the last error.
     pub fn is_fresh(&self) -> bool {
         self.is_listed() && self.healthy.load(Ordering::Acquire)
     }
@@ -314,6 +336,34 @@ mod tests {
         cluster.namespaces.apply("", "team-a", enabled);
         assert_eq!(cluster.namespace_label("team-a"), NamespaceLabel::Enabled);
         assert_eq!(cluster.namespace_label("new"), NamespaceLabel::Unknown);
+    }
+
+    #[test]
+    fn a_resumed_watch_or_a_bookmark_makes_a_failed_index_fresh_again() {
+        let metrics = Arc::new(Metrics::default());
+        let index: Index<()> = Index::new("namespaces", metrics.clone());
+        let labels = KindLabels { kind: "namespaces" };
+        let healthy = || metrics.watch_healthy.get_or_create(&labels).get();
+        let last_event = || metrics.watch_last_event.get_or_create(&labels).get();
+        index.health.resumed();
+        assert!(!index.health.is_fresh(), "never listed");
+        index.start_list();
+        index.finish_list();
+        metrics.watch_last_event.get_or_create(&labels).set(1);
+        index.health.failed();
+        assert!(!index.health.is_fresh());
+        assert_eq!(healthy(), 0);
+        index.health.resumed();
+        assert!(index.health.is_fresh(), "resumed");
+        assert_eq!(healthy(), 1);
+        assert_eq!(last_event(), 1, "a resumed watch is not an event");
+        index.health.failed();
+        assert!(!index.health.is_fresh());
+        index.health.bookmark();
+        assert!(index.health.is_fresh(), "a bookmark");
+        assert_eq!(healthy(), 1);
+        assert!(last_event() > 1, "a bookmark is an event");
+        assert!(index.health.is_listed());
     }
 
     #[test]
