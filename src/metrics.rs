@@ -230,7 +230,7 @@ impl Default for Metrics {
         );
         registry.register(
             "repairs",
-            "Pods admitted without their secrets and stuck pulling: evicted, reported (no controller), blocked (a PodDisruptionBudget), failed",
+            "Pods admitted without their secrets and stuck pulling: evicted, reported (a Job's, another controller's or a bare Pod), skipped (no longer a candidate at its turn, namespace unknown, already gone or replaced), blocked (a PodDisruptionBudget), failed",
             metrics.repairs.clone(),
         );
         registry.register(

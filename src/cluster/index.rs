@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwapOption;
 
-use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
+use crate::core::facts::{ClusterFacts, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::metrics::{KindLabels, Metrics, unix_now};
 
 type Map<V> = HashMap<Box<str>, HashMap<Box<str>, V>>;
@@ -259,6 +259,17 @@ impl ClusterFacts for ClusterIndex {
             None => SecretPresence::Unknown,
         }
     }
+
+    fn namespace_cache(&self) -> NamespaceCache {
+        let health = &self.namespaces.health;
+        if !health.is_listed() {
+            NamespaceCache::NotListed
+        } else if health.is_fresh() {
+            NamespaceCache::Fresh
+        } else {
+            NamespaceCache::Stale
+        }
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +375,27 @@ mod tests {
         assert_eq!(healthy(), 1);
         assert!(last_event() > 1, "a bookmark is an event");
         assert!(index.health.is_listed());
+    }
+
+    #[test]
+    fn the_namespace_cache_is_fresh_only_listed_and_healthy() {
+        let (cluster, _) = cluster(0);
+        let entry = NamespaceEntry {
+            label: NamespaceLabel::Enabled,
+            terminating: false,
+        };
+        // An event before the first list is not a list.
+        cluster.namespaces.apply("", "team-a", entry);
+        assert_eq!(cluster.namespace_cache(), NamespaceCache::NotListed);
+        cluster.namespaces.start_list();
+        cluster.namespaces.apply_listed("", "team-a", entry);
+        assert_eq!(cluster.namespace_cache(), NamespaceCache::NotListed);
+        cluster.namespaces.finish_list();
+        assert_eq!(cluster.namespace_cache(), NamespaceCache::Fresh);
+        cluster.namespaces.health.failed();
+        assert_eq!(cluster.namespace_cache(), NamespaceCache::Stale);
+        cluster.namespaces.apply("", "team-b", entry);
+        assert_eq!(cluster.namespace_cache(), NamespaceCache::Fresh);
     }
 
     #[test]

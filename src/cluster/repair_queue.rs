@@ -2,6 +2,7 @@
 //! repaired, and each controller's backoff. Pure bookkeeping, driven by [`super::repair`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::repair::Action;
@@ -11,13 +12,19 @@ use crate::core::repair::Action;
 pub const OWNER_BACKOFF: Duration = Duration::from_secs(15);
 pub const OWNER_BACKOFF_MAX: Duration = Duration::from_secs(600);
 
-/// A Pod to repair.
+/// A Pod to repair, as the watch last delivered it. The action and owner are what the
+/// watch-time assessment found; the Pod is assessed again, against the policy and
+/// facts of that moment, right before anything is done to it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub namespace: String,
     pub name: String,
+    /// The Pod's UID: an eviction names it as a precondition, so a newer Pod of the same name
+    /// (a StatefulSet's replacement) is never evicted in its place.
+    pub uid: String,
+    /// The Pod as JSON, as the watch last delivered it (re-assessed at the Pod's turn).
+    pub pod: Arc<str>,
     pub action: Action,
-    pub missing: Vec<String>,
     pub owner: Option<(String, String)>,
 }
 
@@ -128,12 +135,13 @@ mod tests {
         Candidate {
             namespace: "a".into(),
             name: name.into(),
+            uid: format!("uid-{name}"),
+            pod: Arc::from("{}"),
             action: if owner.is_some() {
                 Action::Evict
             } else {
-                Action::Report
+                Action::Report(crate::core::repair::Unrecreated::Bare)
             },
-            missing: vec!["regcred".into()],
             owner: owner.map(|o| (format!("ReplicaSet/{o}"), o.to_string())),
         }
     }

@@ -17,7 +17,7 @@ use crate::cluster::{self, ClusterError};
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg::{self, SourceSecret};
-use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
+use crate::core::facts::{ClusterFacts, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
 use crate::core::policy::{Policy, Sources};
 use crate::core::repair::{self, PodState};
@@ -102,6 +102,10 @@ impl ClusterFacts for Listed {
         } else {
             SecretPresence::NotSeen
         }
+    }
+    /// A complete list, just taken.
+    fn namespace_cache(&self) -> NamespaceCache {
+        NamespaceCache::Fresh
     }
 }
 

@@ -60,8 +60,9 @@ pub struct Settings {
     /// Cluster mode: watch Secret metadata to warn when a referenced Secret is not in the
     /// Pod's namespace.
     pub secret_awareness: bool,
-    /// Cluster mode: evict controller-owned Pods admitted without their secrets and stuck
-    /// pulling (the Lease holder only).
+    /// Cluster mode: evict Pods admitted without their secrets and stuck pulling when a
+    /// ReplicaSet, StatefulSet or DaemonSet recreates them; report the others (the Lease
+    /// holder only; `cluster/repair.rs`).
     pub repair: bool,
 }
 

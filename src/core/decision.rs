@@ -425,7 +425,7 @@ pub fn namespace_mode(
 pub(crate) mod tests {
     use super::*;
     use crate::core::config::Config;
-    use crate::core::facts::NothingKnown;
+    use crate::core::facts::{NamespaceCache, NothingKnown};
     use crate::core::review::{Container, LocalObjectReference, PodSpec};
     use crate::core::rules::{RegistryPattern, RuleSource};
     use std::borrow::Cow;
@@ -513,6 +513,9 @@ pub(crate) mod tests {
                 Some(names) if names.contains(&name) => SecretPresence::Seen,
                 Some(_) => SecretPresence::NotSeen,
             }
+        }
+        fn namespace_cache(&self) -> NamespaceCache {
+            NamespaceCache::Fresh
         }
     }
 

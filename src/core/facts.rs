@@ -42,10 +42,24 @@ pub enum SecretPresence {
     Unknown,
 }
 
+/// How far the namespace labels behind [`ClusterFacts::namespace_label`] can be trusted.
+/// Admission reads them whatever the state (an unknown namespace is left to the webhook's
+/// namespaceSelector); repair acts only on a [`Fresh`](NamespaceCache::Fresh) cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceCache {
+    /// No cache (standalone mode, `explain`), or its first list has not completed.
+    NotListed,
+    /// Listed, but the watch has failed since: a label may have changed meanwhile.
+    Stale,
+    /// Listed and healthy: a namespace it does not hold is one it has not seen yet.
+    Fresh,
+}
+
 /// The cluster as the decision sees it.
 pub trait ClusterFacts: Send + Sync {
     fn namespace_label(&self, namespace: &str) -> NamespaceLabel;
     fn secret_presence(&self, namespace: &str, name: &str) -> SecretPresence;
+    fn namespace_cache(&self) -> NamespaceCache;
 }
 
 /// Knows nothing: namespace selection is left to the webhook's namespaceSelector and every
@@ -58,5 +72,8 @@ impl ClusterFacts for NothingKnown {
     }
     fn secret_presence(&self, _: &str, _: &str) -> SecretPresence {
         SecretPresence::Unknown
+    }
+    fn namespace_cache(&self) -> NamespaceCache {
+        NamespaceCache::NotListed
     }
 }
