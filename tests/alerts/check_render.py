@@ -211,17 +211,40 @@ def check_hook_regex(docs, name, texts):
     report(ok, f"{name}: the webhook-name regex matches exactly the rendered webhooks {hooks}", "; ".join(detail) or "no regex")
 
 
-def check_selectors(exprs, sel, name):
+# Alerts on the controller's own job (sync, the Lease, repair), and alerts on what both the
+# webhook and the controller do (their watches, their config reloads).
+CONTROLLER_ALERTS = {"PullsecretInjectorSyncFailing", "PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader",
+                     "PullsecretInjectorMultipleLeaders", "PullsecretInjectorControllerDown",
+                     "PullsecretInjectorRepairFailing", "PullsecretInjectorRepairBlocked",
+                     "PullsecretInjectorPodsNeedRecreate"}
+BOTH_ALERTS = {"PullsecretInjectorWatchUnhealthy", "PullsecretInjectorWatchErrors", "PullsecretInjectorConfigReloadFailing"}
+
+
+def check_selectors(rules, sel, csel, name, controller):
+    """Every own series is selected by the webhook's selector (sel), the controller's (csel)
+    for the controller's alerts, and both for BOTH_ALERTS when the controller is rendered."""
     bad = []
-    for e in exprs:
+    exprs = [r["expr"] for r in rules]
+    for r in rules:
+        a, e = r["alert"], r["expr"]
+        want = (csel,) if a in CONTROLLER_ALERTS else (sel, csel) if a in BOTH_ALERTS else (sel,)
+        used = set()
         for m in re.finditer(r"\b(pullsecret_injector_\w+|up)\{([^}]*)\}", e):
-            if not m.group(2).startswith(sel):
-                bad.append(m.group(0))
+            hit = [s for s in want if m.group(2).startswith(s + ",") or m.group(2) == s]
+            if not hit:
+                bad.append(f"{a}: {m.group(0)}")
+            used.update(hit)
+        if a in BOTH_ALERTS and controller and used != {sel, csel}:
+            bad.append(f"{a}: does not select both the webhook's and the controller's series")
+        if a in BOTH_ALERTS and not controller and csel in used:
+            bad.append(f"{a}: selects the controller's series although no controller is rendered")
+    for e in exprs:
         # `up offset W == 1` in the counter guard is the counter's own target (API server or
         # injector), joined on (job, instance): unscoped on purpose.
         for m in re.finditer(r"\b(pullsecret_injector_\w+|up)\b(?!\{|\s+offset)", e):
             bad.append(m.group(0) + " (no selector)")
-    report(not bad, f"{name}: every own metric and up series is selected by {sel}", "; ".join(sorted(set(bad))[:5]))
+    report(not bad, f"{name}: every own metric and up series is selected by {sel} (webhook) or {csel} (controller alerts)",
+           "; ".join(sorted(set(bad))[:5]))
 
 
 def check_dashboard(docs, name, ns, job, registered, raw_file):
@@ -235,11 +258,12 @@ def check_dashboard(docs, name, ns, job, registered, raw_file):
     except ValueError as e:
         report(False, f"{name}: dashboard JSON parses", str(e)); return
     report(True, f"{name}: dashboard JSON parses ({len(text)} bytes)")
-    report(not re.search(r"__(NAMESPACE|JOB|WEBHOOK_NAMES)__", text), f"{name}: dashboard placeholders replaced")
+    report(not re.search(r"__(NAMESPACE|JOB|CONTROLLER_JOB|WEBHOOK_NAMES)__", text), f"{name}: dashboard placeholders replaced")
     var = {v["name"]: v for v in d["templating"]["list"]}
-    report(var["namespace"]["current"]["value"] == ns and var["job"]["current"]["value"] == job,
-           f"{name}: dashboard defaults to namespace {ns}, job {job}",
-           f"{var['namespace']['current']} {var['job']['current']}")
+    report(var["namespace"]["current"]["value"] == ns and var["job"]["current"]["value"] == job
+           and var["controller_job"]["current"]["value"] == f"{job}-controller",
+           f"{name}: dashboard defaults to namespace {ns}, job {job}, controller job {job}-controller",
+           f"{var['namespace']['current']} {var['job']['current']} {var['controller_job']['current']}")
     panels = d["panels"]
     ids = [p["id"] for p in panels]
     problems = []
@@ -276,6 +300,12 @@ def check_dashboard(docs, name, ns, job, registered, raw_file):
     report(not problems, f"{name}: dashboard has {len(panels)} panels, {len(exprs)} queries, unique ids, no overlap, $datasource everywhere",
            "; ".join(sorted(set(problems))))
     check_names(f"{name}: dashboard", exprs, registered)
+    # The controller's metrics (sync, the Lease, repair) are under its own job.
+    ctl = ("pullsecret_injector_leader", "pullsecret_injector_last_sync_timestamp_seconds", "pullsecret_injector_sync_",
+           "pullsecret_injector_secrets_synced_total", "pullsecret_injector_source_secret_errors_total",
+           "pullsecret_injector_repairs_total")
+    wrong = [e for e in exprs if any(m in e for m in ctl) and ('job="$job"' in e or 'job="$controller_job"' not in e)]
+    report(not wrong, f"{name}: dashboard queries of sync, lease and repair metrics select job=\"$controller_job\"", "; ".join(wrong[:3]))
     hook_var = [v["query"] for v in d["templating"]["list"] if v["name"] == "webhook"]
     report(hook_var and all('name=~"$webhook"' in e for e in exprs if e.startswith("apiserver_") or "apiserver_" in e),
            f"{name}: dashboard queries of API server metrics select name=~\"$webhook\"")
@@ -298,11 +328,13 @@ def check(render_dir, tests_dir, src_dir, chart_dir):
     exprs = [r["expr"] for r in rules]
     names = {r["alert"] for r in rules}
     check_hook_regex(docs, "main: rules", exprs)
-    check_selectors(exprs, 'job="pullsecret-injector",namespace="pullsecret-injector"', "main")
+    check_selectors(rules, 'job="pullsecret-injector",namespace="pullsecret-injector"',
+                    'job="pullsecret-injector-controller",namespace="pullsecret-injector"', "main", True)
     check_names("main: rules", exprs, registered)
     report(pr["metadata"]["labels"].get("release") == "prometheus", "main: PrometheusRule carries metrics.prometheusRule.labels")
-    report({"PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader", "PullsecretInjectorMultipleLeaders"} <= names,
-           "main: config.sync=true renders the sync-staleness and lease alerts")
+    report({"PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader", "PullsecretInjectorMultipleLeaders",
+            "PullsecretInjectorControllerDown"} <= names,
+           "main: config.sync=true renders the sync-staleness, lease and controller-down alerts")
     report(all(r["annotations"].get("runbook_url", "").startswith("https://docs.example.com/") for r in rules),
            "main: runbookUrl gives every alert a runbook_url")
     check_dashboard(docs, "main", "pullsecret-injector", "pullsecret-injector", registered, raw_dashboard)
@@ -323,10 +355,12 @@ def check(render_dir, tests_dir, src_dir, chart_dir):
     _, rules = check_rules(docs, "other")
     exprs = [r["expr"] for r in rules]
     names = {r["alert"] for r in rules}
-    check_selectors(exprs, 'job="acme-pullsecret-injector",namespace="tools"', "other (release acme, namespace tools)")
+    check_selectors(rules, 'job="acme-pullsecret-injector",namespace="tools"',
+                    'job="acme-pullsecret-injector-controller",namespace="tools"', "other (release acme, namespace tools)", False)
     check_hook_regex(docs, "other: rules", exprs)
-    report(not names & {"PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader", "PullsecretInjectorMultipleLeaders"},
-           "other: without config.sync no sync-staleness or lease alert is rendered")
+    report(not names & {"PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader", "PullsecretInjectorMultipleLeaders",
+                        "PullsecretInjectorControllerDown"},
+           "other: without a writing feature no sync-staleness, lease or controller-down alert is rendered")
     report(all("runbook_url" not in r["annotations"] for r in rules), "other: no runbookUrl, no runbook_url annotation")
     report(all(set(r["labels"]) == {"severity"} for r in rules), "other: no alertLabels, severity only")
     check_dashboard(docs, "other", "tools", "acme-pullsecret-injector", registered, raw_dashboard)
@@ -334,7 +368,8 @@ def check(render_dir, tests_dir, src_dir, chart_dir):
     # selector: a custom selector replaces the default everywhere.
     docs = docs_of(os.path.join(render_dir, "selector.yaml"))
     _, rules = check_rules(docs, "selector")
-    check_selectors([r["expr"] for r in rules], 'job="injector",cluster="eu-1"', "selector (metrics.prometheusRule.selector)")
+    check_selectors(rules, 'job="injector",cluster="eu-1"', 'job="injector-controller",cluster="eu-1"',
+                    "selector (metrics.prometheusRule.selector, controllerSelector)", False)
     slow = [r["expr"] for r in rules if r["alert"] == "PullsecretInjectorWebhookSlow"]
     report(slow and ">= 7.5" in slow[0], "selector: latency threshold is latencyTimeoutFraction x webhook.timeoutSeconds (0.75 x 10 = 7.5)", str(slow))
     exp = [r["expr"] for r in rules if r["alert"] == "PullsecretInjectorCertificateExpiringSoon"]

@@ -80,6 +80,7 @@ metrics:
   prometheusRule:
     enabled: true
     selector: job="injector",cluster="eu-1"
+    controllerSelector: job="injector-controller",cluster="eu-1"
     latencyTimeoutFraction: 0.75
     certificateExpiryDays: 14
 EOF

@@ -4,12 +4,16 @@
 Usage: binary_smoke.py BINARY RENDER_DIR SMOKE_DIR
   RENDER_DIR: run.sh's renders (<case>@<version>.yaml); every rendered config.yaml must pass
               `pullsecret-injector check-config`.
+              Every distinct args list of a rendered controller Deployment must parse:
+              `pullsecret-injector <args> --help` exits 0 (clap rejects an unknown flag or
+              subcommand before it gets to --help). Skipped, with a NOTE, while the binary
+              has no `controller` subcommand.
   SMOKE_DIR:  render.sh output of a standalone, tls.source=helm values file. The Deployment's
               exact args are run, with /etc/pullsecret-injector/ mapped to files in SMOKE_DIR
               and the listeners moved to free loopback ports: /readyz must turn 200, the
               Helm-generated certificate must verify for the Service DNS name, POST /mutate
               must answer an AdmissionReview, and SIGTERM must exit 0 within the grace period.
-Prints PASS/FAIL lines; exits 1 on any failure.
+Prints PASS/FAIL (and NOTE) lines; exits 1 on any failure.
 """
 import base64
 import http.client
@@ -54,6 +58,32 @@ def check_configs(binary, render_dir):
             f.flush()
             r = subprocess.run([binary, "check-config", "--config", f.name], capture_output=True, text=True, timeout=30)
         result(r.returncode == 0, f"check-config accepts the rendered config.yaml of {fn[:-5]}", r.stdout + r.stderr)
+
+
+def check_controller_args(binary, render_dir):
+    """The controller Deployment's args against the binary's own parser."""
+    seen = {}
+    for fn in sorted(os.listdir(render_dir)):
+        if "@" not in fn or not fn.endswith(".yaml"):
+            continue
+        for d in yaml.safe_load_all(open(os.path.join(render_dir, fn))):
+            if d and d["kind"] == "Deployment":
+                (ctr,) = d["spec"]["template"]["spec"]["containers"]
+                if ctr["args"][0] == "controller":
+                    seen.setdefault(tuple(ctr["args"]), fn[:-5])
+    result(bool(seen), f"the renders hold controller Deployments ({len(seen)} distinct args lists)")
+    r = subprocess.run([binary, "controller", "--help"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        # TODO(merge, issue 16): once `controller` is in the binary this runs by itself; the
+        # NOTE must then be gone from run.sh's output.
+        print("NOTE controller args not checked: this binary has no `controller` subcommand "
+              f"(`controller --help` exit {r.returncode}); each rendered args list will be run "
+              "as `pullsecret-injector <args> --help` once it has")
+        return
+    for args, case in seen.items():
+        r = subprocess.run([binary, *args, "--help"], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, POD_NAMESPACE="pullsecret-injector", POD_NAME="smoke-0"))
+        result(r.returncode == 0, f"controller accepts the rendered args of {case}: {' '.join(args)}", r.stdout + r.stderr)
 
 
 def smoke(binary, smoke_dir):
@@ -138,6 +168,7 @@ def smoke(binary, smoke_dir):
 def main():
     binary, render_dir, smoke_dir = sys.argv[1:4]
     check_configs(binary, render_dir)
+    check_controller_args(binary, render_dir)
     smoke(binary, smoke_dir)
     sys.exit(1 if failures else 0)
 

@@ -70,6 +70,27 @@ class Case:
         return objs[0] if objs else {}
 
 
+def writer(v):
+    """Is a writing feature on? Then the chart renders the controller (Deployment, SA, RBAC)."""
+    c = v["config"]
+    return not v["standalone"] and bool(c["sync"] or c["repair"] or c.get("credentialProviders"))
+
+
+def by_args(c, sub):
+    """The Deployments whose container runs subcommand `sub` (serve: the webhook)."""
+    return [d for d in c.kind("Deployment") if d["spec"]["template"]["spec"]["containers"][0].get("args", [None])[0] == sub]
+
+
+def webhook_dep(c):
+    deps = by_args(c, "serve")
+    c.check(len(deps) == 1, f"expected exactly one Deployment running serve, got {len(deps)}")
+    return deps[0] if deps else {"metadata": {"name": ""}, "spec": {"template": {"metadata": {}, "spec": {"volumes": [{"projected": {"sources": []}}]}}}}
+
+
+def pod_labels(dep):
+    return dep["spec"]["template"]["metadata"].get("labels") or {}
+
+
 def version_tuple(v):
     m = re.match(r"v?(\d+)\.(\d+)", v)
     return (int(m.group(1)), int(m.group(2)))
@@ -167,7 +188,7 @@ def check_webhook(c, svc):
         c.check(h["clientConfig"]["service"].get("path") == "/mutate", "debug: path")
         c.check(h.get("namespaceSelector") == hooks[0].get("namespaceSelector"), "debug: same namespaces as the inject entry")
     excluded = ALWAYS_EXCLUDED | set(v["config"]["namespaces"]["exclude"])
-    own_pod_labels = (c.one("Deployment").get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}))
+    own_pods = [pod_labels(d) for d in c.kind("Deployment")]
     for h in hooks:
         n = h["name"]
         c.check(h.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
@@ -204,7 +225,8 @@ def check_webhook(c, svc):
                 c.check(not selector_matches(h["namespaceSelector"], labels), f"{n}: matches namespace {labels}")
         c.check(h.get("objectSelector") == {"matchExpressions": [
             {"key": "pullsecret-injector/inject", "operator": "NotIn", "values": ["disabled"]}]}, f"{n}: objectSelector")
-        c.check(not selector_matches(h.get("objectSelector"), own_pod_labels), f"{n}: objectSelector matches the injector's own Pods")
+        for labels in own_pods:
+            c.check(not selector_matches(h.get("objectSelector"), labels), f"{n}: objectSelector matches the injector's own Pods {labels}")
         c.check(not selector_matches(h.get("objectSelector"), {"pullsecret-injector/inject": "disabled"}), f"{n}: Pod opt-out ignored")
     # Which namespaces each entry selects.
     def sel(i, labels):
@@ -224,7 +246,7 @@ def check_webhook(c, svc):
 
 def check_deployment(c, cfg):
     v = c.values
-    dep = c.one("Deployment")
+    dep = webhook_dep(c)
     spec = dep["spec"]
     pod = spec["template"]["spec"]
     psc = pod.get("securityContext", {})
@@ -232,7 +254,7 @@ def check_deployment(c, cfg):
     c.check(psc.get("runAsNonRoot") is True and psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532
             and psc.get("seccompProfile") == {"type": "RuntimeDefault"}, "pod securityContext not restricted")
     c.check(pod.get("automountServiceAccountToken") is (not v["standalone"]), "automountServiceAccountToken")
-    c.check(pod.get("serviceAccountName") == c.one("ServiceAccount")["metadata"]["name"], "serviceAccountName")
+    c.check(pod.get("serviceAccountName") == dep["metadata"]["name"], "serviceAccountName")
     tsc = pod.get("topologySpreadConstraints", [])
     c.check(any(t["topologyKey"] == "kubernetes.io/hostname" and t["whenUnsatisfiable"] == "ScheduleAnyway" for t in tsc),
             "topologySpreadConstraints")
@@ -245,8 +267,7 @@ def check_deployment(c, cfg):
             "container securityContext not restricted")
     sh = v["shutdown"]
     want = EXPECTED_ARGS_PREFIX + ["--log-format", v["logFormat"], "--log-level", v["logLevel"],
-                                   "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"]),
-                                   "--lease-name", dep["metadata"]["name"]]
+                                   "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"])]
     if v["standalone"]:
         want.append("--standalone")
     c.check(ctr.get("args") == want, f"args {ctr.get('args')} != {want}")
@@ -255,7 +276,8 @@ def check_deployment(c, cfg):
     c.check(ctr.get("livenessProbe", {}).get("httpGet") == {"path": "/livez", "port": "admin"}, "livenessProbe")
     c.check(ctr.get("readinessProbe", {}).get("httpGet") == {"path": "/readyz", "port": "admin"}, "readinessProbe")
     c.check({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in ctr.get("env", []), "POD_NAMESPACE env")
-    c.check({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in ctr.get("env", []), "POD_NAME env (Lease identity)")
+    # serve takes no --lease-name: the Lease is the controller's.
+    c.check("--lease-name" not in ctr.get("args", []), "serve gets --lease-name")
     c.check(ctr.get("resources") == v["resources"], "resources differ from values")
     # Config and TLS: one directory mount, no subPath (kubelet updates must reach the files).
     mounts = ctr.get("volumeMounts", [])
@@ -283,7 +305,8 @@ def check_pdb(c, dep):
     v = c.values
     pdbs = c.kind("PodDisruptionBudget")
     want = v["podDisruptionBudget"]["enabled"] and v["replicaCount"] > 1
-    c.check(bool(pdbs) == want, f"PodDisruptionBudget present={bool(pdbs)}, want {want}")
+    # One at most: the controller gets none (not in the admission path; see its template).
+    c.check(len(pdbs) == int(bool(want)), f"{len(pdbs)} PodDisruptionBudgets, want {int(bool(want))}")
     if pdbs:
         p = pdbs[0]
         api = "policy/v1" if version_tuple(c.kube) >= (1, 21) else "policy/v1beta1"
@@ -292,64 +315,168 @@ def check_pdb(c, dep):
         c.check(p["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "PDB selector")
 
 
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate", "*"}
+
+
+def grants(c):
+    """{ServiceAccount name: {(scope, apiGroup, resource, resourceNames): verbs}} from the rendered
+    roles and bindings; scope is "cluster" or the Role's namespace."""
+    roles = {(r["kind"], r["metadata"]["name"]): r for r in c.kind("ClusterRole") + c.kind("Role")}
+    out = {}
+    for b in c.kind("ClusterRoleBinding") + c.kind("RoleBinding"):
+        ref = (b["roleRef"]["kind"], b["roleRef"]["name"])
+        role = roles.get(ref)
+        if not c.check(role is not None, f"{b['kind']}/{b['metadata']['name']} binds {ref}, which is not rendered"):
+            continue
+        c.check(b["kind"] == "ClusterRoleBinding" or ref[0] == "Role", f"{b['kind']}/{b['metadata']['name']} binds a ClusterRole")
+        scope = "cluster" if role["kind"] == "ClusterRole" else role["metadata"]["namespace"]
+        for subj in b["subjects"]:
+            c.check(subj.get("kind") == "ServiceAccount" and subj.get("namespace") == RELEASE_NS,
+                    f"{b['kind']}/{b['metadata']['name']} subject {subj}")
+            g = out.setdefault(subj["name"], {})
+            for rule in role.get("rules", []):
+                for f in ("verbs", "resources", "apiGroups"):
+                    c.check("*" not in rule.get(f, []), f"{role['kind']}/{role['metadata']['name']} has '*' in {f}")
+                if role["kind"] == "ClusterRole":
+                    c.check("resourceNames" not in rule, "cluster rules name no resources")
+                names = tuple(rule.get("resourceNames", []))
+                for group in rule["apiGroups"]:
+                    for res in rule["resources"]:
+                        g.setdefault((scope, group, res, names), set()).update(rule["verbs"])
+    return out
+
+
+def expected_grants(v, fullname):
+    """What each ServiceAccount may do, per feature set (docs/security.md, rbac.yaml)."""
+    cfg = v["config"]
+    L, LW = {"list"}, {"list", "watch"}
+    hook = {("cluster", "", "namespaces", ()): LW}
+    if cfg["secretAwareness"]:
+        hook[("cluster", "", "secrets", ())] = LW
+    if cfg["discovery"] or cfg["sync"]:
+        hook[(RELEASE_NS, "", "secrets", ())] = LW
+    want = {fullname: hook}
+    if writer(v):
+        ctl = {("cluster", "", "namespaces", ()): LW,
+               (RELEASE_NS, "coordination.k8s.io", "leases", ()): {"create"},
+               (RELEASE_NS, "coordination.k8s.io", "leases", (fullname,)): {"get", "patch"}}
+        if cfg["discovery"] or cfg["sync"]:
+            ctl[(RELEASE_NS, "", "secrets", ())] = LW
+        if cfg["sync"]:
+            ctl[("cluster", "", "secrets", ())] = LW | {"create", "update", "delete"}
+            ctl[("cluster", "", "pods", ())] = L
+        if cfg["repair"]:
+            ctl[("cluster", "", "pods", ())] = LW
+            ctl[("cluster", "", "pods/eviction", ())] = {"create"}
+            ctl[("cluster", "events.k8s.io", "events", ())] = {"create", "patch"}
+        want[f"{fullname}-controller"] = ctl
+    return want
+
+
 def check_rbac(c):
     v = c.values
-    cfg = v["config"]
-    repair = cfg["repair"]
     roles = c.kind("ClusterRole") + c.kind("Role")
     bindings = c.kind("ClusterRoleBinding") + c.kind("RoleBinding")
     if v["standalone"]:
         c.check(not roles and not bindings, "standalone renders RBAC")
         return
-    sa = c.one("ServiceAccount")["metadata"]["name"]
-    fullname = c.one("Deployment")["metadata"]["name"]
-    # Every (apiGroup, resource) a feature set may be granted, and the exact verbs.
-    allowed = {("", "namespaces"): {"list", "watch"}}
-    if cfg["sync"]:
-        allowed[("", "secrets")] = {"list", "watch", "create", "update", "delete"}
-    elif cfg["secretAwareness"]:
-        allowed[("", "secrets")] = {"list", "watch"}
-    if repair:
-        allowed[("", "pods")] = {"list", "watch"}
-        allowed[("", "pods/eviction")] = {"create"}
-        allowed[("events.k8s.io", "events")] = {"create", "patch"}
-    elif cfg["sync"]:
-        allowed[("", "pods")] = {"list"}
-    granted = {}
-    for r in c.kind("ClusterRole"):
-        for rule in r.get("rules", []):
-            for f in ("verbs", "resources", "apiGroups"):
-                c.check("*" not in rule.get(f, []), f"ClusterRole/{r['metadata']['name']} has '*' in {f}")
-            c.check("resourceNames" not in rule, "cluster rules name no resources")
-            for group in rule["apiGroups"]:
-                for res in rule["resources"]:
-                    granted.setdefault((group, res), set()).update(rule["verbs"])
-    c.check(granted == allowed, f"ClusterRole grants {granted}, want exactly {allowed}")
-    # The release namespace: the sources (discovery, sync) and the Lease (sync, repair).
-    ns_roles = c.kind("Role")
-    want_sources = cfg["discovery"] or cfg["sync"]
-    want_lease = cfg["sync"] or repair
-    c.check(len(ns_roles) == (1 if (want_sources or want_lease) else 0), f"{len(ns_roles)} namespaced Roles")
-    for r in ns_roles:
-        c.check(r["metadata"]["namespace"] == RELEASE_NS, "Role outside the release namespace")
-        got = [(tuple(x["apiGroups"]), tuple(x["resources"]), tuple(sorted(x["verbs"])), tuple(x.get("resourceNames", [])))
-               for x in r["rules"]]
-        want = []
-        if want_sources:
-            want.append((("",), ("secrets",), ("list", "watch"), ()))
-        if want_lease:
-            want.append((("coordination.k8s.io",), ("leases",), ("create",), ()))
-            want.append((("coordination.k8s.io",), ("leases",), ("get", "patch"), (fullname,)))
-        c.check(got == want, f"Role rules {got}, want {want}")
-    for b in bindings:
-        c.check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}], f"{b['kind']} subjects")
-        c.check(any(r["kind"] == b["roleRef"]["kind"] and r["metadata"]["name"] == b["roleRef"]["name"] for r in roles),
-                f"{b['kind']}/{b['metadata']['name']} binds a role that is not rendered")
+    fullname = webhook_dep(c)["metadata"]["name"]
+    got = grants(c)
+    want = expected_grants(v, fullname)
+    fmt = lambda g: {f"{k[0]}:{k[1] or 'core'}/{k[2]}{'[' + ','.join(k[3]) + ']' if k[3] else ''}": sorted(x) for k, x in sorted(g.items())}
+    c.check(set(got) == set(want), f"RBAC binds ServiceAccounts {sorted(got)}, want {sorted(want)}")
+    for sa, w in want.items():
+        c.check(got.get(sa) == w, f"ServiceAccount {sa} is granted {fmt(got.get(sa, {}))}, want exactly {fmt(w)}")
+    # The property behind the split, stated on its own: the Pods that answer the API server
+    # hold a token that can only read (namespaces, and Secrets as the features need).
+    hook = got.get(fullname, {})
+    writes = {k: x & WRITE_VERBS for k, x in hook.items() if x & WRITE_VERBS}
+    c.check(not writes, f"the webhook's ServiceAccount has write verbs {fmt(writes)}")
+    c.check(all(k[2] in ("namespaces", "secrets") for k in hook), f"the webhook's ServiceAccount reaches {sorted({k[2] for k in hook})}")
+    c.check(not any(k[2] == "secrets" and k[0] == "cluster" for k in hook) or v["config"]["secretAwareness"],
+            "the webhook reads Secrets cluster-wide without secretAwareness")
+    c.check(all(x <= {"list", "watch"} for x in hook.values()), "the webhook's ServiceAccount has a verb besides list/watch")
     c.check(len(bindings) == len(roles), "every role has one binding")
+    for r in c.kind("Role"):
+        c.check(r["metadata"]["namespace"] == RELEASE_NS, "Role outside the release namespace")
+
+
+def check_controller(c, dep):
+    """The controller: rendered iff a writing feature is on; runs `controller` under its own SA."""
+    v = c.values
+    fullname = dep["metadata"]["name"]
+    name = f"{fullname}-controller"
+    ctls = by_args(c, "controller")
+    sas = {x["metadata"]["name"] for x in c.kind("ServiceAccount")}
+    svcs = {x["metadata"]["name"]: x for x in c.kind("Service")}
+    c.check(len(c.kind("Deployment")) == len(ctls) + 1, f"Deployments {[d['metadata']['name'] for d in c.kind('Deployment')]}")
+    if not writer(v):
+        c.check(not ctls, "a controller Deployment without sync or repair")
+        c.check(sas == {fullname}, f"ServiceAccounts {sorted(sas)}, want only {fullname}")
+        c.check(set(svcs) == {fullname}, f"Services {sorted(svcs)}")
+        return
+    if not c.check(len(ctls) == 1, f"{len(ctls)} controller Deployments with a writing feature on"):
+        return
+    ctl = ctls[0]
+    c.check(ctl["metadata"]["name"] == name, f"controller Deployment name {ctl['metadata']['name']}")
+    c.check(sas == {fullname, name}, f"ServiceAccounts {sorted(sas)}, want {fullname} and {name}")
+    spec = ctl["spec"]
+    pod = spec["template"]["spec"]
+    c.check(spec["replicas"] == v["controller"]["replicaCount"], "controller replicas")
+    c.check(pod.get("serviceAccountName") == name, "controller serviceAccountName")
+    c.check(pod.get("automountServiceAccountToken") is True, "controller automountServiceAccountToken")
+    hook_pod = dep["spec"]["template"]["spec"]
+    c.check(pod.get("securityContext") == hook_pod.get("securityContext"), "controller Pod securityContext differs from the webhook's")
+    (ctr,) = pod["containers"]
+    (hook_ctr,) = hook_pod["containers"]
+    c.check(ctr.get("securityContext") == hook_ctr.get("securityContext"), "controller container securityContext differs from the webhook's")
+    c.check(ctr.get("image") == hook_ctr.get("image") and ctr.get("imagePullPolicy") == hook_ctr.get("imagePullPolicy"), "controller image")
+    want = ["controller", "--config", "/etc/pullsecret-injector/config.yaml", "--admin-listen", "0.0.0.0:8080",
+            "--log-format", v["logFormat"], "--log-level", v["logLevel"], "--lease-name", fullname]
+    c.check(ctr.get("args") == want, f"controller args {ctr.get('args')} != {want}")
+    ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+    c.check(ports == {"admin": 8080}, f"controller ports {ports}")
+    c.check(ctr.get("livenessProbe", {}).get("httpGet") == {"path": "/livez", "port": "admin"}, "controller livenessProbe")
+    c.check(ctr.get("readinessProbe", {}).get("httpGet") == {"path": "/readyz", "port": "admin"}, "controller readinessProbe")
+    env = ctr.get("env", [])
+    for var, path in (("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")):
+        c.check({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}} in env, f"controller {var} env")
+    c.check(ctr.get("resources") == v["controller"]["resources"], "controller resources differ from values")
+    mounts = ctr.get("volumeMounts", [])
+    c.check([(m["mountPath"], m.get("readOnly")) for m in mounts] == [("/etc/pullsecret-injector", True)]
+            and all("subPath" not in m for m in mounts), f"controller mounts {mounts}")
+    srcs = [src for vol in pod.get("volumes", []) for src in vol.get("projected", {}).get("sources", [])]
+    c.check(len(pod.get("volumes", [])) == 1 and [list(x) for x in srcs] == [["configMap"]]
+            and srcs[0]["configMap"]["name"] == config_maps(c)[0]["metadata"]["name"]
+            and [i["path"] for i in srcs[0]["configMap"]["items"]] == ["config.yaml"],
+            f"controller volumes must hold the config only (no TLS): {pod.get('volumes')}")
+    ann = spec["template"]["metadata"].get("annotations") or {}
+    c.check(not any(k.startswith("checksum/") for k in ann), "controller checksum annotation (config is hot-reloaded)")
+    c.check(ann == {**v["podAnnotations"], **v["controller"]["podAnnotations"]}, f"controller Pod annotations {ann}")
+    # Selectors: the two Pod sets never overlap, so the webhook Service (admission calls), its
+    # PDB and Deployment never pick a controller Pod, and the other way round.
+    ctl_pods, hook_pods = pod_labels(ctl), pod_labels(dep)
+    c.check(selector_matches(spec["selector"], ctl_pods) and not selector_matches(spec["selector"], hook_pods),
+            "controller Deployment selector")
+    c.check(not selector_matches(dep["spec"]["selector"], ctl_pods), "the webhook Deployment's selector matches controller Pods")
+    c.check(not selector_matches({"matchLabels": svcs[fullname]["spec"]["selector"]}, ctl_pods),
+            "the webhook Service selects controller Pods (admission calls would reach them)")
+    for pdb in c.kind("PodDisruptionBudget"):
+        c.check(not selector_matches(pdb["spec"]["selector"], ctl_pods), "a PodDisruptionBudget selects controller Pods")
+    c.check(ctl_pods.get("pullsecret-injector/inject") == "disabled", "controller Pods lack pullsecret-injector/inject=disabled")
+    # Its metrics Service: admin port only, controller Pods only.
+    csvc = svcs.get(name)
+    if c.check(csvc is not None and set(svcs) == {fullname, name}, f"Services {sorted(svcs)}, want {fullname} and {name}"):
+        sel = {"matchLabels": csvc["spec"]["selector"]}
+        c.check(selector_matches(sel, ctl_pods) and not selector_matches(sel, hook_pods), "controller Service selector")
+        c.check([(p["name"], p["port"], p["targetPort"]) for p in csvc["spec"]["ports"]] == [("admin", 8080, "admin")],
+                f"controller Service ports {csvc['spec']['ports']}")
 
 
 def check_service(c):
-    svc = c.one("Service")
+    svcs = [x for x in c.kind("Service") if not x["metadata"]["name"].endswith("-controller")]
+    c.check(len(svcs) == 1, f"expected exactly one webhook Service, got {len(svcs)}")
+    svc = svcs[0] if svcs else {"metadata": {"name": ""}, "spec": {"ports": []}}
     c.check(svc["spec"].get("type") == "ClusterIP", "Service type")
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     c.check(ports == {"https": (c.values["service"]["port"], "https"), "admin": (8080, "admin")}, f"Service ports {ports}")
@@ -364,8 +491,8 @@ def check_tls(c, svc):
     v = c.values
     name = svc["metadata"]["name"]
     dns = [name, f"{name}.{RELEASE_NS}", f"{name}.{RELEASE_NS}.svc", f"{name}.{RELEASE_NS}.svc.cluster.local"]
-    secret_name = (v["tls"]["secretName"] or f"{c.one('Deployment')['metadata']['name']}-tls")
-    vol_secret = [s["secret"]["name"] for s in c.one("Deployment")["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"] if "secret" in s]
+    secret_name = (v["tls"]["secretName"] or f"{webhook_dep(c)['metadata']['name']}-tls")
+    vol_secret = [s["secret"]["name"] for s in webhook_dep(c)["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"] if "secret" in s]
     c.check(vol_secret == [secret_name], f"TLS volume uses {vol_secret}, want {secret_name}")
     src = v["tls"]["source"]
     secrets = c.kind("Secret")
@@ -426,6 +553,9 @@ def check_optional(c):
     c.check(bool(sms) == v["metrics"]["serviceMonitor"]["enabled"], "ServiceMonitor iff metrics.serviceMonitor.enabled")
     for sm in sms:
         c.check(sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor endpoint")
+        # The webhook's Service and, with a writing feature, the controller's: both scraped.
+        picked = sorted(x["metadata"]["name"] for x in c.kind("Service") if selector_matches(sm["spec"]["selector"], x["metadata"]["labels"]))
+        c.check(picked == sorted(x["metadata"]["name"] for x in c.kind("Service")), f"ServiceMonitor selects Services {picked}")
     prs = c.kind("PrometheusRule")
     c.check(bool(prs) == v["metrics"]["prometheusRule"]["enabled"], "PrometheusRule iff metrics.prometheusRule.enabled")
     for pr in prs:
@@ -446,13 +576,24 @@ def check_optional(c):
         for k, x in v["metrics"]["dashboard"]["labels"].items():
             c.check(d["metadata"]["labels"].get(k) == x, f"dashboard ConfigMap label {k}")
     nps = c.kind("NetworkPolicy")
-    c.check(bool(nps) == v["networkPolicy"]["enabled"], "NetworkPolicy iff networkPolicy.enabled")
+    c.check(len(nps) == (v["networkPolicy"]["enabled"] * (1 + writer(v))),
+            f"{len(nps)} NetworkPolicies: one per Deployment iff networkPolicy.enabled")
+    hook_pods = pod_labels(webhook_dep(c))
+    ctl_pods = [pod_labels(d) for d in by_args(c, "controller")]
     for np in nps:
         s = np["spec"]
         c.check(sorted(s["policyTypes"]) == ["Egress", "Ingress"], "NetworkPolicy policyTypes")
         ing = s.get("ingress", [])
-        c.check(ing and ing[0] == {"ports": [{"port": 8443, "protocol": "TCP"}]}, "ingress to 8443 from anywhere")
-        for rule in ing[1:]:
+        is_ctl = np["metadata"]["name"].endswith("-controller")
+        c.check(selector_matches(s["podSelector"], hook_pods) != is_ctl
+                and all(selector_matches(s["podSelector"], p) == is_ctl for p in ctl_pods),
+                f"NetworkPolicy/{np['metadata']['name']} selects the wrong Pods")
+        if is_ctl:
+            # No webhook port: ingress only to the admin port, only from the configured peers.
+            c.check(ing == [] if not v["networkPolicy"]["adminFrom"] else len(ing) == 1, f"controller ingress {ing}")
+        else:
+            c.check(ing and ing[0] == {"ports": [{"port": 8443, "protocol": "TCP"}]}, "ingress to 8443 from anywhere")
+        for rule in ing[0 if is_ctl else 1:]:
             c.check(rule.get("from") and [p["port"] for p in rule["ports"]] == [8080], "admin port only from configured peers")
         egress_ports = {p["port"] for r in s.get("egress", []) for p in r.get("ports", [])}
         if v["standalone"]:
@@ -470,6 +611,7 @@ def run_case(c):
     dep = check_deployment(c, cfg)
     check_webhook(c, svc)
     check_pdb(c, dep)
+    check_controller(c, dep)
     check_rbac(c)
     check_tls(c, svc)
     check_optional(c)

@@ -53,10 +53,11 @@ for i, line in enumerate(lines):
 report(not uncommented, "values.yaml: every key has a comment", uncommented)
 
 vp = set(paths(values))
-# resources.* are free-form in the schema (a Kubernetes ResourceRequirements).
+# resources.* (and controller.resources.*) are free-form in the schema (a Kubernetes ResourceRequirements).
 sp = set(schema_paths(schema))
-not_in_schema = sorted(p for p in vp if p not in sp and not p.startswith("resources."))
-not_in_values = sorted(p for p in sp - vp if p != "global" and not p.startswith("resources.")
+free_form = re.compile(r"^(controller\.)?resources\.")
+not_in_schema = sorted(p for p in vp if p not in sp and not free_form.match(p))
+not_in_values = sorted(p for p in sp - vp if p != "global" and not free_form.match(p)
                        and not any(p.startswith(f"{q}.") for q in ("tls.certManager.issuerRef",)))
 report(not not_in_schema and not not_in_values, "values.schema.json and values.yaml have the same keys",
        not_in_schema + [f"schema only: {p}" for p in not_in_values])

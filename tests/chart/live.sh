@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the chart into a real kube-apiserver (no kubelet: Pods are stored, never run) and
 # checks what only a server can: the objects are accepted (webhook configuration, RBAC,
-# policy/v1beta1 PDB on 1.20), the service account gets exactly the access each feature
-# needs (kubectl auth can-i), helm upgrade keeps the generated CA, helm uninstall removes
+# policy/v1beta1 PDB on 1.20), each service account (the webhook's, read-only, and the
+# controller's, rendered with sync or repair) gets exactly the access each feature needs
+# (kubectl auth can-i), helm upgrade keeps the generated CA, helm uninstall removes
 # the cluster-scoped objects.
 # Needs a kube-apiserver binary (KUBE_APISERVER, default /var/cache/e2e-k8s/kube-apiserver,
 # as built by the e2e setup) and etcd on PATH; exits 0 with a NOTE when they are missing.
@@ -93,7 +94,7 @@ expect_can() {
 # case values-file: install into namespace = case; checks per case below. The prometheus-operator
 # CRDs are not installed: ServiceMonitor and PrometheusRule are left out (the dashboard
 # ConfigMap of monitoring-alerts is installed).
-for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery monitoring-netpol monitoring-alerts; do
+for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery repair-only monitoring-netpol monitoring-alerts; do
   ns=live-$case
   values=$CHART/ci/$case-values.yaml
   # Server-side dry run of the rendered objects first: the API server validates and admits
@@ -114,9 +115,11 @@ for case in defaults audit-mode existing-secret secret-awareness single-replica 
     fail "$case: helm install on $server"; sed 's/^/       /' "$DIR/install.out" | head -n 20; continue
   fi
   pass "$case: helm install on $server accepted every object"
-  name=$(k get deploy -n "$ns" -o jsonpath='{.items[0].metadata.name}')
+  # The webhook's Deployment (the controller's carries app.kubernetes.io/component=controller).
+  name=$(k get deploy -n "$ns" -l 'app.kubernetes.io/component!=controller' -o jsonpath='{.items[0].metadata.name}')
   sa="$ns:$name"
-  read -r sync disc aware standalone < <("$PY" - "$CHART/values.yaml" "$values" <<'PY'
+  csa="$ns:$name-controller"
+  read -r sync disc aware repair standalone < <("$PY" - "$CHART/values.yaml" "$values" <<'PY'
 import sys, yaml
 def merge(a, b):
     out = dict(a)
@@ -125,30 +128,60 @@ def merge(a, b):
     return out
 v = merge(yaml.safe_load(open(sys.argv[1])), yaml.safe_load(open(sys.argv[2])))
 c = v["config"]
-print(*(int(bool(x)) for x in (c["sync"], c["discovery"], c["secretAwareness"], v["standalone"])))
+print(*(int(bool(x)) for x in (c["sync"], c["discovery"], c["secretAwareness"], c["repair"], v["standalone"])))
 PY
 )
-  # Never: pods, configmaps, webhook configurations, RBAC.
-  expect_can "$case" "$sa" no create pods -n default
-  expect_can "$case" "$sa" no patch mutatingwebhookconfigurations
-  expect_can "$case" "$sa" no create rolebindings -n "$ns"
+  yn() { if [ "$1" = 1 ]; then echo yes; else echo no; fi; }
+  any() { for x in "$@"; do [ "$x" = 1 ] && { echo 1; return; }; done; echo 0; }
+  writer=$([ "$standalone" = 0 ] && any "$sync" "$repair" || echo 0)
+  sources=$(any "$sync" "$disc")
+  # Deployments: the webhook always, the controller iff a writing feature is on.
+  deps=$(k get deploy -n "$ns" -o name | sort | tr '\n' ' ')
+  want_deps="deployment.apps/$name $([ "$writer" = 1 ] && echo "deployment.apps/$name-controller ")"
+  if [ "$deps" = "$want_deps" ]; then pass "$case: Deployments $deps"; else fail "$case: Deployments '$deps', want '$want_deps'"; fi
+  # Never, for either ServiceAccount: create pods, webhook configurations, RBAC.
+  for who in "$sa" "$csa"; do
+    expect_can "$case" "$who" no create pods -n default
+    expect_can "$case" "$who" no patch mutatingwebhookconfigurations
+    expect_can "$case" "$who" no create rolebindings -n "$ns"
+  done
   if [ "$standalone" = 1 ]; then
     expect_can "$case" "$sa" no list namespaces
     expect_can "$case" "$sa" no get secrets -n "$ns"
     continue
   fi
+  # The webhook's ServiceAccount reads only: namespaces, Secrets cluster-wide with
+  # secretAwareness, the sources with discovery or sync. No write verb, Pods, eviction, Events
+  # or Lease, whatever the features.
   expect_can "$case" "$sa" yes watch namespaces
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" list secrets -A
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n default
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" delete secrets -n default
-  expect_can "$case" "$sa" no get secrets -n default
-  expect_can "$case" "$sa" no patch secrets -n default
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" update secrets -n default
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" watch secrets -n "$ns"
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] || [ "$disc" = 1 ] || [ "$aware" = 1 ] && echo yes || echo no)" list secrets -n "$ns"
+  expect_can "$case" "$sa" "$(yn "$aware")" list secrets -A
+  expect_can "$case" "$sa" "$(yn "$(any "$aware" "$sources")")" watch secrets -n "$ns"
   expect_can "$case" "$sa" no get secrets -n "$ns"
-  # RBAC is additive: the sync ClusterRole also covers the release namespace.
-  expect_can "$case" "$sa" "$([ "$sync" = 1 ] && echo yes || echo no)" create secrets -n "$ns"
+  for verb in create update patch delete; do
+    expect_can "$case" "$sa" no "$verb" secrets -n default
+    expect_can "$case" "$sa" no "$verb" secrets -n "$ns"
+  done
+  expect_can "$case" "$sa" no list pods -A
+  expect_can "$case" "$sa" no create pods --subresource=eviction -n default
+  expect_can "$case" "$sa" no create events.events.k8s.io -n default
+  expect_can "$case" "$sa" no create leases.coordination.k8s.io -n "$ns"
+  expect_can "$case" "$sa" no get "leases.coordination.k8s.io/$name" -n "$ns"
+  # The controller's ServiceAccount: nothing without a writing feature; otherwise the writes.
+  expect_can "$case" "$csa" "$(yn "$writer")" watch namespaces
+  expect_can "$case" "$csa" "$(yn "$writer")" create leases.coordination.k8s.io -n "$ns"
+  expect_can "$case" "$csa" "$(yn "$writer")" patch "leases.coordination.k8s.io/$name" -n "$ns"
+  expect_can "$case" "$csa" no patch leases.coordination.k8s.io/other -n "$ns"
+  expect_can "$case" "$csa" "$(yn "$([ "$writer" = 1 ] && echo "$sources" || echo 0)")" watch secrets -n "$ns"
+  expect_can "$case" "$csa" "$(yn "$sync")" list secrets -A
+  for verb in create update delete; do
+    expect_can "$case" "$csa" "$(yn "$sync")" "$verb" secrets -n default
+  done
+  expect_can "$case" "$csa" no patch secrets -n default
+  expect_can "$case" "$csa" no get secrets -n default
+  expect_can "$case" "$csa" "$(yn "$(any "$sync" "$repair")")" list pods -A
+  expect_can "$case" "$csa" "$(yn "$repair")" watch pods -A
+  expect_can "$case" "$csa" "$(yn "$repair")" create pods --subresource=eviction -n default
+  expect_can "$case" "$csa" "$(yn "$repair")" create events.events.k8s.io -n default
 done
 
 # Upgrade keeps the Helm-generated CA (lookup), and with it the Pods (checksum/tls).

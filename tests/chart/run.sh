@@ -161,7 +161,7 @@ else
     case $line in
       "PASS "*) pass "${line#PASS }" ;;
       "FAIL "*) fail "${line#FAIL }" ;;
-      "       "*) echo "$line" ;;
+      "NOTE "* | "       "*) echo "$line" ;;
     esac
   done <"$WORK/bin.out"
   grep -qE '^(PASS|FAIL) ' "$WORK/bin.out" || { fail "binary_smoke.py"; show "$WORK/bin.out"; }

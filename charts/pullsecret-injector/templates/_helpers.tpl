@@ -157,6 +157,9 @@ unclear messages). Each message names the value to fix.
 {{- if $v.config.discovery }}
 {{- fail "config.discovery=true needs the Kubernetes API and cannot be used with standalone=true" }}
 {{- end }}
+{{- if dig "repair" false $v.config }}
+{{- fail "config.repair=true needs the Kubernetes API and cannot be used with standalone=true" }}
+{{- end }}
 {{- if not $v.config.rules }}
 {{- fail "standalone=true uses only static rules: set config.rules (it is empty)" }}
 {{- end }}
@@ -201,4 +204,28 @@ unclear messages). Each message names the value to fix.
 {{- if and $v.networkPolicy.adminFrom (not $v.networkPolicy.enabled) }}
 {{- fail "networkPolicy.adminFrom is set but networkPolicy.enabled=false" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The controller (`pullsecret-injector controller`): the one process that writes (sync, repair,
+credential providers). Rendered only when one of those features is on; "true" or "".
+*/}}
+{{- define "pullsecret-injector.controllerEnabled" -}}
+{{- $c := .Values.config }}
+{{- if and (not .Values.standalone) (or $c.sync (dig "repair" false $c) (dig "credentialProviders" list $c)) }}true{{ end }}
+{{- end }}
+
+{{/* Name of the controller's Deployment, ServiceAccount, RBAC objects and metrics Service. */}}
+{{- define "pullsecret-injector.controllerName" -}}
+{{- printf "%s-controller" (include "pullsecret-injector.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Selector labels of the controller's Pods. Its own app.kubernetes.io/name, so that the webhook's
+Service, PodDisruptionBudget, NetworkPolicy and Deployment selector (name + instance) never
+match a controller Pod (the webhook Service must not send admission calls to it).
+*/}}
+{{- define "pullsecret-injector.controllerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-controller" (include "pullsecret-injector.name" . | trunc 52 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}

@@ -37,6 +37,18 @@ job to the Service name).
 {{- end }}
 
 {{/*
+PromQL label matchers selecting the controller's metrics and `up` series (sync, repair, the
+Lease). Default: the job the ServiceMonitor produces for the controller's Service.
+*/}}
+{{- define "pullsecret-injector.controllerMetricsSelector" -}}
+{{- if .Values.metrics.prometheusRule.controllerSelector }}
+{{- .Values.metrics.prometheusRule.controllerSelector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (include "pullsecret-injector.controllerName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
 "Did this counter go up in the last window?", robust to counters that start absent: a series
 created by its first increment (value 1 at once) has no increase() inside the window, so a
 series that exists now with a value above 0, did not exist one window ago, while its target was
