@@ -29,6 +29,10 @@ pub const OWN_PULL_SECRET: &str = "injector-pull";
 /// The name the API server verifies the serving certificate for (`<svc>.<ns>.svc`).
 pub const SERVICE_DNS: &str = "pullsecret-injector.pullsecret-injector.svc";
 pub const SELECTOR: &str = "app.kubernetes.io/name=pullsecret-injector";
+/// The controller Deployment (`controller`: sync, repair, the Lease), when a writing feature
+/// is on, and its Pods.
+pub const CONTROLLER: &str = "pullsecret-injector-controller";
+pub const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/name=pullsecret-injector-controller";
 
 pub struct Installation {
     /// The values of the last install or upgrade (JSON is YAML).
@@ -206,8 +210,17 @@ pub fn write_values(env: &Env, tag: &str, values: &Value) -> Result<PathBuf> {
 
 /// The injector Pods (not being deleted), as the kubelet reports them.
 pub async fn pods(client: &kube::Client) -> Result<Vec<InjectorPod>> {
+    pods_selected(client, SELECTOR).await
+}
+
+/// The controller's Pods (none when no writing feature is on).
+pub async fn controller_pods(client: &kube::Client) -> Result<Vec<InjectorPod>> {
+    pods_selected(client, CONTROLLER_SELECTOR).await
+}
+
+async fn pods_selected(client: &kube::Client, selector: &str) -> Result<Vec<InjectorPod>> {
     let list = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-        .list(&ListParams::default().labels(SELECTOR))
+        .list(&ListParams::default().labels(selector))
         .await?;
     Ok(list
         .items

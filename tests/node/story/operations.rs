@@ -594,24 +594,13 @@ pub async fn outage(sc: Sc) -> Result<()> {
         let (env, client) = (sc.env(), client.clone());
         sc.defer(async move {
             if install::pods(&client).await.is_ok_and(|p| p.is_empty()) {
-                let _ = kubectl(
-                    env,
-                    &[
-                        "scale",
-                        "deployment",
-                        FULLNAME,
-                        "-n",
-                        NAMESPACE,
-                        "--replicas=2",
-                    ],
-                )
-                .await;
+                let _ = scale_installation(env, 2).await;
                 let _ = install::await_ready(&client, 2, &[]).await;
             }
         });
     }
-    sc.step("4.16", "kubectl scale deployment pullsecret-injector --replicas=0 (failurePolicy Ignore): every injector container stopped, no Endpoints", async {
-        kubectl(env, &["scale", "deployment", FULLNAME, "-n", NAMESPACE, "--replicas=0"]).await?;
+    sc.step("4.16", "kubectl scale deployment pullsecret-injector pullsecret-injector-controller --replicas=0 (failurePolicy Ignore): every injector container stopped, no Endpoints", async {
+        scale_installation(env, 0).await?;
         let (_, took) = eventually(Duration::from_secs(90), "no injector Pod", || async {
             let left = install::still_serving(&client, None).await?;
             ensure!(left.is_empty(), "{left:?} still running");
@@ -649,20 +638,9 @@ pub async fn outage(sc: Sc) -> Result<()> {
     let back_offset = file_len(&env.apiserver_log());
     sc.step(
         "4.18",
-        "kubectl scale --replicas=2: both injectors Running and Ready",
+        "kubectl scale --replicas=2: both injectors Running and Ready, the controller back",
         async {
-            kubectl(
-                env,
-                &[
-                    "scale",
-                    "deployment",
-                    FULLNAME,
-                    "-n",
-                    NAMESPACE,
-                    "--replicas=2",
-                ],
-            )
-            .await?;
+            scale_installation(env, 2).await?;
             install::await_ready(&client, 2, &[]).await?;
             sc.note(format!("Ready {} after the scale-up", secs(back.elapsed())));
             Ok(())
@@ -723,7 +701,8 @@ pub async fn outage(sc: Sc) -> Result<()> {
         ensure!(bare.metadata.deletion_timestamp.is_none(), "the bare Pod is being deleted");
         let mut evicted = 0.0;
         let mut reported = 0.0;
-        for p in install::pods(&client).await? {
+        // Repair runs in the controller's Pods.
+        for p in install::controller_pods(&client).await? {
             let text = p.metrics().await?;
             evicted += crate::api::metric(&text, r#"pullsecret_injector_repairs_total{outcome="evicted"}"#);
             reported += crate::api::metric(&text, r#"pullsecret_injector_repairs_total{outcome="reported"}"#);
@@ -732,6 +711,28 @@ pub async fn outage(sc: Sc) -> Result<()> {
         sc.note(format!("{event}; repairs_total evicted {evicted}, reported {reported}"));
         Ok(())
     })
+    .await?;
+    Ok(())
+}
+
+/// Scales the whole installation, the webhook and the controller (sync, repair), to
+/// `replicas`. The outage scenario takes both down: with the controller up while no webhook
+/// answers, repair would evict a stuck Pod whose replacement is admitted without its secrets
+/// again, and then back off per controller until the webhook is back.
+async fn scale_installation(env: &crate::harness::Env, replicas: u32) -> Result<()> {
+    let replicas = format!("--replicas={replicas}");
+    kubectl(
+        env,
+        &[
+            "scale",
+            "deployment",
+            FULLNAME,
+            install::CONTROLLER,
+            "-n",
+            NAMESPACE,
+            &replicas,
+        ],
+    )
     .await?;
     Ok(())
 }
