@@ -12,6 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_cert::der::Decode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -83,15 +84,10 @@ pub fn pair_from_pem(
     let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
         path: cert_path.into(),
     })?;
-    let not_after = match x509_parser::parse_x509_certificate(leaf) {
-        Ok((_, parsed)) => parsed.validity().not_after.timestamp(),
-        Err(e) => {
-            return Err(TlsError::BadCertificate {
-                path: cert_path.into(),
-                reason: e.to_string(),
-            });
-        }
-    };
+    let not_after = not_after(leaf).map_err(|e| TlsError::BadCertificate {
+        path: cert_path.into(),
+        reason: e.to_string(),
+    })?;
     if not_after < crate::metrics::unix_now() {
         return Err(TlsError::Expired {
             path: cert_path.into(),
@@ -121,6 +117,20 @@ pub fn pair_from_pem(
         certified: Arc::new(certified),
         not_after,
     })
+}
+
+/// notAfter of a DER certificate, Unix seconds. The whole certificate is decoded (RFC 5280
+/// profile), so a malformed one is refused here rather than at the first handshake. Times
+/// before 1970 cannot be represented and count as malformed.
+fn not_after(der: &[u8]) -> Result<i64, x509_cert::der::Error> {
+    let certificate = x509_cert::Certificate::from_der(der)?;
+    let not_after = certificate
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration();
+    // DER times end in 9999, far inside i64 seconds.
+    Ok(i64::try_from(not_after.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The process-wide crypto provider (ring), installed once by `main` and by tests.
@@ -177,4 +187,85 @@ pub fn server_config(
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// (cert PEM, key PEM) of a self-signed certificate valid until `not_after`, if given.
+    fn pem(not_after: Option<(i32, u8, u8)>) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".into()]).expect("params");
+        if let Some((year, month, day)) = not_after {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn pair(cert: &str, key: &str) -> Result<LoadedPair, TlsError> {
+        pair_from_pem(
+            Path::new("tls.crt"),
+            cert.as_bytes(),
+            Path::new("tls.key"),
+            key.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn not_after_is_read_as_unix_seconds() {
+        // GeneralizedTime (from 2050 on) and UTCTime (before) both decode.
+        for ((year, month, day), expected) in [
+            ((2100, 1, 1), 4_102_444_800),
+            ((2049, 12, 31), 2_524_521_600),
+        ] {
+            let (cert, key) = pem(Some((year, month, day)));
+            let loaded = pair(&cert, &key).expect("valid pair");
+            assert_eq!(loaded.not_after, expected, "{year}-{month}-{day}");
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_with_its_expiry() {
+        let (cert, key) = pem(Some((2001, 1, 1)));
+        match pair(&cert, &key) {
+            Err(TlsError::Expired { not_after, .. }) => assert_eq!(not_after, 978_307_200),
+            other => panic!("expected Expired, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_decode_is_refused() {
+        let (_, key) = pem(None);
+        // Valid PEM, but the DER inside is not a certificate.
+        let garbage = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+        let error = pair(garbage, &key).expect_err("garbage accepted");
+        assert!(
+            matches!(error, TlsError::BadCertificate { .. }),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("--tls-cert tls.crt: the certificate cannot be parsed: "),
+            "{error}"
+        );
+        // A certificate cut short.
+        let (cert, key) = pem(None);
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("der");
+        assert!(not_after(&der[..der.len() - 10]).is_err());
+        assert!(pair(&cert, &key).is_ok());
+    }
+
+    #[test]
+    fn a_file_without_a_certificate_is_refused() {
+        let (_, key) = pem(None);
+        assert!(matches!(
+            pair("no PEM here\n", &key),
+            Err(TlsError::NoCertificate { .. })
+        ));
+    }
 }
