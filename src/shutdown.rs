@@ -5,7 +5,7 @@
 //! accepting, closes idle keep-alive connections and drains in-flight requests up to the drain
 //! timeout. A second signal ends the process at once.
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn signal() {
@@ -34,31 +34,56 @@ pub async fn signal() {
     }
 }
 
-/// A one-shot "stop now" flag that many tasks can wait on.
-#[derive(Clone, Debug)]
+/// A one-shot "stop now" flag that many tasks can wait on: a thin name over tokio-util's
+/// [`CancellationToken`], kept so callers read as the shutdown sequence does. Clones share
+/// one flag; [`Trigger::token`] hands it to code that takes a token.
+#[derive(Clone, Debug, Default)]
 pub struct Trigger {
-    sender: watch::Sender<bool>,
-}
-
-impl Default for Trigger {
-    fn default() -> Self {
-        Self {
-            sender: watch::channel(false).0,
-        }
-    }
+    token: CancellationToken,
 }
 
 impl Trigger {
+    /// Fires the trigger; every waiter, present and future, resolves.
     pub fn fire(&self) {
-        self.sender.send_replace(true);
+        self.token.cancel();
     }
 
-    /// Resolves once fired (immediately if already fired).
+    /// Resolves once fired (immediately if already fired). The future owns a clone, so it
+    /// does not borrow `self`.
     pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
-        let mut receiver = self.sender.subscribe();
-        async move {
-            // An error means the sender is gone, which also means stop.
-            let _ = receiver.wait_for(|fired| *fired).await;
-        }
+        self.token.clone().cancelled_owned()
+    }
+
+    /// Whether it has fired.
+    pub fn is_fired(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The underlying token (shared, not a child).
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn every_clone_and_every_waiter_sees_one_fire() {
+        let trigger = Trigger::default();
+        let early = trigger.wait();
+        let clone = trigger.clone();
+        assert!(!clone.is_fired());
+        let pending = tokio::time::timeout(Duration::from_millis(20), trigger.wait()).await;
+        assert!(pending.is_err(), "resolved before firing");
+        clone.fire();
+        assert!(trigger.is_fired());
+        early.await;
+        // Waiting after the fact resolves at once; firing twice is harmless.
+        trigger.wait().await;
+        trigger.fire();
+        clone.wait().await;
     }
 }
