@@ -418,6 +418,8 @@ mod tests {
         connector: TlsConnector,
         stop: crate::shutdown::Trigger,
         task: tokio::task::JoinHandle<Drained>,
+        /// Notified when a request reaches `/slow` (which then takes 30 s).
+        slow_started: Arc<Notify>,
     }
 
     async fn server(limits: Limits) -> TestServer {
@@ -446,7 +448,18 @@ mod tests {
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = Router::new().route("/", axum::routing::post(|| async { "ok" }));
+        let slow_started = Arc::new(Notify::new());
+        let started = slow_started.clone();
+        let router = Router::new()
+            .route("/", axum::routing::post(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::post(move || async move {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            );
         let stop = crate::shutdown::Trigger::default();
         let task = tokio::spawn(serve_tls(
             listener,
@@ -461,6 +474,7 @@ mod tests {
             connector: TlsConnector::from(Arc::new(client)),
             stop,
             task,
+            slow_started,
         }
     }
 
@@ -569,6 +583,30 @@ mod tests {
         server.stop.fire();
         assert!(closed_within(&mut client, Duration::from_secs(2)).await);
         assert_eq!(server.task.await.expect("server"), Drained::Clean);
+    }
+
+    #[tokio::test]
+    async fn a_request_outlasting_the_drain_timeout_ends_it_timed_out() {
+        let server = server(Limits::default()).await;
+        let mut idle = connect(&server).await.expect("connect");
+        assert!(request(&mut idle).await.expect("request"));
+        let mut busy = connect(&server).await.expect("connect");
+        busy.write_all(b"POST /slow HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::timeout(Duration::from_secs(2), server.slow_started.notified())
+            .await
+            .expect("the slow request reached its handler");
+        let started = Instant::now();
+        server.stop.fire();
+        // The idle connection is closed at once; the busy one holds the drain to its timeout.
+        assert!(closed_within(&mut idle, Duration::from_secs(1)).await);
+        assert_eq!(server.task.await.expect("server"), Drained::TimedOut);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+            "drain ended after {waited:?}, not at the 2 s timeout"
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,14 @@
-//! The webhook server, and [`run`], the composition root of `serve`: it wires configuration,
-//! TLS, the cluster side, the listeners and the reloaders, then runs the shutdown sequence
-//! described in [`crate::shutdown`].
+//! The webhook server. [`Server::start`] is the composition root of `serve`: it wires
+//! configuration, TLS, the cluster side, the listeners and the reloaders, and hands back a
+//! [`Running`] server; [`Running::shutdown`] runs the shutdown sequence described in
+//! [`crate::shutdown`]. [`run`] joins the two to the process's signals.
 //!
 //! - [`handler`]: `/mutate` and `/audit` (body limits, panic guard, the answer path).
 //! - [`listener`]: the TLS listener (connection limits, timeouts, drain).
 //! - [`tls`], [`reload`]: certificates and files reloaded by polling.
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`; [`state`]: what handlers share.
 
-pub(crate) mod admin;
+pub mod admin;
 pub mod handler;
 pub(crate) mod listener;
 pub(crate) mod reload;
@@ -17,9 +18,11 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::cli::ServeArgs;
 use crate::cluster;
@@ -28,7 +31,7 @@ use crate::core::facts::{ClusterFacts, NothingKnown};
 use crate::core::policy::PolicyStore;
 use crate::metrics::Metrics;
 use crate::shutdown::Trigger;
-use listener::Drained;
+pub use listener::Drained;
 use state::{App, Readiness};
 use tls::{ReloadingResolver, TlsError};
 
@@ -58,142 +61,15 @@ where
     S: FnMut() -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let (config, config_bytes) = config::load_with_bytes(&args.config)?;
-    let (pair, pair_bytes) = tls::load_pair(&args.tls_cert, &args.tls_key)?;
-    let metrics = Arc::new(Metrics::default());
-    metrics.certificate_expiry.set(pair.not_after);
-    let resolver = ReloadingResolver::new(&pair);
-    let tls_config = Arc::new(tls::server_config(resolver.clone())?);
-    let own_namespace = args.cluster.own_namespace();
-    let policy = Arc::new(PolicyStore::new(config));
-    let readiness = Arc::new(Readiness::default());
-    let stop_background = Trigger::default();
-    let settings_changed = Arc::new(Notify::new());
-
-    let (facts, cluster_task): (Arc<dyn ClusterFacts>, _) = if args.standalone {
-        let settings = policy.load().settings().clone();
-        if settings.discovery || settings.sync {
-            tracing::warn!("discovery and sync need the Kubernetes API; ignored with --standalone");
-        }
-        readiness.set_caches_synced();
-        (Arc::new(NothingKnown), None)
-    } else {
-        let cluster = cluster::start(cluster::Wiring {
-            args: args.cluster.clone(),
-            own_namespace: own_namespace.clone(),
-            role: cluster::Role::Webhook,
-            policy: policy.clone(),
-            metrics: metrics.clone(),
-            readiness: readiness.clone(),
-            settings_changed: settings_changed.clone(),
-            stop: stop_background.clone(),
-        })
-        .await?;
-        (cluster.facts, Some(cluster.task))
-    };
-    let app = Arc::new(App {
-        policy: policy.clone(),
-        facts,
-        own_namespace,
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-    });
-
-    let webhook = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| StartupError::Bind {
-            flag: "--listen",
-            addr: args.listen,
-            source,
-        })?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
-        .await
-        .map_err(|source| StartupError::Bind {
-            flag: "--admin-listen",
-            addr: args.admin_listen,
-            source,
-        })?;
-    readiness.set_tls_loaded();
-    tracing::info!(
-        listen = %args.listen,
-        admin = %args.admin_listen,
-        standalone = args.standalone,
-        rules = policy.load().rules().rules().len(),
-        "pullsecret-injector serving"
-    );
-
-    let reloaders = [
-        tokio::spawn(reload::watch_certificate(
-            args.tls_cert.clone(),
-            args.tls_key.clone(),
-            pair_bytes,
-            args.reload_interval,
-            resolver,
-            metrics.clone(),
-        )),
-        tokio::spawn(reload::watch_config(
-            args.config.clone(),
-            config_bytes,
-            args.reload_interval,
-            policy,
-            metrics,
-            settings_changed,
-        )),
-    ];
-    let admin_server = {
-        let stop = stop_background.wait();
-        let router = admin::router(app.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        })
-    };
-
-    // First signal: not ready, keep serving for the delay; a second signal during shutdown
-    // ends the process at once.
-    let first = signals();
-    let forced = Trigger::default();
-    let stop_accepting = {
-        let readiness = readiness.clone();
-        let delay = args.shutdown_delay;
-        let forced = forced.clone();
-        let second = signals();
-        async move {
-            first.await;
-            readiness.set_shutting_down();
-            tracing::info!(delay = ?delay, "signal received: not ready; still answering during the shutdown delay");
-            tokio::spawn(async move {
-                second.await;
-                forced.fire();
-            });
-            tokio::time::sleep(delay).await;
-        }
-    };
-    let served = listener::serve_tls(
-        webhook,
-        tls_config,
-        handler::router(app),
-        stop_accepting,
-        args.drain_timeout,
-        listener::Limits::default(),
-    );
+    let running = Server::start(args).await?;
+    let (first, second) = (signals(), signals());
+    first.await;
+    tracing::info!("signal received");
+    // A second signal at any point of the shutdown ends the process at once.
     let drained = tokio::select! {
-        drained = served => drained,
-        () = forced.wait() => return Err(StartupError::Forced),
+        drained = running.shutdown() => drained,
+        () = second => return Err(StartupError::Forced),
     };
-    stop_background.fire();
-    for task in reloaders {
-        task.abort();
-    }
-    let _ = admin_server.await;
-    // Releases the Lease, if held, so another replica takes over sync at once.
-    if let Some(task) = cluster_task {
-        let _ = task.await;
-    }
     match drained {
         Drained::Clean => tracing::info!("drained; exiting"),
         Drained::TimedOut => {
@@ -201,4 +77,199 @@ where
         }
     }
     Ok(())
+}
+
+/// The `serve` server; [`Server::start`] starts one.
+#[derive(Debug)]
+pub struct Server;
+
+/// A started server: the webhook and admin listeners serving, the reloaders and (in cluster
+/// mode) the cluster side running. Stop it with [`Running::shutdown`]; dropping it leaves its
+/// tasks running.
+#[must_use = "a running server keeps serving until shut down"]
+pub struct Running {
+    webhook_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    readiness: Arc<Readiness>,
+    shutdown_delay: Duration,
+    /// Fired after the shutdown delay: the webhook listener stops accepting and drains.
+    stop_accepting: Trigger,
+    webhook: JoinHandle<Drained>,
+    /// Fired once drained: admin listener, cluster side.
+    stop_background: Trigger,
+    reloaders: [JoinHandle<()>; 2],
+    admin: JoinHandle<()>,
+    cluster: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Loads the configuration and the certificate, starts the cluster side (unless
+    /// standalone), binds both listeners and starts serving. Ready (`/readyz`) once the TLS
+    /// certificate is loaded and, in cluster mode, the caches have synced.
+    pub async fn start(args: ServeArgs) -> Result<Running, StartupError> {
+        let (config, config_bytes) = config::load_with_bytes(&args.config)?;
+        let (pair, pair_bytes) = tls::load_pair(&args.tls_cert, &args.tls_key)?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.certificate_expiry.set(pair.not_after);
+        let resolver = ReloadingResolver::new(&pair);
+        let tls_config = Arc::new(tls::server_config(resolver.clone())?);
+        let own_namespace = args.cluster.own_namespace();
+        let policy = Arc::new(PolicyStore::new(config));
+        let readiness = Arc::new(Readiness::default());
+        let stop_background = Trigger::default();
+        let settings_changed = Arc::new(Notify::new());
+
+        let (facts, cluster_task): (Arc<dyn ClusterFacts>, _) = if args.standalone {
+            let settings = policy.load().settings().clone();
+            if settings.discovery || settings.sync {
+                tracing::warn!(
+                    "discovery and sync need the Kubernetes API; ignored with --standalone"
+                );
+            }
+            readiness.set_caches_synced();
+            (Arc::new(NothingKnown), None)
+        } else {
+            let cluster = cluster::start(cluster::Wiring {
+                args: args.cluster.clone(),
+                own_namespace: own_namespace.clone(),
+                role: cluster::Role::Webhook,
+                policy: policy.clone(),
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                settings_changed: settings_changed.clone(),
+                stop: stop_background.clone(),
+            })
+            .await?;
+            (cluster.facts, Some(cluster.task))
+        };
+        let app = Arc::new(App {
+            policy: policy.clone(),
+            facts,
+            own_namespace,
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+        });
+
+        let webhook_listener = bind("--listen", args.listen).await?;
+        let admin_listener = bind("--admin-listen", args.admin_listen).await?;
+        let webhook_addr = local_addr(&webhook_listener, "--listen", args.listen)?;
+        let admin_addr = local_addr(&admin_listener, "--admin-listen", args.admin_listen)?;
+        readiness.set_tls_loaded();
+        tracing::info!(
+            listen = %webhook_addr,
+            admin = %admin_addr,
+            standalone = args.standalone,
+            rules = policy.load().rules().rules().len(),
+            "pullsecret-injector serving"
+        );
+
+        let reloaders = [
+            tokio::spawn(reload::watch_certificate(
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
+                pair_bytes,
+                args.reload_interval,
+                resolver,
+                metrics.clone(),
+            )),
+            tokio::spawn(reload::watch_config(
+                args.config.clone(),
+                config_bytes,
+                args.reload_interval,
+                policy,
+                metrics,
+                settings_changed,
+            )),
+        ];
+        let admin = admin::serve(
+            admin_listener,
+            admin::router(app.clone()),
+            stop_background.wait(),
+        );
+        let stop_accepting = Trigger::default();
+        let webhook = tokio::spawn(listener::serve_tls(
+            webhook_listener,
+            tls_config,
+            handler::router(app),
+            stop_accepting.wait(),
+            args.drain_timeout,
+            listener::Limits::default(),
+        ));
+        Ok(Running {
+            webhook_addr,
+            admin_addr,
+            readiness,
+            shutdown_delay: args.shutdown_delay,
+            stop_accepting,
+            webhook,
+            stop_background,
+            reloaders,
+            admin,
+            cluster: cluster_task,
+        })
+    }
+}
+
+impl Running {
+    /// The webhook listener's address (the port chosen, if `--listen` asked for port 0).
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+    }
+
+    /// The admin listener's address (`/livez`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// What `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The shutdown sequence: not ready at once, still answering for the shutdown delay
+    /// (requests answered meanwhile carry `Connection: close`); then stop accepting, close
+    /// idle connections and drain in-flight requests up to the drain timeout; then stop the
+    /// reloaders, the admin listener and the cluster side's watches.
+    pub async fn shutdown(self) -> Drained {
+        self.readiness.set_shutting_down();
+        tracing::info!(
+            delay = ?self.shutdown_delay,
+            "not ready; still answering during the shutdown delay"
+        );
+        tokio::time::sleep(self.shutdown_delay).await;
+        self.stop_accepting.fire();
+        let drained = match self.webhook.await {
+            Ok(drained) => drained,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook listener failed");
+                Drained::TimedOut
+            }
+        };
+        self.stop_background.fire();
+        for task in self.reloaders {
+            task.abort();
+        }
+        let _ = self.admin.await;
+        if let Some(task) = self.cluster {
+            let _ = task.await;
+        }
+        drained
+    }
+}
+
+/// Binds a listener; the error names the flag.
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { flag, addr, source })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    flag: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartupError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { flag, addr, source })
 }
