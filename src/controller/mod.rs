@@ -98,18 +98,7 @@ pub async fn run(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     });
-    let admin_server = {
-        let stop = stop.clone();
-        let router = admin::router(app);
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(async move { stop.wait().await })
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        })
-    };
+    let admin_server = admin::serve(admin_listener, admin::router(app), stop.wait());
     let reloader = tokio::spawn(reload::watch_config(
         args.config.clone(),
         config_bytes,
