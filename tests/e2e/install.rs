@@ -274,8 +274,6 @@ impl Installation {
                 "2s",
                 "--log-level",
                 &suite.env.log_level,
-                "--lease-name",
-                &fullname,
             ]
             .iter()
             .map(|s| s.to_string())

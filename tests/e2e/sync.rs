@@ -611,16 +611,47 @@ pub async fn lease_revoked(sc: Sc) -> Result<()> {
     )
     .await?;
     ensure!(before == after, "copies recreated: {before:?} -> {after:?}");
-    let wrote = old
-        .log_since(log_from)
-        .lines()
-        .filter(|l| l.contains("wrote Secret copy") || l.contains("removed Secret copy"))
-        .count();
+    // The API server's authorizer may let a renewal or two through right after the binding is
+    // deleted; while a renewal succeeded the replica rightly holds the Lease. What must never
+    // happen: a write after it stopped writing, or once the new holder took over.
+    let old_log = old.log_since(log_from);
+    let is_write = |l: &&str| l.contains("wrote Secret copy") || l.contains("removed Secret copy");
+    let old_lines: Vec<&str> = old_log.lines().collect();
+    let stopped_at = old_lines
+        .iter()
+        .rposition(|l| l.contains("stopped writing"))
+        .ok_or_else(|| anyhow!("{} never logged that it stopped writing", old.identity))?;
+    let late: Vec<&str> = old_lines[stopped_at..]
+        .iter()
+        .copied()
+        .filter(|l| is_write(l))
+        .collect();
     ensure!(
-        wrote == 0,
-        "{} wrote {wrote} time(s) after it lost the right to renew the Lease",
+        late.is_empty(),
+        "{} wrote after it stopped writing: {late:?}",
         old.identity
     );
+    let stamp = |l: &str| l.split_whitespace().next().unwrap_or_default().to_string();
+    let last_old_write = old_lines
+        .iter()
+        .copied()
+        .filter(|l| is_write(l))
+        .map(stamp)
+        .max();
+    let took_over = inst.controllers[new]
+        .log_since(0)
+        .lines()
+        .filter(|l| l.contains("Lease held"))
+        .map(stamp)
+        .max()
+        .ok_or_else(|| anyhow!("the new holder never logged taking the Lease"))?;
+    if let Some(last) = &last_old_write {
+        ensure!(
+            *last < took_over,
+            "{} wrote at {last}, after the new holder took the Lease at {took_over}",
+            old.identity
+        );
+    }
     sc.note(format!(
         "{} stopped writing (leader 0) {took:?} after losing Lease rights; {} took over {takeover:?} after; the rotation reached every copy in place",
         old.identity, inst.controllers[new].identity
