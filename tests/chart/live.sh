@@ -137,7 +137,7 @@ PY
   sources=$(any "$sync" "$disc")
   # Deployments: the webhook always, the controller iff a writing feature is on.
   deps=$(k get deploy -n "$ns" -o name | sort | tr '\n' ' ')
-  want_deps="deployment.apps/$name $([ "$writer" = 1 ] && echo "deployment.apps/$name-controller ")"
+  want_deps="deployment.apps/$name $([ "$writer" = 1 ] && echo "deployment.apps/$name-controller " || true)"
   if [ "$deps" = "$want_deps" ]; then pass "$case: Deployments $deps"; else fail "$case: Deployments '$deps', want '$want_deps'"; fi
   # Never, for either ServiceAccount: create pods, webhook configurations, RBAC.
   for who in "$sa" "$csa"; do
