@@ -30,6 +30,7 @@ fn config_with(extra: usize) -> Config {
             secrets: vec![format!("extra-{i}")],
             pull_policy_always: false,
             source: RuleSource::Config { index: 4 + i },
+            scope: Default::default(),
         });
     }
     config

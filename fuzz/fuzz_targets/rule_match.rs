@@ -388,6 +388,7 @@ fn rule(pattern: RegistryPattern, i: usize) -> Rule {
         secrets: vec![format!("r{i}")],
         pull_policy_always: false,
         source: RuleSource::Config { index: i },
+        scope: Default::default(),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn app() -> &'static App {
                 secrets: secrets.iter().map(|s| s.to_string()).collect(),
                 pull_policy_always: *always,
                 source: RuleSource::Config { index },
+                scope: Default::default(),
             })
             .collect();
         let config = Config {

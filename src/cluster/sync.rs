@@ -285,6 +285,7 @@ mod tests {
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
             pull_policy_always: false,
             source: RuleSource::Config { index: 0 },
+            scope: Default::default(),
         }])
     }
 

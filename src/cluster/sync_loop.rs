@@ -282,6 +282,7 @@ mod tests {
             secrets: vec!["regcred".into()],
             pull_policy_always: false,
             source: RuleSource::Config { index: 0 },
+            scope: Default::default(),
         }]);
         let got = gather(
             "psi",

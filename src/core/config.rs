@@ -356,6 +356,7 @@ impl Validator {
                     secrets,
                     pull_policy_always,
                     source: RuleSource::Config { index },
+                    scope: Default::default(),
                 });
             }
         }

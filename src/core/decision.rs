@@ -438,6 +438,7 @@ pub(crate) mod tests {
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
             pull_policy_always: always,
             source: RuleSource::Config { index },
+            scope: Default::default(),
         };
         Policy::from_config(&Config {
             settings,

@@ -123,6 +123,7 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
                 source: RuleSource::Discovered {
                     secret: name.clone(),
                 },
+                scope: Default::default(),
             }),
             Err(e) => errors.push(SourceError::BadKey {
                 secret: name.clone(),

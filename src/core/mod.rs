@@ -19,4 +19,5 @@ pub mod policy;
 pub mod repair;
 pub mod review;
 pub mod rules;
+pub mod scope;
 pub mod verdict;

@@ -24,6 +24,10 @@ pub const MANAGED_BY: &str = "pullsecret-injector";
 /// `<namespace>/<name>` of the source a copy was made from.
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector/source";
 /// The source's resourceVersion when the copy was written.
+/// On a source Secret: the namespaces it may serve, comma-separated names or globs.
+pub const NAMESPACES_ANNOTATION: &str = "pullsecret-injector/namespaces";
+/// On a source Secret: a label selector (`kubectl -l` syntax) the namespaces it serves match.
+pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "pullsecret-injector/namespace-selector";
 pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecret-injector/source-version";
 
 /// Audit annotation (the API server prefixes it with the webhook's name): the secrets added,

@@ -121,6 +121,7 @@ mod tests {
             secrets: vec![secret.into()],
             pull_policy_always: false,
             source,
+            scope: Default::default(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Rule {
     /// Also set `imagePullPolicy: Always` on matching containers.
     pub pull_policy_always: bool,
     pub source: RuleSource,
+    /// The namespaces this rule serves (issue 14); everywhere unless declared.
+    pub scope: crate::core::scope::Scope,
 }
 
 /// Rules in priority order (earlier wins ties), shared by every admission.
@@ -364,6 +366,7 @@ mod tests {
             secrets: vec![secret.to_string()],
             pull_policy_always: false,
             source: RuleSource::Config { index },
+            scope: Default::default(),
         }
     }
 

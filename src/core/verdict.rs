@@ -482,6 +482,7 @@ mod tests {
             secrets: vec![secret.into()],
             pull_policy_always: false,
             source: RuleSource::Config { index: 0 },
+            scope: Default::default(),
         };
         let config = Config {
             rules: vec![
