@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwapOption;
 
-use crate::core::facts::{ClusterFacts, NamespaceCache, NamespaceLabel, SecretPresence};
+use crate::core::facts::{ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::metrics::{KindLabels, Metrics, unix_now};
 
 type Map<V> = HashMap<Box<str>, HashMap<Box<str>, V>>;
@@ -203,11 +203,14 @@ fn insert<V>(map: &mut Map<V>, namespace: &str, name: &str, value: V) {
 }
 
 /// What the namespace index keeps of a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceEntry {
     pub label: NamespaceLabel,
     /// Being deleted: sync writes nothing there.
     pub terminating: bool,
+    /// All its labels, for the scope selectors of rules and sources (shared, not copied, by
+    /// every reader).
+    pub labels: Arc<Labels>,
 }
 
 /// What the Secret indexes keep of a Secret: nothing for most, the marks for sync's copies.
@@ -251,6 +254,11 @@ impl ClusterFacts for ClusterIndex {
         self.namespaces.get("", namespace, |entry| {
             entry.map_or(NamespaceLabel::Unknown, |e| e.label)
         })
+    }
+
+    fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+        self.namespaces
+            .get("", namespace, |entry| entry.map(|e| e.labels.clone()))
     }
 
     fn secret_presence(&self, namespace: &str, name: &str) -> SecretPresence {
@@ -343,10 +351,16 @@ mod tests {
         let enabled = NamespaceEntry {
             label: NamespaceLabel::Enabled,
             terminating: false,
+            labels: Arc::new(Labels::from([("team".to_string(), "a".to_string())])),
         };
         cluster.namespaces.apply("", "team-a", enabled);
         assert_eq!(cluster.namespace_label("team-a"), NamespaceLabel::Enabled);
         assert_eq!(cluster.namespace_label("new"), NamespaceLabel::Unknown);
+        assert_eq!(
+            cluster.namespace_labels("team-a").as_deref(),
+            Some(&Labels::from([("team".to_string(), "a".to_string())]))
+        );
+        assert_eq!(cluster.namespace_labels("new"), None);
     }
 
     #[test]
@@ -383,12 +397,13 @@ mod tests {
         let entry = NamespaceEntry {
             label: NamespaceLabel::Enabled,
             terminating: false,
+            labels: Arc::default(),
         };
         // An event before the first list is not a list.
-        cluster.namespaces.apply("", "team-a", entry);
+        cluster.namespaces.apply("", "team-a", entry.clone());
         assert_eq!(cluster.namespace_cache(), NamespaceCache::NotListed);
         cluster.namespaces.start_list();
-        cluster.namespaces.apply_listed("", "team-a", entry);
+        cluster.namespaces.apply_listed("", "team-a", entry.clone());
         assert_eq!(cluster.namespace_cache(), NamespaceCache::NotListed);
         cluster.namespaces.finish_list();
         assert_eq!(cluster.namespace_cache(), NamespaceCache::Fresh);

@@ -127,6 +127,7 @@ fn namespace_entry(namespace: &PartialObjectMeta<Namespace>) -> Option<Namespace
     Some(NamespaceEntry {
         label: NamespaceLabel::from_value(label(meta, INJECT_LABEL)),
         terminating: meta.deletion_timestamp.is_some(),
+        labels: Arc::new(meta.labels.clone().unwrap_or_default()),
     })
 }
 

@@ -248,7 +248,11 @@ mod tests {
     fn gathers_plan_inputs_from_indexes_filled_by_events() {
         let metrics = Arc::new(Metrics::default());
         let namespaces = Index::new("namespaces", metrics.clone());
-        let entry = |label, terminating| NamespaceEntry { label, terminating };
+        let entry = |label, terminating| NamespaceEntry {
+            label,
+            terminating,
+            labels: Arc::default(),
+        };
         namespaces.start_list();
         namespaces.apply_listed("", "team-b", entry(NamespaceLabel::Enabled, false));
         namespaces.apply_listed("", "team-a", entry(NamespaceLabel::Unlabelled, false));

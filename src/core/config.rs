@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::core::rules::{RegistryPattern, Rule, RuleSource};
+use crate::core::scope::{NamePattern, Operator, Requirement, Scope, Selector, check_requirement};
 
 /// Namespaces excluded when the file does not say otherwise.
 pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 3] =
@@ -64,7 +65,18 @@ pub struct Settings {
     /// ReplicaSet, StatefulSet or DaemonSet recreates them; report the others (the Lease
     /// holder only; `cluster/repair.rs`).
     pub repair: bool,
+    /// `false`: the Pod label `pullsecret-injector/inject=disabled|audit` is ignored (only
+    /// namespace labels opt out).
+    pub pod_opt_out: bool,
+    /// `true`: a rule or source Secret that declares no namespace scope serves no namespace.
+    pub require_scope: bool,
+    /// Sync: a copy in a namespace that left its credential's scope (or whose source is gone)
+    /// is deleted after this long, even if a Pod still names it.
+    pub revoke_after: std::time::Duration,
 }
+
+/// `revokeAfter` when the file does not say.
+pub const DEFAULT_REVOKE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -78,6 +90,9 @@ impl Default for Settings {
             // cannot be limited to metadata, and it only ever adds warnings.
             secret_awareness: false,
             repair: false,
+            pod_opt_out: true,
+            require_scope: false,
+            revoke_after: DEFAULT_REVOKE_AFTER,
         }
     }
 }
@@ -188,6 +203,9 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
             "sync",
             "secretAwareness",
             "repair",
+            "podOptOut",
+            "requireScope",
+            "revokeAfter",
         ],
     );
 
@@ -212,6 +230,8 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
         ("sync", &mut config.settings.sync),
         ("secretAwareness", &mut config.settings.secret_awareness),
         ("repair", &mut config.settings.repair),
+        ("podOptOut", &mut config.settings.pod_opt_out),
+        ("requireScope", &mut config.settings.require_scope),
     ] {
         if let Some(value) = root.get(key) {
             match value.as_bool() {
@@ -221,6 +241,17 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
                     format!("expected true or false, found {}", show(value)),
                 ),
             }
+        }
+    }
+    if let Some(value) = root.get("revokeAfter") {
+        match value.as_str().map(crate::cli::parse_duration) {
+            Some(Ok(d)) if !d.is_zero() => config.settings.revoke_after = d,
+            Some(Ok(_)) => v.error("revokeAfter", "must be longer than 0s"),
+            Some(Err(e)) => v.error("revokeAfter", e),
+            None => v.error(
+                "revokeAfter",
+                format!("expected a duration such as 10m, found {}", show(value)),
+            ),
         }
     }
     if v.errors.is_empty() {
@@ -297,7 +328,18 @@ impl Validator {
                 self.error(&path, format!("expected a mapping, found {}", kind(item)));
                 continue;
             };
-            self.unknown_keys(&path, map, &["registry", "secrets", "pullPolicy"]);
+            self.unknown_keys(
+                &path,
+                map,
+                &[
+                    "registry",
+                    "secrets",
+                    "pullPolicy",
+                    "namespaces",
+                    "namespaceSelector",
+                ],
+            );
+            let scope = self.scope(&path, map);
             let pattern = match map.get("registry") {
                 None => {
                     self.error(format!("{path}.registry"), "is required");
@@ -356,11 +398,144 @@ impl Validator {
                     secrets,
                     pull_policy_always,
                     source: RuleSource::Config { index },
-                    scope: Default::default(),
+                    scope,
                 });
             }
         }
         rules
+    }
+
+    /// A rule's `namespaces` (names or globs) and `namespaceSelector` (a LabelSelector).
+    fn scope(&mut self, path: &str, map: &Map<String, Value>) -> Scope {
+        let names = map.get("namespaces").map(|value| {
+            let path = format!("{path}.namespaces");
+            let Some(items) = value.as_array() else {
+                self.error(&path, format!("expected a list, found {}", kind(value)));
+                return Vec::new();
+            };
+            if items.is_empty() {
+                self.error(
+                    &path,
+                    "must name at least one namespace (omit it for every namespace)",
+                );
+            }
+            let mut names = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().map(NamePattern::parse) {
+                    Some(Ok(name)) => names.push(name),
+                    Some(Err(e)) => self.error(format!("{path}[{i}]"), e),
+                    None => self.error(
+                        format!("{path}[{i}]"),
+                        format!("expected a string, found {}", kind(item)),
+                    ),
+                }
+            }
+            names
+        });
+        let selector = map
+            .get("namespaceSelector")
+            .map(|value| self.selector(&format!("{path}.namespaceSelector"), value));
+        Scope::new(names, selector)
+    }
+
+    /// A standard LabelSelector: `matchLabels` and `matchExpressions` (In, NotIn, Exists,
+    /// DoesNotExist).
+    fn selector(&mut self, path: &str, value: &Value) -> Selector {
+        let mut selector = Selector::default();
+        let Some(map) = value.as_object() else {
+            self.error(path, format!("expected a mapping, found {}", kind(value)));
+            return selector;
+        };
+        self.unknown_keys(path, map, &["matchLabels", "matchExpressions"]);
+        if let Some(labels) = map.get("matchLabels") {
+            match labels.as_object() {
+                Some(labels) => {
+                    for (key, value) in labels {
+                        let requirement = Requirement {
+                            key: key.clone(),
+                            operator: Operator::In(vec![
+                                value.as_str().unwrap_or("\0").to_string(),
+                            ]),
+                        };
+                        match (value.as_str(), check_requirement(&requirement)) {
+                            (Some(_), Ok(())) => selector.requirements.push(requirement),
+                            (None, _) => self.error(
+                                format!("{path}.matchLabels.{key}"),
+                                format!("expected a string, found {}", kind(value)),
+                            ),
+                            (_, Err(e)) => self.error(format!("{path}.matchLabels.{key}"), e),
+                        }
+                    }
+                }
+                None => self.error(
+                    format!("{path}.matchLabels"),
+                    format!("expected a mapping, found {}", kind(labels)),
+                ),
+            }
+        }
+        if let Some(expressions) = map.get("matchExpressions") {
+            let Some(items) = expressions.as_array() else {
+                self.error(
+                    format!("{path}.matchExpressions"),
+                    format!("expected a list, found {}", kind(expressions)),
+                );
+                return selector;
+            };
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{path}.matchExpressions[{i}]");
+                let Some(expr) = item.as_object() else {
+                    self.error(&at, format!("expected a mapping, found {}", kind(item)));
+                    continue;
+                };
+                self.unknown_keys(&at, expr, &["key", "operator", "values"]);
+                let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
+                let values: Vec<String> = match expr.get("values") {
+                    None => Vec::new(),
+                    Some(Value::Array(values)) if values.iter().all(Value::is_string) => values
+                        .iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect(),
+                    Some(other) => {
+                        self.error(
+                            format!("{at}.values"),
+                            format!("expected a list of strings, found {}", show(other)),
+                        );
+                        continue;
+                    }
+                };
+                let operator = match expr.get("operator").and_then(Value::as_str) {
+                    Some("In") => Operator::In(values.clone()),
+                    Some("NotIn") => Operator::NotIn(values.clone()),
+                    Some("Exists") => Operator::Exists,
+                    Some("DoesNotExist") => Operator::DoesNotExist,
+                    _ => {
+                        self.error(
+                            format!("{at}.operator"),
+                            "must be one of: In, NotIn, Exists, DoesNotExist",
+                        );
+                        continue;
+                    }
+                };
+                if matches!(operator, Operator::Exists | Operator::DoesNotExist)
+                    && !values.is_empty()
+                {
+                    self.error(
+                        format!("{at}.values"),
+                        "must be empty for Exists and DoesNotExist",
+                    );
+                    continue;
+                }
+                let requirement = Requirement {
+                    key: key.to_string(),
+                    operator,
+                };
+                match check_requirement(&requirement) {
+                    Ok(()) => selector.requirements.push(requirement),
+                    Err(e) => self.error(&at, e),
+                }
+            }
+        }
+        selector
     }
 
     /// A list of distinct names, each checked by `valid`.
@@ -477,6 +652,103 @@ sync: false
     }
 
     #[test]
+    fn rule_scope_and_tenancy_settings() {
+        let config = validate(
+            &serde_saphyr::from_str::<Value>(
+                r#"
+podOptOut: false
+requireScope: true
+revokeAfter: 1h
+rules:
+  - registry: ghcr.io/acme/team-a
+    secrets: [team-a-pull]
+    namespaces: [team-a, "team-a-*"]
+    namespaceSelector:
+      matchLabels: {team: a}
+      matchExpressions:
+        - {key: tier, operator: In, values: [gold, silver]}
+        - {key: frozen, operator: DoesNotExist}
+  - registry: docker.io
+    secrets: [hub]
+"#,
+            )
+            .expect("yaml"),
+        )
+        .expect("valid");
+        assert!(!config.settings.pod_opt_out);
+        assert!(config.settings.require_scope);
+        assert_eq!(
+            config.settings.revoke_after,
+            std::time::Duration::from_secs(3600)
+        );
+        let scope = &config.rules[0].scope;
+        assert_eq!(
+            scope.describe(),
+            "namespaces team-a,team-a-* and labels team=a,tier in (gold,silver),!frozen"
+        );
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(scope.allows(
+            "team-a-dev",
+            Some(&labels(&[("team", "a"), ("tier", "gold")]))
+        ));
+        assert!(!scope.allows(
+            "team-a",
+            Some(&labels(&[("team", "a"), ("tier", "bronze")]))
+        ));
+        assert!(!scope.allows("team-b", Some(&labels(&[("team", "a"), ("tier", "gold")]))));
+        assert!(!config.rules[1].scope.is_declared());
+        let defaults = validate(&Value::Null).expect("empty");
+        assert!(defaults.settings.pod_opt_out && !defaults.settings.require_scope);
+        assert_eq!(defaults.settings.revoke_after, DEFAULT_REVOKE_AFTER);
+    }
+
+    #[test]
+    fn scope_errors_name_the_field() {
+        let got = errors(
+            r#"
+revokeAfter: soon
+podOptOut: "no"
+rules:
+  - registry: ghcr.io
+    secrets: [a]
+    namespaces: [Team_A, 3]
+    namespaceSelector:
+      matchLabels: {"bad key!": a}
+      matchExpressions:
+        - {key: tier, operator: Near, values: [a]}
+        - {key: tier, operator: In}
+        - {key: tier, operator: Exists, values: [a]}
+      other: 1
+  - registry: quay.io
+    secrets: [b]
+    namespaces: []
+"#,
+        );
+        for want in [
+            "revokeAfter: ",
+            "podOptOut: expected true or false",
+            "rules[0].namespaces[0]: \"Team_A\" is not a namespace name or glob",
+            "rules[0].namespaces[1]: expected a string",
+            "rules[0].namespaceSelector.matchLabels.bad key!: ",
+            "rules[0].namespaceSelector.matchExpressions[0].operator: must be one of",
+            "rules[0].namespaceSelector.matchExpressions[1]: tier: In and NotIn need values",
+            "rules[0].namespaceSelector.matchExpressions[2].values: must be empty",
+            "rules[0].namespaceSelector.other: unknown field",
+            "rules[1].namespaces: must name at least one namespace",
+        ] {
+            assert!(
+                got.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn reports_every_error_with_its_path() {
         let yaml = r#"
 mode: dryrun
@@ -498,7 +770,7 @@ typo: true
 "#;
         let got = errors(yaml);
         let want = [
-            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair",
+            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair, podOptOut, requireScope, revokeAfter",
             "mode: 'dryrun' is not one of: enforce, audit",
             "namespaces.extra: unknown field; expected one of: selection, exclude",
             "namespaces.selection: 'some' is not one of: opt-in, all",

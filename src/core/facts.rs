@@ -55,11 +55,19 @@ pub enum NamespaceCache {
     Fresh,
 }
 
+/// A namespace's labels, as scope selectors read them.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// The cluster as the decision sees it.
 pub trait ClusterFacts: Send + Sync {
     fn namespace_label(&self, namespace: &str) -> NamespaceLabel;
     fn secret_presence(&self, namespace: &str, name: &str) -> SecretPresence;
     fn namespace_cache(&self) -> NamespaceCache;
+    /// The namespace's labels; `None` when unknown (no cache, or a namespace it has not
+    /// seen), and then no scope selector matches it.
+    fn namespace_labels(&self, _namespace: &str) -> Option<std::sync::Arc<Labels>> {
+        None
+    }
 }
 
 /// Knows nothing: namespace selection is left to the webhook's namespaceSelector and every
