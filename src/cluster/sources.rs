@@ -16,8 +16,12 @@ use kube::runtime::watcher;
 use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
 use crate::core::dockercfg::{self, SourceSecret};
-use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, SOURCE_LABEL};
+use crate::core::names::{
+    DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
+    SOURCE_LABEL,
+};
 use crate::core::policy::{Policy, Sources};
+use crate::core::scope::Scope;
 use crate::metrics::{KindLabels, Metrics, RuleLabels};
 
 /// A source Secret as sync and discovery need it.
@@ -25,6 +29,11 @@ use crate::metrics::{KindLabels, Metrics, RuleLabels};
 pub struct Source {
     pub resource_version: String,
     pub secret: SourceSecret,
+    /// The namespaces it may serve, from its annotations (`pullsecret-injector/namespaces`,
+    /// `pullsecret-injector/namespace-selector`); everywhere when it declares none.
+    pub scope: Scope,
+    /// Why its scope annotations could not be parsed; then `scope` is nowhere.
+    pub scope_error: Option<String>,
 }
 
 impl Source {
@@ -51,9 +60,27 @@ pub fn watch(
 
 fn entry(object: &DynamicObject) -> Option<Source> {
     let name = object.metadata.name.as_deref()?;
+    let annotation = |key: &str| {
+        object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    };
+    // The safe side is nowhere: a scope that cannot be read serves no namespace.
+    let (scope, scope_error) = match Scope::from_annotations(
+        annotation(NAMESPACES_ANNOTATION),
+        annotation(NAMESPACE_SELECTOR_ANNOTATION),
+    ) {
+        Ok(scope) => (scope, None),
+        Err(e) => (Scope::nowhere(), Some(e)),
+    };
     Some(Source {
         resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
         secret: SourceSecret::from_body(name, &object.data),
+        scope,
+        scope_error,
     })
 }
 

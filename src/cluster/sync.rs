@@ -299,6 +299,8 @@ mod tests {
                     kind: kind.into(),
                     data: Default::default(),
                 },
+                scope: Default::default(),
+                scope_error: None,
             },
         )
     }

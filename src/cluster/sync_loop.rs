@@ -266,6 +266,8 @@ mod tests {
                 kind: DOCKER_CONFIG_JSON.into(),
                 data: Default::default(),
             },
+            scope: Default::default(),
+            scope_error: None,
         };
         sources.apply("psi", "regcred", source.clone());
         let secrets = Index::new("secrets", metrics);
