@@ -2,6 +2,8 @@
 //! (endpoints, outcomes, results, rule patterns from the configuration or source Secrets),
 //! never Pod or namespace names.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -12,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::core::decision::Endpoint;
+use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, Verdict};
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -122,6 +125,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub repairs: Family<OutcomeLabels, Counter>,
     pub rule_credential_mismatch: Family<RuleLabels, Gauge>,
+    /// `requireScope: true`: rules and source Secrets that declare no scope (serving nowhere).
+    pub rules_without_scope: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -156,6 +161,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             repairs: Family::default(),
             rule_credential_mismatch: Family::default(),
+            rules_without_scope: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -239,6 +245,11 @@ impl Default for Metrics {
             metrics.rule_credential_mismatch.clone(),
         );
         registry.register(
+            "rules_without_scope",
+            "With requireScope: true, the rules and source Secrets that declare no namespace scope and so serve no namespace (0 otherwise)",
+            metrics.rules_without_scope.clone(),
+        );
+        registry.register(
             "watch_healthy",
             "1 while the watch is listed and streaming, 0 after an error until it recovers",
             metrics.watch_healthy.clone(),
@@ -265,6 +276,10 @@ impl Default for Metrics {
                 .certificate_reloads
                 .get_or_create(&ReloadLabels { result });
         }
+        // A source whose scope annotations cannot be parsed serves nowhere: alertable at once.
+        let _ = metrics
+            .source_secret_errors
+            .get_or_create(&KindLabels { kind: "bad_scope" });
         for outcome in ["evicted", "reported", "blocked", "failed"] {
             let _ = metrics.repairs.get_or_create(&OutcomeLabels { outcome });
         }
@@ -322,6 +337,26 @@ impl Metrics {
     pub fn mark_synced_now(&self) {
         self.last_sync_timestamp.set(unix_now());
     }
+
+    /// An observer for [`crate::core::policy::PolicyStore::observe`]: sets
+    /// `rules_without_scope` from [`Policy::unscoped`] at every new policy, and logs each rule
+    /// or source Secret once when it starts serving nowhere for want of a scope (not at every
+    /// rebuild).
+    pub fn unscoped_reporter(self: &Arc<Self>) -> impl Fn(&Policy) + Send + Sync + 'static {
+        let metrics = self.clone();
+        let reported = Mutex::new(BTreeSet::<String>::new());
+        move |policy: &Policy| {
+            let now: BTreeSet<String> = policy.unscoped().iter().cloned().collect();
+            let mut reported = reported.lock().unwrap_or_else(|e| e.into_inner());
+            for what in now.difference(&reported) {
+                tracing::warn!(%what, "requireScope: it declares no namespace scope, so it serves no namespace");
+            }
+            metrics
+                .rules_without_scope
+                .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
+            *reported = now;
+        }
+    }
 }
 
 pub fn unix_now() -> i64 {
@@ -354,5 +389,46 @@ mod tests {
             text.contains("pullsecret_injector_admission_duration_seconds_bucket"),
             "{text}"
         );
+        assert!(
+            text.contains(r#"pullsecret_injector_source_secret_errors_total{kind="bad_scope"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unscoped_rules_are_counted() {
+        use crate::core::config::{Config, Settings};
+        use crate::core::policy::{PolicyStore, Sources};
+        use crate::core::rules::{RegistryPattern, Rule, RuleSource};
+        use crate::core::scope::Scope;
+        let rule = |index, scope: Scope| Rule {
+            pattern: RegistryPattern::parse("ghcr.io").expect("pattern"),
+            secrets: vec!["s".into()],
+            pull_policy_always: false,
+            source: RuleSource::Config { index },
+            scope,
+        };
+        let config = |require_scope| Config {
+            settings: Settings {
+                require_scope,
+                ..Settings::default()
+            },
+            rules: vec![
+                rule(0, Scope::everywhere()),
+                rule(1, Scope::from_annotations(Some("a"), None).expect("scope")),
+            ],
+        };
+        let metrics = Arc::new(Metrics::default());
+        let store = PolicyStore::new(config(true));
+        store.observe(metrics.unscoped_reporter());
+        let gauge = |n: i64| format!("pullsecret_injector_rules_without_scope {n}\n");
+        assert!(metrics.encode().contains(&gauge(1)), "{}", metrics.encode());
+        store.set_sources(Sources {
+            scopes: [("s".to_string(), Scope::everywhere())].into(),
+            ..Sources::default()
+        });
+        assert!(metrics.encode().contains(&gauge(2)), "{}", metrics.encode());
+        store.set_config(config(false));
+        assert!(metrics.encode().contains(&gauge(0)), "{}", metrics.encode());
     }
 }

@@ -2,8 +2,16 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
-use common::{Reply, app, fixture, post};
+use common::{Reply, app, fixture, fixture_path, post};
+use pullsecret_injector::core::config;
+use pullsecret_injector::core::facts::{
+    ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence,
+};
+use pullsecret_injector::core::policy::PolicyStore;
+use pullsecret_injector::webhook::state::App;
 use serde_json::json;
 
 /// (fixture, endpoint, expected patch or None, expected warning fragments)
@@ -250,4 +258,82 @@ async fn metrics_count_outcomes_and_injected_secrets() {
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
+}
+
+/// Cluster facts for two tenants: namespace labels as the namespace watch knows them.
+struct Tenants;
+
+impl ClusterFacts for Tenants {
+    fn namespace_label(&self, _: &str) -> NamespaceLabel {
+        NamespaceLabel::Unlabelled
+    }
+    fn secret_presence(&self, _: &str, _: &str) -> SecretPresence {
+        SecretPresence::Unknown
+    }
+    fn namespace_cache(&self) -> NamespaceCache {
+        NamespaceCache::Fresh
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+        let team = match namespace {
+            "team-a" => "a",
+            "team-b" => "b",
+            _ => return None,
+        };
+        Some(Arc::new([("team".to_string(), team.to_string())].into()))
+    }
+}
+
+/// The tenants configuration (`config-tenants.yaml`); with the namespace labels of
+/// [`Tenants`], or knowing none (as `serve --standalone`).
+fn tenants_app(labels_known: bool) -> Arc<App> {
+    let config = config::load(&fixture_path("config-tenants.yaml")).expect("valid");
+    let mut app = App::standalone(PolicyStore::new(config), Some("pullsecret-injector".into()));
+    if labels_known {
+        app.facts = Arc::new(Tenants);
+    }
+    Arc::new(app)
+}
+
+/// Issue 14: a Pod in team-b naming team-a's image never gets team-a's secret; one in team-a
+/// does. Out of scope, the next most specific rule in scope serves the image.
+#[tokio::test]
+async fn each_tenant_gets_only_the_credentials_in_its_scope() {
+    let added = |names: &[&str]| {
+        let value: Vec<_> = names.iter().map(|n| json!({ "name": n })).collect();
+        json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": value}])
+    };
+    let cases = [
+        ("pod-tenant-a.json", added(&["team-a-pull", "dockerhub"])),
+        (
+            "pod-tenant-b-names-a.json",
+            added(&["acme-public", "dockerhub"]),
+        ),
+        // podOptOut: false: the Pod's own opt-out label is ignored.
+        (
+            "pod-tenant-b-opted-out.json",
+            added(&["acme-public", "dockerhub"]),
+        ),
+    ];
+    for (name, want) in cases {
+        for path in ["/mutate", "/audit"] {
+            let (status, bytes) = post(tenants_app(true), path, fixture(name)).await;
+            assert_eq!(status, StatusCode::OK, "{name}");
+            let reply = Reply::parse(&bytes);
+            let text = String::from_utf8_lossy(&bytes);
+            let want = (path == "/mutate").then_some(&want);
+            assert_eq!(reply.patch.as_ref(), want, "{name} {path}");
+            if name != "pod-tenant-a.json" {
+                assert!(!text.contains("team-a-pull"), "{name} {path}: {text}");
+            }
+        }
+    }
+    // Namespace labels unknown: selector rules do not match; only the rules by name and the
+    // unscoped ones serve.
+    let (_, bytes) = post(
+        tenants_app(false),
+        "/mutate",
+        fixture("pod-tenant-b-names-a.json"),
+    )
+    .await;
+    assert_eq!(Reply::parse(&bytes).patch, Some(added(&["dockerhub"])));
 }

@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 
 use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
-use crate::core::dockercfg::{self, SourceSecret};
+use crate::core::dockercfg::{self, SourceError, SourceSecret};
 use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
     SOURCE_LABEL,
@@ -85,8 +85,10 @@ fn entry(object: &DynamicObject) -> Option<Source> {
 }
 
 /// Reads the index into what the policy needs from sources (discovered rules, when discovery
-/// is on; the keyring of every usable source), reporting each unusable source once per
-/// version.
+/// is on, each in its source's scope; the keyring and the scope of every source), reporting
+/// each unusable source once per version: a logged warning and
+/// `pullsecret_injector_source_secret_errors_total{kind}` (`bad_scope` for scope annotations
+/// that cannot be parsed: that source then serves no namespace).
 pub struct Discovery {
     reported: HashSet<(String, String)>,
     metrics: Arc<Metrics>,
@@ -100,15 +102,16 @@ impl Discovery {
         }
     }
 
-    /// Rules in name order (so the merged rule list is stable), and keyrings by name.
+    /// Rules in name order (so the merged rule list is stable), and keyrings and scopes by
+    /// name.
     pub fn read(&mut self, sources: &Index<Source>, discovery: bool) -> Sources {
         let mut found: Vec<(String, &'static str, Source)> = Vec::new();
         sources.for_each(|_, name, source| found.push((name.to_string(), "", source.clone())));
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Sources::default();
         for (name, _, source) in found {
-            let (rules, errors) = if discovery {
-                dockercfg::rules_from(&source.secret)
+            let (rules, mut errors) = if discovery {
+                dockercfg::rules_from_scoped(&source.secret, &source.scope)
             } else {
                 (
                     Vec::new(),
@@ -118,9 +121,18 @@ impl Discovery {
                         .collect(),
                 )
             };
+            // Reported whether or not discovery is on: static rules naming this Secret are
+            // limited by its scope too.
+            if let Some(reason) = &source.scope_error {
+                errors.push(SourceError::BadScope {
+                    secret: name.clone(),
+                    reason: reason.clone(),
+                });
+            }
             if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
                 out.keyrings.insert(name.clone(), keyring);
             }
+            out.scopes.insert(name.clone(), source.scope);
             if !errors.is_empty() && self.reported.insert((name, source.resource_version)) {
                 for error in &errors {
                     self.metrics
@@ -234,5 +246,94 @@ mod tests {
             .get("psi", "no-type", |s| s.cloned())
             .expect("indexed");
         assert!(!opaque.is_pull_credential());
+    }
+
+    #[test]
+    fn discovered_rules_carry_their_source_scope_and_a_bad_scope_is_reported_once() {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
+        let annotated = |name: &str, annotations: &[(&str, &str)], version: &str| {
+            let mut object = secret(name, body.clone());
+            object.metadata.resource_version = Some(version.into());
+            object.metadata.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            object
+        };
+        let metrics = Arc::new(Metrics::default());
+        let index = Index::new("source_secrets", metrics.clone());
+        let fill = |version: &str| {
+            index.start_list();
+            for object in [
+                annotated(
+                    "team-a",
+                    &[(NAMESPACES_ANNOTATION, "team-a,team-a-*")],
+                    version,
+                ),
+                annotated(
+                    "labelled",
+                    &[(NAMESPACE_SELECTOR_ANNOTATION, "team in (a,b)")],
+                    version,
+                ),
+                annotated(
+                    "broken",
+                    &[(NAMESPACE_SELECTOR_ANNOTATION, "team in (a")],
+                    version,
+                ),
+                annotated("open", &[], version),
+            ] {
+                let value = entry(&object).expect("named");
+                index.apply_listed("psi", object.metadata.name.as_deref().unwrap_or(""), value);
+            }
+            index.finish_list();
+        };
+        fill("1");
+        let mut discovery = Discovery::new(metrics.clone());
+        let read = discovery.read(&index, true);
+        let team = |t: &str| crate::core::facts::Labels::from([("team".into(), t.into())]);
+        // (source, namespace, labels, allowed)
+        let cases = [
+            ("team-a", "team-a", None, true),
+            ("team-a", "team-a-dev", None, true),
+            ("team-a", "team-b", None, false),
+            ("labelled", "x", Some(team("b")), true),
+            ("labelled", "x", Some(team("c")), false),
+            ("labelled", "x", None, false),
+            ("broken", "team-a", Some(team("a")), false),
+            ("open", "anywhere", None, true),
+        ];
+        for (source, namespace, labels, want) in cases {
+            let rule = read
+                .rules
+                .iter()
+                .find(|r| r.secrets == [source])
+                .expect(source);
+            assert_eq!(
+                rule.scope.allows(namespace, labels.as_ref()),
+                want,
+                "rule of {source} in {namespace}"
+            );
+            assert_eq!(
+                read.scopes[source].allows(namespace, labels.as_ref()),
+                want,
+                "scope of {source} in {namespace}"
+            );
+        }
+        // Without discovery the scopes stay (static rules naming a source are limited too),
+        // and the bad scope is not reported again for the same version.
+        let read = discovery.read(&index, false);
+        assert!(read.rules.is_empty());
+        assert!(read.scopes["broken"].is_nowhere());
+        let bad = r#"source_secret_errors_total{kind="bad_scope"} 1"#;
+        assert!(metrics.encode().contains(bad), "{}", metrics.encode());
+        // A new version of the Secret is reported again.
+        fill("2");
+        discovery.read(&index, true);
+        let bad = r#"source_secret_errors_total{kind="bad_scope"} 2"#;
+        assert!(metrics.encode().contains(bad), "{}", metrics.encode());
     }
 }

@@ -1,14 +1,17 @@
 //! The decision: given a Pod and what is known about its namespace, which secrets it needs,
 //! why, and in which mode. Pure and synchronous, so every branch is covered by table tests.
 //!
-//! Order of checks: request kind and operation ([`gate`]), mirror Pod, Pod opt-out label, the
-//! namespace (excluded by name, the injector's own, selection mode and its label), then one
-//! rule per image (initContainers, containers, then image volumes: the order the kubelet
-//! pulls them in), then the secrets the Pod does not already list. [`crate::core::verdict`]
-//! turns the result into the answer.
+//! Order of checks: request kind and operation ([`gate`]), mirror Pod, Pod opt-out label
+//! (unless `podOptOut: false`), the namespace (excluded by name, the injector's own, selection
+//! mode and its label), then one rule per image (initContainers, containers, then image
+//! volumes: the order the kubelet pulls them in) among the rules whose scope serves the
+//! namespace (with its labels from [`ClusterFacts::namespace_labels`]; see
+//! [`crate::core::rules::RuleSet::best_match`]), then each of the rule's secrets that may go to
+//! the namespace and the Pod does not already list. [`crate::core::verdict`] turns the result
+//! into the answer.
 
 use crate::core::config::{Mode, Selection, Settings};
-use crate::core::facts::{ClusterFacts, NamespaceLabel, SecretPresence};
+use crate::core::facts::{ClusterFacts, Labels, NamespaceLabel, SecretPresence};
 use crate::core::image::{self, ImageError, ImageRef};
 use crate::core::names::{INJECT_AUDIT, INJECT_DISABLED};
 use crate::core::policy::Policy;
@@ -235,6 +238,9 @@ pub fn decide_debug<'a>(
     ctx: &Context<'a>,
 ) -> Result<Vec<DebugFinding<'a>>, SkipReason> {
     scope(pod, namespace, ctx)?;
+    let labels = namespace_labels(namespace, ctx);
+    let labels = labels.as_deref();
+    let rules = ctx.policy.rules();
     let existing: Vec<&str> = old
         .map(|o| o.ephemeral().iter().map(|c| &*c.name).collect())
         .unwrap_or_default();
@@ -256,13 +262,11 @@ pub fn decide_debug<'a>(
         let Ok(image) = image::parse(text) else {
             continue;
         };
-        let Some(rule) = ctx.policy.rules().best_match(&image) else {
+        let Some(rule) = rules.best_match(&image, namespace, labels) else {
             continue;
         };
-        let secrets: Vec<&str> = rule
-            .secrets
-            .iter()
-            .map(String::as_str)
+        let secrets: Vec<&str> = rules
+            .secrets_for(rule, namespace, labels)
             .filter(|s| listed.as_ref().is_none_or(|listed| !listed.contains(s)))
             .collect();
         if !secrets.is_empty() {
@@ -298,6 +302,9 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
     plan.has_pull_secret_list = spec.image_pull_secrets.is_some();
     plan.existing_pull_secrets = existing.len();
     let already_listed = |name: &str| existing.iter().any(|r| r.name.as_deref() == Some(name));
+    let labels = namespace_labels(namespace, ctx);
+    let labels = labels.as_deref();
+    let rules = ctx.policy.rules();
 
     let containers = [
         (ImageSource::InitContainer, &spec.init_containers),
@@ -328,7 +335,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
             None | Some("") => ImageOutcome::NoImage,
             Some(text) => match image::parse(text) {
                 Err(e) => ImageOutcome::Invalid(e),
-                Ok(image) => match ctx.policy.rules().best_match(&image) {
+                Ok(image) => match rules.best_match(&image, namespace, labels) {
                     Some(rule) => ImageOutcome::Matched { image, rule },
                     None => ImageOutcome::NoRule(image),
                 },
@@ -343,7 +350,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
                 credential_used = ctx.policy.serves(rule, |keyring| keyring.serves(&name));
             }
             set_pull_policy_always = rule.pull_policy_always && pull_policy != Some("Always");
-            for secret in rule.secrets.iter().map(String::as_str) {
+            for secret in rules.secrets_for(rule, namespace, labels) {
                 if already_listed(secret) {
                     continue;
                 }
@@ -376,12 +383,28 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
     Decision::Plan(plan)
 }
 
+/// The namespace's labels, looked up only when a scope has a selector (`None`: unknown, and
+/// then no selector matches).
+fn namespace_labels(namespace: &str, ctx: &Context<'_>) -> Option<std::sync::Arc<Labels>> {
+    if ctx.policy.rules().needs_labels() {
+        ctx.facts.namespace_labels(namespace)
+    } else {
+        None
+    }
+}
+
 /// Whether the Pod is in scope, and in which mode.
 fn scope(pod: &Pod<'_>, namespace: &str, ctx: &Context<'_>) -> Result<Mode, SkipReason> {
     if pod.metadata.annotations.mirror.is_some() {
         return Err(SkipReason::MirrorPod);
     }
-    let pod_label = pod.metadata.labels.inject.as_deref();
+    // `podOptOut: false`: the Pod's label (which any Pod creator sets) is ignored; only the
+    // namespace's opts out.
+    let pod_label = if ctx.policy.settings().pod_opt_out {
+        pod.metadata.labels.inject.as_deref()
+    } else {
+        None
+    };
     if pod_label == Some(INJECT_DISABLED) {
         return Err(SkipReason::PodOptedOut);
     }
@@ -721,6 +744,303 @@ pub(crate) mod tests {
                 Decision::Skip(reason) => Err(reason),
             };
             assert_eq!(got, want, "{namespace} {label:?} {endpoint:?}");
+        }
+    }
+
+    /// Every namespace opted in; labels as listed (a namespace not listed: labels unknown).
+    struct Tenants(HashMap<&'static str, Labels>);
+
+    impl ClusterFacts for Tenants {
+        fn namespace_label(&self, _: &str) -> NamespaceLabel {
+            NamespaceLabel::Enabled
+        }
+        fn secret_presence(&self, _: &str, _: &str) -> SecretPresence {
+            SecretPresence::Unknown
+        }
+        fn namespace_cache(&self) -> NamespaceCache {
+            NamespaceCache::Fresh
+        }
+        fn namespace_labels(&self, namespace: &str) -> Option<std::sync::Arc<Labels>> {
+            self.0.get(namespace).cloned().map(std::sync::Arc::new)
+        }
+    }
+
+    fn tenants() -> Tenants {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Tenants(HashMap::from([
+            ("team-a", labels(&[("team", "a")])),
+            ("team-a-dev", labels(&[("team", "a")])),
+            ("team-b", labels(&[("team", "b")])),
+            ("labelled-b", labels(&[("team", "b")])),
+            ("team-c", labels(&[("team", "c"), ("tier", "gold")])),
+            ("team-c2", labels(&[("tier", "silver")])),
+            ("gold", labels(&[("tier", "gold")])),
+            ("team-d", labels(&[])),
+        ]))
+    }
+
+    /// Rules with every kind of scope, source Secrets with scopes, one discovered rule.
+    fn tenancy_policy(settings: Settings) -> Policy {
+        use crate::core::scope::Scope;
+        let scope = |names: Option<&str>, selector: Option<&str>| {
+            Scope::from_annotations(names, selector).expect("scope")
+        };
+        let rule = |index, pattern: &str, secrets: &[&str], scope: Scope| Rule {
+            pattern: RegistryPattern::parse(pattern).expect(pattern),
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            pull_policy_always: false,
+            source: RuleSource::Config { index },
+            scope,
+        };
+        let config = Config {
+            settings,
+            rules: vec![
+                rule(0, "ghcr.io/acme", &["acme-shared"], Scope::everywhere()),
+                rule(
+                    1,
+                    "ghcr.io/acme/team-a",
+                    &["team-a-pull"],
+                    scope(Some("team-a,team-a-*"), None),
+                ),
+                rule(
+                    2,
+                    "ghcr.io/acme/team-b",
+                    &["team-b-pull"],
+                    scope(None, Some("team=b")),
+                ),
+                rule(
+                    3,
+                    "ghcr.io/acme/team-c",
+                    &["team-c-pull"],
+                    scope(Some("team-c*"), Some("tier in (gold)")),
+                ),
+                // Two secrets, each a source with its own scope.
+                rule(
+                    4,
+                    "quay.io/acme",
+                    &["quay-a", "quay-b"],
+                    Scope::everywhere(),
+                ),
+                // The rule allows team-a and team-b, its source only team-b.
+                rule(
+                    5,
+                    "registry.example.com",
+                    &["scoped-src"],
+                    scope(Some("team-a,team-b"), None),
+                ),
+                // A source that declares no scope.
+                rule(
+                    6,
+                    "zot.example.com",
+                    &["open-src"],
+                    scope(Some("team-a"), None),
+                ),
+            ],
+        };
+        let disc_scope = scope(Some("team-d"), None);
+        let discovered = Rule {
+            pattern: RegistryPattern::parse("docker.io").expect("pattern"),
+            secrets: vec!["disc".into()],
+            pull_policy_always: false,
+            source: RuleSource::Discovered {
+                secret: "disc".into(),
+            },
+            scope: disc_scope.clone(),
+        };
+        let sources = crate::core::policy::Sources {
+            rules: vec![discovered],
+            keyrings: HashMap::new(),
+            scopes: HashMap::from([
+                ("quay-a".to_string(), scope(Some("team-a"), None)),
+                ("quay-b".to_string(), scope(None, Some("team=b"))),
+                ("scoped-src".to_string(), scope(Some("team-b"), None)),
+                ("open-src".to_string(), Scope::everywhere()),
+                ("disc".to_string(), disc_scope),
+            ]),
+        };
+        Policy::merged(&config, &sources)
+    }
+
+    /// The secrets added for one image in one namespace.
+    fn secrets_in(policy: &Policy, namespace: &'static str, image: &'static str) -> Vec<String> {
+        let facts = tenants();
+        let ctx = Context::new(policy, &facts);
+        let p = pod(&[], &[image], None);
+        added(&decide(&p, namespace, &ctx))
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn rules_out_of_scope_do_not_match_and_the_next_in_scope_wins() {
+        let policy = tenancy_policy(Settings::default());
+        let team_a = "ghcr.io/acme/team-a/app:1";
+        let team_b = "ghcr.io/acme/team-b/app:1";
+        let team_c = "ghcr.io/acme/team-c/app:1";
+        // (namespace, image, secrets added)
+        let cases: &[(&'static str, &'static str, &[&str])] = &[
+            // Names and globs.
+            ("team-a", team_a, &["team-a-pull"]),
+            ("team-a-dev", team_a, &["team-a-pull"]),
+            // team-b names team-a's image: not team-a's secret, the shared one in scope.
+            ("team-b", team_a, &["acme-shared"]),
+            ("unknown", team_a, &["acme-shared"]),
+            // A selector: by labels, whatever the name.
+            ("team-b", team_b, &["team-b-pull"]),
+            ("labelled-b", team_b, &["team-b-pull"]),
+            ("team-a", team_b, &["acme-shared"]),
+            // Labels unknown: a selector never matches.
+            ("unknown", team_b, &["acme-shared"]),
+            // Both: the name and the labels must match.
+            ("team-c", team_c, &["team-c-pull"]),
+            ("team-c2", team_c, &["acme-shared"]),
+            ("gold", team_c, &["acme-shared"]),
+            // Other images of the shared prefix are unaffected.
+            ("team-b", "ghcr.io/acme/other/app", &["acme-shared"]),
+            // A rule with two secrets: each only where its source's scope allows it.
+            ("team-a", "quay.io/acme/app", &["quay-a"]),
+            ("team-b", "quay.io/acme/app", &["quay-b"]),
+            // Neither may go there: the rule is out of scope, and no other rule matches.
+            ("team-c", "quay.io/acme/app", &[]),
+            ("unknown", "quay.io/acme/app", &[]),
+            // Rule scope AND source scope: the rule allows team-a and team-b, the source
+            // only team-b.
+            ("team-b", "registry.example.com/app", &["scoped-src"]),
+            ("team-a", "registry.example.com/app", &[]),
+            ("team-c", "registry.example.com/app", &[]),
+            // A source without a scope limits nothing (requireScope off).
+            ("team-a", "zot.example.com/app", &["open-src"]),
+            ("team-b", "zot.example.com/app", &[]),
+            // A discovered rule carries its source's scope.
+            ("team-d", "nginx", &["disc"]),
+            ("team-a", "nginx", &[]),
+        ];
+        for (namespace, image, want) in cases {
+            assert_eq!(
+                secrets_in(&policy, namespace, image),
+                *want,
+                "{image} in {namespace}"
+            );
+        }
+        // The image of a rule out of scope is reported as matching no rule.
+        let facts = tenants();
+        let ctx = Context::new(&policy, &facts);
+        let p = pod(&[], &["quay.io/acme/app"], None);
+        let Decision::Plan(plan) = decide(&p, "team-c", &ctx) else {
+            panic!("skipped")
+        };
+        assert!(matches!(plan.images[0].outcome, ImageOutcome::NoRule(_)));
+        // kubectl debug asks the same question.
+        let debug: Pod<'_> = serde_json::from_str(
+            r#"{"spec":{"containers":[],"ephemeralContainers":[
+                {"name":"a","image":"ghcr.io/acme/team-a/debug"},
+                {"name":"q","image":"quay.io/acme/debug"}]}}"#,
+        )
+        .expect("pod");
+        let found = decide_debug(&debug, None, "team-b", &ctx).expect("in scope");
+        let got: Vec<(&str, Vec<&str>)> =
+            found.iter().map(|f| (f.name, f.secrets.clone())).collect();
+        assert_eq!(got, [("a", vec!["acme-shared"]), ("q", vec!["quay-b"])]);
+    }
+
+    #[test]
+    fn require_scope_makes_undeclared_rules_and_sources_serve_nowhere() {
+        let policy = tenancy_policy(Settings {
+            require_scope: true,
+            ..Settings::default()
+        });
+        let cases: &[(&'static str, &'static str, &[&str])] = &[
+            // Declared rules keep serving.
+            ("team-a", "ghcr.io/acme/team-a/app", &["team-a-pull"]),
+            ("team-b", "ghcr.io/acme/team-b/app", &["team-b-pull"]),
+            ("team-b", "registry.example.com/app", &["scoped-src"]),
+            ("team-d", "nginx", &["disc"]),
+            // The shared rule declares none: nowhere, so team-b gets nothing for team-a's image.
+            ("team-b", "ghcr.io/acme/team-a/app", &[]),
+            ("team-a", "ghcr.io/acme/other", &[]),
+            // An undeclared rule whose sources are scoped: still nowhere.
+            ("team-a", "quay.io/acme/app", &[]),
+            // A declared rule naming a source that declares none: nowhere.
+            ("team-a", "zot.example.com/app", &[]),
+        ];
+        for (namespace, image, want) in cases {
+            assert_eq!(
+                secrets_in(&policy, namespace, image),
+                *want,
+                "{image} in {namespace}"
+            );
+        }
+        assert_eq!(
+            policy.unscoped(),
+            [
+                "config rules[0] (ghcr.io/acme)",
+                "config rules[4] (quay.io/acme)",
+                "source Secret open-src",
+            ]
+        );
+        assert!(tenancy_policy(Settings::default()).unscoped().is_empty());
+    }
+
+    #[test]
+    fn pod_opt_out_false_ignores_the_pod_label() {
+        use NamespaceLabel as L;
+        let honoured = policy();
+        let ignored = policy_with(Settings {
+            pod_opt_out: false,
+            ..Settings::default()
+        });
+        let labelled_pod = |value: &'static str| {
+            let mut p = pod(&[], &["nginx"], None);
+            p.metadata.labels.inject = Some(Cow::Borrowed(value));
+            p
+        };
+        let (disabled, audit, plain) = (
+            labelled_pod("disabled"),
+            labelled_pod("audit"),
+            pod(&[], &["nginx"], None),
+        );
+        type Want = Result<Mode, SkipReason>;
+        // (policy, pod, namespace label, outcome)
+        let cases: Vec<(&Policy, &Pod<'_>, L, Want)> = vec![
+            (
+                &honoured,
+                &disabled,
+                L::Enabled,
+                Err(SkipReason::PodOptedOut),
+            ),
+            (&honoured, &audit, L::Enabled, Ok(Mode::Audit)),
+            (&ignored, &disabled, L::Enabled, Ok(Mode::Enforce)),
+            (&ignored, &audit, L::Enabled, Ok(Mode::Enforce)),
+            (&ignored, &plain, L::Enabled, Ok(Mode::Enforce)),
+            // The namespace's label still opts out, or into audit.
+            (
+                &ignored,
+                &disabled,
+                L::Disabled,
+                Err(SkipReason::NamespaceDisabled),
+            ),
+            (&ignored, &plain, L::Audit, Ok(Mode::Audit)),
+            (&ignored, &disabled, L::Audit, Ok(Mode::Audit)),
+        ];
+        for (i, (policy, pod, label, want)) in cases.into_iter().enumerate() {
+            let facts = labelled("team-a", label);
+            let ctx = Context::new(policy, &facts);
+            let got = match decide(pod, "team-a", &ctx) {
+                Decision::Plan(plan) => {
+                    if plan.mode == Mode::Enforce {
+                        assert_eq!(plan.secrets.len(), 1, "case {i}");
+                    }
+                    Ok(plan.mode)
+                }
+                Decision::Skip(reason) => Err(reason),
+            };
+            assert_eq!(got, want, "case {i}");
         }
     }
 

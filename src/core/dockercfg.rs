@@ -1,7 +1,9 @@
 //! Docker config Secrets (`kubernetes.io/dockerconfigjson` and the legacy
 //! `kubernetes.io/dockercfg`): their registry keys, and the rules discovery derives from them.
 //! Each key of the config's `auths` (or, for the legacy type, of the top-level object) becomes
-//! a registry pattern served by that Secret.
+//! a registry pattern served by that Secret, in the Secret's own namespace scope (its
+//! `pullsecret-injector/namespaces` and `pullsecret-injector/namespace-selector` annotations,
+//! read by the caller: [`rules_from_scoped`]).
 //!
 //! Pure: a Secret in, rules or a reason out. Credentials are decoded only to read the keys;
 //! no value is ever kept, logged or put in an error message.
@@ -12,6 +14,7 @@ use serde_json::Value;
 use crate::core::keyring::Keyring;
 use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
 use crate::core::rules::{RegistryPattern, Rule, RuleSource};
+use crate::core::scope::Scope;
 
 /// Why a source Secret (or one of its keys) was skipped. Never contains credential values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +33,9 @@ pub enum SourceError {
         key: String,
         reason: String,
     },
+    /// Its scope annotations cannot be parsed: it serves no namespace.
+    #[error("Secret {secret}: {reason}; it serves no namespace until fixed")]
+    BadScope { secret: String, reason: String },
 }
 
 impl SourceError {
@@ -41,6 +47,7 @@ impl SourceError {
             SourceError::Unparsable { .. } => "unparsable",
             SourceError::NoAuths { .. } => "no_auths",
             SourceError::BadKey { .. } => "bad_key",
+            SourceError::BadScope { .. } => "bad_scope",
         }
     }
 }
@@ -105,8 +112,16 @@ pub fn keyring_of(secret: &SourceSecret) -> Result<Keyring, SourceError> {
     Ok(Keyring::new(keys.iter().map(String::as_str)))
 }
 
-/// Rules from one source Secret. Bad keys are reported and skipped; the others still count.
+/// Rules from one source Secret, serving every namespace (no scope): for callers that do not
+/// read the Secret's annotations. Prefer [`rules_from_scoped`].
 pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
+    rules_from_scoped(secret, &Scope::everywhere())
+}
+
+/// Rules from one source Secret, each carrying `scope` (the Secret's own, from its
+/// annotations; [`Scope::nowhere`] when they cannot be parsed). Bad keys are reported and
+/// skipped; the others still count.
+pub fn rules_from_scoped(secret: &SourceSecret, scope: &Scope) -> (Vec<Rule>, Vec<SourceError>) {
     let name = &secret.name;
     let keys = match config_keys(secret) {
         Ok(keys) => keys,
@@ -123,7 +138,7 @@ pub fn rules_from(secret: &SourceSecret) -> (Vec<Rule>, Vec<SourceError>) {
                 source: RuleSource::Discovered {
                     secret: name.clone(),
                 },
-                scope: Default::default(),
+                scope: scope.clone(),
             }),
             Err(e) => errors.push(SourceError::BadKey {
                 secret: name.clone(),
@@ -203,6 +218,35 @@ mod tests {
         );
         assert_eq!(rules.len(), 3);
         assert!(rules.iter().all(|r| r.secrets == ["regcred"]));
+    }
+
+    #[test]
+    fn discovered_rules_carry_the_source_scope() {
+        let config = json!({"auths": {"ghcr.io/acme/team-a": {}, "quay.io": {}}});
+        let s = secret(
+            "team-a-pull",
+            DOCKER_CONFIG_JSON,
+            ".dockerconfigjson",
+            &config,
+        );
+        let scope = Scope::from_annotations(Some("team-a, team-a-*"), None).expect("scope");
+        let (rules, errors) = rules_from_scoped(&s, &scope);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rules.len(), 2);
+        assert!(rules.iter().all(|r| r.scope == scope));
+        assert!(rules.iter().all(|r| r.scope.allows("team-a-dev", None)));
+        assert!(rules.iter().all(|r| !r.scope.allows("team-b", None)));
+        // Unparsable annotations: the caller passes nowhere, and so does every rule.
+        let (rules, _) = rules_from_scoped(&s, &Scope::nowhere());
+        assert!(rules.iter().all(|r| !r.scope.allows("team-a", None)));
+        // Without a scope: everywhere, undeclared.
+        assert!(rules_from(&s).0.iter().all(|r| !r.scope.is_declared()));
+        let bad = SourceError::BadScope {
+            secret: "team-a-pull".into(),
+            reason: "pullsecret-injector/namespaces: \"Team_A\" is not a namespace name".into(),
+        };
+        assert_eq!(bad.kind(), "bad_scope");
+        assert!(bad.to_string().contains("serves no namespace"), "{bad}");
     }
 
     #[test]

@@ -7,30 +7,49 @@
 //!
 //! It also holds the kubelet keyrings of the Secrets the injector can read (its namespace's
 //! sources), so a decision can tell whether the kubelet would use a Secret for an image.
+//!
+//! Scope (issue 14) is settled here, once, for every reader:
+//! - a rule serves the namespaces its own scope allows (a discovered rule carries its
+//!   source's scope);
+//! - each Secret that is a known source serves only where its source scope allows too, so a
+//!   credential reaches a namespace only where the rule's scope AND its source's scope both
+//!   allow it. A rule naming several Secrets adds each of them only where that Secret's own
+//!   source scope allows it (the others may still be added there), and matches only where at
+//!   least one may be added; where none may, the rule is out of scope and the next most
+//!   specific rule in scope may match ([`RuleSet`]). A Secret that is not a known source (not
+//!   in the injector's namespace, or sources not read yet) is limited by its rules alone;
+//! - with `requireScope: true`, a rule or source Secret that declares no scope serves no
+//!   namespace ([`Policy::unscoped`] lists them, for the log and the metric).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, Settings};
 use crate::core::keyring::Keyring;
-use crate::core::rules::{Rule, RuleSet};
+use crate::core::rules::{Rule, RuleSet, RuleSource};
+use crate::core::scope::Scope;
 
-/// What the source Secrets contribute: discovered rules and, by Secret name, the keyrings.
+/// What the source Secrets contribute: discovered rules, and by Secret name, the keyrings and
+/// the scopes (from each source's annotations; nowhere when unparsable).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub rules: Vec<Rule>,
     pub keyrings: HashMap<String, Keyring>,
+    pub scopes: HashMap<String, Scope>,
 }
 
 /// A consistent snapshot: settings, rules and known credentials.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     settings: Settings,
-    /// Configuration rules first, then discovered ones, so the file wins ties.
+    /// Configuration rules first, then discovered ones, so the file wins ties; with the
+    /// sources' scopes.
     rules: RuleSet,
     keyrings: HashMap<String, Keyring>,
+    /// `requireScope`: the rules and source Secrets that declare no scope (so serve nowhere).
+    unscoped: Vec<String>,
 }
 
 impl Policy {
@@ -39,15 +58,55 @@ impl Policy {
         Self::merged(config, &Sources::default())
     }
 
-    /// The file's rules followed by the discovered ones, with the sources' keyrings.
+    /// The file's rules followed by the discovered ones, with the sources' keyrings and
+    /// scopes; under `requireScope`, what declares no scope serves nowhere.
     pub fn merged(config: &Config, sources: &Sources) -> Self {
-        let mut rules = config.rules.clone();
-        rules.extend_from_slice(&sources.rules);
+        let require = config.settings.require_scope;
+        let mut unscoped = Vec::new();
+        let rules: Vec<Rule> = config
+            .rules
+            .iter()
+            .chain(&sources.rules)
+            .map(|rule| {
+                let mut rule = rule.clone();
+                if require && !rule.scope.is_declared() {
+                    // A discovered rule's scope is its source's, reported as the source.
+                    if let RuleSource::Config { .. } = rule.source {
+                        unscoped.push(format!("{} ({})", rule.source, rule.pattern));
+                    }
+                    rule.scope = Scope::nowhere();
+                }
+                rule
+            })
+            .collect();
+        let mut unscoped_sources = Vec::new();
+        let scopes = sources
+            .scopes
+            .iter()
+            .map(|(name, scope)| {
+                if require && !scope.is_declared() {
+                    unscoped_sources.push(format!("source Secret {name}"));
+                    (name.clone(), Scope::nowhere())
+                } else {
+                    (name.clone(), scope.clone())
+                }
+            })
+            .collect();
+        unscoped_sources.sort();
+        unscoped.extend(unscoped_sources);
         Self {
             settings: config.settings.clone(),
-            rules: RuleSet::new(rules),
+            rules: RuleSet::with_source_scopes(rules, scopes),
             keyrings: sources.keyrings.clone(),
+            unscoped,
         }
+    }
+
+    /// With `requireScope: true`, the rules (`config rules[i] (pattern)`) and source Secrets
+    /// (`source Secret name`) that declare no namespace scope and so serve no namespace; empty
+    /// otherwise.
+    pub fn unscoped(&self) -> &[String] {
+        &self.unscoped
     }
 
     pub fn settings(&self) -> &Settings {
@@ -74,12 +133,25 @@ impl Policy {
     }
 }
 
+/// Told of every new snapshot (logs and metrics of what the policy settled, e.g.
+/// [`Policy::unscoped`]); core itself neither logs nor counts.
+pub type Observer = Box<dyn Fn(&Policy) + Send + Sync>;
+
 /// Holds the current [`Policy`]; readers never block, writers rebuild the snapshot.
-#[derive(Debug)]
 pub struct PolicyStore {
     current: ArcSwap<Policy>,
     /// Inputs of the snapshot, kept to rebuild it when either changes.
     inputs: Mutex<(Config, Sources)>,
+    observer: OnceLock<Observer>,
+}
+
+impl std::fmt::Debug for PolicyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyStore")
+            .field("current", &self.current)
+            .field("observed", &self.observer.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicyStore {
@@ -87,7 +159,20 @@ impl PolicyStore {
         Self {
             current: ArcSwap::from_pointee(Policy::from_config(&config)),
             inputs: Mutex::new((config, Sources::default())),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Calls `observer` with the current snapshot now and with every new one (under the
+    /// store's lock, so in order). One observer per store; a second is ignored.
+    pub fn observe(&self, observer: impl Fn(&Policy) + Send + Sync + 'static) {
+        let inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.observer.set(Box::new(observer)).is_ok()
+            && let Some(observer) = self.observer.get()
+        {
+            observer(&self.current.load());
+        }
+        drop(inputs);
     }
 
     /// The current snapshot.
@@ -98,15 +183,21 @@ impl PolicyStore {
     pub fn set_config(&self, config: Config) {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.0 = config;
-        self.current
-            .store(Arc::new(Policy::merged(&inputs.0, &inputs.1)));
+        self.store(Policy::merged(&inputs.0, &inputs.1));
     }
 
     pub fn set_sources(&self, sources: Sources) {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.1 = sources;
-        self.current
-            .store(Arc::new(Policy::merged(&inputs.0, &inputs.1)));
+        self.store(Policy::merged(&inputs.0, &inputs.1));
+    }
+
+    /// Called with the inputs' lock held.
+    fn store(&self, policy: Policy) {
+        if let Some(observer) = self.observer.get() {
+            observer(&policy);
+        }
+        self.current.store(Arc::new(policy));
     }
 }
 
@@ -141,6 +232,7 @@ mod tests {
                 },
             )],
             keyrings: HashMap::new(),
+            scopes: HashMap::new(),
         });
         store.set_config(config("from-new-file"));
         let policy = store.load();
@@ -155,7 +247,7 @@ mod tests {
         assert_eq!(
             policy
                 .rules()
-                .best_match(&image)
+                .best_match(&image, "team-a", None)
                 .map(|r| r.secrets[0].as_str()),
             Some("from-new-file")
         );

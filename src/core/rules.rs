@@ -11,12 +11,22 @@
 //!
 //! Among matching rules the most specific wins: an exact host before a glob, then the longer
 //! path; ties go to the earlier rule.
+//!
+//! Scope (issue 14): a rule serves only the namespaces its [`Scope`] allows, and each of its
+//! secrets only where that Secret's own source scope (its annotations, when it is a source
+//! Secret the injector knows) allows too. A rule that cannot hand any of its secrets to a
+//! namespace does not match there, so the next most specific rule in scope may
+//! ([`RuleSet::best_match`]). Every caller (admission, `explain`, `audit`, repair, sync) asks
+//! the same [`RuleSet`], so they all get the same answer.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::core::facts::Labels;
 use crate::core::image::{self, DOCKER_HUB, ImageRef};
 use crate::core::keyring;
+use crate::core::scope::Scope;
 
 /// Where a rule came from, for explanations and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,20 +54,38 @@ pub struct Rule {
     /// Also set `imagePullPolicy: Always` on matching containers.
     pub pull_policy_always: bool,
     pub source: RuleSource,
-    /// The namespaces this rule serves (issue 14); everywhere unless declared.
-    pub scope: crate::core::scope::Scope,
+    /// The namespaces this rule serves (issue 14); everywhere unless declared. A discovered
+    /// rule carries its source Secret's scope.
+    pub scope: Scope,
 }
 
-/// Rules in priority order (earlier wins ties), shared by every admission.
+/// Rules in priority order (earlier wins ties), with the scopes of the source Secrets they
+/// name; shared by every admission. Built once per change ([`crate::core::policy::Policy`]).
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Arc<[Rule]>,
+    /// By Secret name, the scope of each known source Secret (from its annotations). A secret
+    /// not here (not a source, or sources not read yet) is limited by its rules' scopes alone.
+    source_scopes: Arc<HashMap<String, Scope>>,
+    /// Whether any scope has a label selector: only then are namespace labels looked up.
+    needs_labels: bool,
 }
 
 impl RuleSet {
+    /// Rules limited by their own scopes only.
     pub fn new(rules: Vec<Rule>) -> Self {
+        Self::with_source_scopes(rules, HashMap::new())
+    }
+
+    /// Rules whose secrets are further limited by the scopes of the source Secrets
+    /// (`source_scopes`, by Secret name).
+    pub fn with_source_scopes(rules: Vec<Rule>, source_scopes: HashMap<String, Scope>) -> Self {
+        let needs_labels = rules.iter().any(|r| r.scope.has_selector())
+            || source_scopes.values().any(Scope::has_selector);
         Self {
             rules: rules.into(),
+            source_scopes: Arc::new(source_scopes),
+            needs_labels,
         }
     }
 
@@ -65,21 +93,81 @@ impl RuleSet {
         &self.rules
     }
 
-    /// The most specific rule matching `image`: exact host before glob, then longer path,
-    /// then the earlier rule.
-    pub fn best_match(&self, image: &ImageRef<'_>) -> Option<&Rule> {
+    /// The scope of a known source Secret, by name.
+    pub fn source_scope(&self, secret: &str) -> Option<&Scope> {
+        self.source_scopes.get(secret)
+    }
+
+    /// Whether any scope needs namespace labels (a selector); when not, callers may pass
+    /// `None` without asking the cluster.
+    pub fn needs_labels(&self) -> bool {
+        self.needs_labels
+    }
+
+    /// The most specific rule matching `image` that serves `namespace` (with `labels`, `None`
+    /// when unknown: then no selector matches): exact host before glob, then longer path, then
+    /// the earlier rule. A rule out of scope is skipped, so the next most specific rule in
+    /// scope wins. Allocation-free.
+    pub fn best_match(
+        &self,
+        image: &ImageRef<'_>,
+        namespace: &str,
+        labels: Option<&Labels>,
+    ) -> Option<&Rule> {
         let mut best: Option<(&Rule, Specificity)> = None;
         for rule in self.rules.iter() {
             if !rule.pattern.matches(image) {
                 continue;
             }
             let specificity = rule.pattern.specificity();
-            // Strictly greater only: ties keep the earlier rule.
-            if best.as_ref().is_none_or(|(_, s)| specificity > *s) {
+            // Strictly greater only: ties keep the earlier rule. Scope is checked last, only
+            // for a rule that would win.
+            if best.as_ref().is_none_or(|(_, s)| specificity > *s)
+                && self.in_scope(rule, namespace, labels)
+            {
                 best = Some((rule, specificity));
             }
         }
         best.map(|(rule, _)| rule)
+    }
+
+    /// Whether `rule` serves `namespace`: its own scope allows it and at least one of its
+    /// secrets may go there ([`Self::secret_allowed`]).
+    pub fn in_scope(&self, rule: &Rule, namespace: &str, labels: Option<&Labels>) -> bool {
+        rule.scope.allows(namespace, labels)
+            && rule
+                .secrets
+                .iter()
+                .any(|s| self.secret_allowed(s, namespace, labels))
+    }
+
+    /// Whether the Secret `secret` may reach `namespace` as far as its source's scope goes
+    /// (true for a Secret that is not a known source). Rule scopes are checked by
+    /// [`Self::in_scope`].
+    pub fn secret_allowed(&self, secret: &str, namespace: &str, labels: Option<&Labels>) -> bool {
+        if self.source_scopes.is_empty() {
+            return true;
+        }
+        self.source_scopes
+            .get(secret)
+            .is_none_or(|scope| scope.allows(namespace, labels))
+    }
+
+    /// The secrets of `rule` (a rule [`Self::best_match`] returned for `namespace`) that may
+    /// go to `namespace`, in the rule's order: each only where its own source scope allows.
+    pub fn secrets_for<'r, 'n>(
+        &'n self,
+        rule: &'r Rule,
+        namespace: &'n str,
+        labels: Option<&'n Labels>,
+    ) -> impl Iterator<Item = &'r str> + 'n
+    where
+        'r: 'n,
+    {
+        rule.secrets
+            .iter()
+            .map(String::as_str)
+            .filter(move |s| self.secret_allowed(s, namespace, labels))
     }
 }
 
@@ -461,9 +549,64 @@ mod tests {
         ];
         for (image_ref, want) in cases {
             let image = image::parse(image_ref).expect(image_ref);
-            let got = set.best_match(&image).map(|r| r.secrets[0].as_str());
+            let got = set
+                .best_match(&image, "team-a", None)
+                .map(|r| r.secrets[0].as_str());
             assert_eq!(got, want, "{image_ref}");
         }
+    }
+
+    #[test]
+    fn best_match_skips_rules_out_of_scope() {
+        let scoped = |pattern: &str, secret: &str, index: usize, names: &str| Rule {
+            scope: Scope::from_annotations(Some(names), None).expect(names),
+            ..rule(pattern, secret, index)
+        };
+        let labelled = |pattern: &str, secret: &str, index: usize, selector: &str| Rule {
+            scope: Scope::from_annotations(None, Some(selector)).expect(selector),
+            ..rule(pattern, secret, index)
+        };
+        let set = RuleSet::with_source_scopes(
+            vec![
+                rule("ghcr.io", "host", 0),
+                scoped("ghcr.io/acme", "acme-a", 1, "team-a"),
+                scoped("ghcr.io/acme", "acme-b", 2, "team-b"),
+                labelled("ghcr.io/acme/deep", "deep", 3, "team=a"),
+                rule("quay.io", "src", 4),
+            ],
+            HashMap::from([(
+                "src".to_string(),
+                Scope::from_annotations(Some("team-b"), None).expect("scope"),
+            )]),
+        );
+        assert!(set.needs_labels());
+        let team_a = Labels::from([("team".to_string(), "a".to_string())]);
+        // (image, namespace, labels, winner)
+        let cases = [
+            ("ghcr.io/acme/x", "team-a", None, Some("acme-a")),
+            // A tie between two rules: the earlier one in scope wins.
+            ("ghcr.io/acme/x", "team-b", None, Some("acme-b")),
+            ("ghcr.io/acme/x", "team-c", None, Some("host")),
+            ("ghcr.io/acme/deep/x", "team-a", Some(&team_a), Some("deep")),
+            ("ghcr.io/acme/deep/x", "team-a", None, Some("acme-a")),
+            ("ghcr.io/acme/deep/x", "team-c", Some(&team_a), Some("deep")),
+            ("quay.io/x", "team-b", None, Some("src")),
+            ("quay.io/x", "team-a", None, None),
+        ];
+        for (image_ref, namespace, labels, want) in cases {
+            let image = image::parse(image_ref).expect(image_ref);
+            let got = set
+                .best_match(&image, namespace, labels)
+                .map(|r| r.secrets[0].as_str());
+            assert_eq!(got, want, "{image_ref} in {namespace} {labels:?}");
+        }
+        assert!(!RuleSet::new(vec![rule("ghcr.io", "a", 0)]).needs_labels());
+        let src = &set.rules()[4];
+        assert_eq!(
+            set.secrets_for(src, "team-b", None).collect::<Vec<_>>(),
+            ["src"]
+        );
+        assert_eq!(set.secrets_for(src, "team-a", None).count(), 0);
     }
 
     #[test]

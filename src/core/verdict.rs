@@ -502,6 +502,7 @@ mod tests {
                 ("scoped".to_string(), Keyring::new(["ghcr.io/acme/api"])),
             ]
             .into(),
+            scopes: Default::default(),
         };
         let policy = Policy::merged(&config, &sources);
         let p = pod(

@@ -108,6 +108,12 @@ impl Server {
     /// certificate is loaded and, in cluster mode, the caches have synced.
     pub async fn start(args: ServeArgs) -> Result<Running, StartupError> {
         let (config, config_bytes) = config::load_with_bytes(&args.config)?;
+        // Namespace labels are unknown in standalone mode: a namespaceSelector is refused.
+        let config = if args.standalone {
+            reload::check_standalone(&args.config, config)?
+        } else {
+            config
+        };
         let (pair, pair_bytes) = tls::load_pair(&args.tls_cert, &args.tls_key)?;
         let metrics = Arc::new(Metrics::default());
         metrics.certificate_expiry.set(pair.not_after);
@@ -115,6 +121,8 @@ impl Server {
         let tls_config = Arc::new(tls::server_config(resolver.clone())?);
         let own_namespace = args.cluster.own_namespace();
         let policy = Arc::new(PolicyStore::new(config));
+        // requireScope: what serves nowhere for want of a scope is logged once and counted.
+        policy.observe(metrics.unscoped_reporter());
         let readiness = Arc::new(Readiness::default());
         let stop_background = Trigger::default();
         let settings_changed = Arc::new(Notify::new());
@@ -172,13 +180,14 @@ impl Server {
                 resolver,
                 metrics.clone(),
             )),
-            tokio::spawn(reload::watch_config(
+            tokio::spawn(reload::watch_config_in(
                 args.config.clone(),
                 config_bytes,
                 args.reload_interval,
                 policy,
                 metrics,
                 settings_changed,
+                args.standalone,
             )),
         ];
         let admin = admin::serve(

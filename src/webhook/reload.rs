@@ -3,15 +3,19 @@
 //! Kubernetes updates mounted ConfigMaps and Secrets by swapping a `..data` symlink, which
 //! inotify-style watches on the file miss; reading the files every interval and comparing
 //! their contents catches every kind of update, costs a few small reads, and needs no crate.
+//!
+//! `serve --standalone` knows no namespace labels, so a configuration whose rules use a
+//! `namespaceSelector` is refused there, at start and at each reload ([`check_standalone`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::core::config;
+use crate::core::config::{self, Config, ConfigError, FieldError};
 use crate::core::policy::PolicyStore;
+use crate::core::rules::RuleSource;
 use crate::metrics::Metrics;
 use crate::webhook::tls::{self, ReloadingResolver};
 
@@ -85,6 +89,32 @@ pub async fn watch_certificate(
     .await;
 }
 
+/// A configuration `serve --standalone` can honour: namespace labels are unknown there, so a
+/// rule with a `namespaceSelector` (which would never match) is an error naming its field;
+/// names and globs work.
+pub fn check_standalone(path: &Path, config: Config) -> Result<Config, ConfigError> {
+    let errors: Vec<FieldError> = config
+        .rules
+        .iter()
+        .filter(|rule| rule.scope.has_selector())
+        .filter_map(|rule| match rule.source {
+            RuleSource::Config { index } => Some(FieldError {
+                path: format!("rules[{index}].namespaceSelector"),
+                message: "needs namespace labels, which --standalone does not have; use namespaces: [...]".into(),
+            }),
+            RuleSource::Discovered { .. } => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.into(),
+            errors,
+        })
+    }
+}
+
 /// Reloads the configuration file when it changes from `baseline` (the bytes loaded at
 /// startup), and tells `changed` (the cluster side starts or stops watches to match).
 pub async fn watch_config(
@@ -95,8 +125,30 @@ pub async fn watch_config(
     metrics: Arc<Metrics>,
     changed: Arc<Notify>,
 ) {
+    watch_config_in(path, baseline, interval, store, metrics, changed, false).await;
+}
+
+/// [`watch_config`]; with `standalone`, a new file that fails [`check_standalone`] is
+/// rejected like an invalid one (the last good configuration keeps serving).
+pub async fn watch_config_in(
+    path: PathBuf,
+    baseline: Vec<u8>,
+    interval: Duration,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+    standalone: bool,
+) {
     let paths = vec![path.clone()];
-    poll_files(paths, vec![baseline], interval, |files| match config::from_bytes(&path, &files[0]) {
+    let parse = |bytes: &[u8]| {
+        let config = config::from_bytes(&path, bytes)?;
+        if standalone {
+            check_standalone(&path, config)
+        } else {
+            Ok(config)
+        }
+    };
+    poll_files(paths, vec![baseline], interval, |files| match parse(&files[0]) {
         Ok(config) => {
             let rules = config.rules.len();
             store.set_config(config);
@@ -110,4 +162,82 @@ pub async fn watch_config(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_refuses_selectors_and_keeps_names() {
+        let path = Path::new("config.yaml");
+        let yaml = r#"
+rules:
+  - registry: ghcr.io/acme/team-a
+    secrets: [team-a-pull]
+    namespaces: [team-a, "team-a-*"]
+  - registry: ghcr.io/acme/team-b
+    secrets: [team-b-pull]
+    namespaceSelector:
+      matchLabels: {team: b}
+"#;
+        let config = config::from_bytes(path, yaml.as_bytes()).expect("valid in cluster mode");
+        let err = check_standalone(path, config)
+            .expect_err("a selector needs labels")
+            .to_string();
+        assert!(
+            err.contains("rules[1].namespaceSelector: needs namespace labels, which --standalone does not have; use namespaces: [...]"),
+            "{err}"
+        );
+        assert!(!err.contains("rules[0]"), "{err}");
+        let names_only = yaml
+            .split("  - registry: ghcr.io/acme/team-b")
+            .next()
+            .unwrap_or("");
+        let config = config::from_bytes(path, names_only.as_bytes()).expect("valid");
+        assert!(check_standalone(path, config).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_standalone_reload_to_a_selector_is_rejected() {
+        let dir = std::env::temp_dir().join(format!("psi-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.yaml");
+        let good = b"rules:\n  - registry: ghcr.io\n    secrets: [a]\n    namespaces: [team-a]\n";
+        std::fs::write(&path, good).expect("write");
+        let config = config::from_bytes(&path, good).expect("valid");
+        let store = Arc::new(PolicyStore::new(config));
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(watch_config_in(
+            path.clone(),
+            good.to_vec(),
+            Duration::from_millis(10),
+            store.clone(),
+            metrics.clone(),
+            Arc::new(Notify::new()),
+            true,
+        ));
+        let bad = b"rules:\n  - registry: quay.io\n    secrets: [b]\n    namespaceSelector: {matchLabels: {team: b}}\n";
+        std::fs::write(&path, bad).expect("write");
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if metrics
+                .encode()
+                .contains(r#"config_reloads_total{result="failure"} 1"#)
+            {
+                break;
+            }
+        }
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"config_reloads_total{result="failure"} 1"#),
+            "{}",
+            metrics.encode()
+        );
+        let policy = store.load();
+        assert_eq!(policy.rules().rules()[0].pattern.as_str(), "ghcr.io");
+    }
 }
