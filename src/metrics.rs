@@ -265,6 +265,10 @@ impl Default for Metrics {
                 .certificate_reloads
                 .get_or_create(&ReloadLabels { result });
         }
+        // Sync's rare events: a copy restored after tampering, a copy revoked.
+        for kind in ["restored", "revoked"] {
+            let _ = metrics.secrets_synced.get_or_create(&KindLabels { kind });
+        }
         for outcome in ["evicted", "reported", "blocked", "failed"] {
             let _ = metrics.repairs.get_or_create(&OutcomeLabels { outcome });
         }
