@@ -280,6 +280,10 @@ impl Default for Metrics {
         let _ = metrics
             .source_secret_errors
             .get_or_create(&KindLabels { kind: "bad_scope" });
+        // Sync's rare events: a copy restored after tampering, a copy revoked.
+        for kind in ["restored", "revoked"] {
+            let _ = metrics.secrets_synced.get_or_create(&KindLabels { kind });
+        }
         for outcome in ["evicted", "reported", "blocked", "failed"] {
             let _ = metrics.repairs.get_or_create(&OutcomeLabels { outcome });
         }

@@ -7,16 +7,20 @@
 //! - [`index`]: the indexes and the [`ClusterFacts`](crate::core::facts::ClusterFacts) admission
 //!   reads, each knowing whether it is fresh; [`watch`] feeds them.
 //! - [`sources`]: labelled docker config Secrets of the injector's namespace (discovery, sync).
-//! - [`sync`] (pure plan, apply), [`sync_loop`] (input assembly, driver), [`repair`] (Pods an
-//!   outage let through), [`lease`] (one writer for both, and the gate every write passes);
-//!   these run only in `controller`.
+//! - [`sync`] (pure plan, apply), [`sync_loop`] (input assembly, revocation, driver),
+//!   [`copies`] (the copies sync manages, watched whole, a hash of their data kept),
+//!   [`ledger`] (the UIDs of the copies sync created: what proves a copy is ours), [`repair`]
+//!   (Pods an outage let through), [`lease`] (one writer for both, and the gate every write
+//!   passes); these run only in `controller`.
 //!
 //! Which watches run follows the configuration and the process, also on reload (the table in
 //! [`supervisor`]). Namespaces (metadata) are always watched.
 
 pub mod client;
+pub mod copies;
 pub mod index;
 pub mod lease;
+pub mod ledger;
 pub mod list;
 pub mod repair;
 mod repair_queue;

@@ -10,12 +10,14 @@
 //! | sources (the injector's namespace) | `discovery` or `sync` | `discovery` or `sync` |
 //! | the Lease | never | `sync` or `repair` |
 //! | sync / repair | never | `sync` / `repair` |
+//! | managed copies (whole, labelled `app.kubernetes.io/managed-by=pullsecret-injector`) | never | `sync` (with the sync loop) |
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -27,7 +29,7 @@ use super::sources::{self, Coverage, Discovery, Source};
 use super::sync_loop::SyncLoop;
 use super::watch::{Running, Watches};
 use crate::core::config::Settings;
-use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
+use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::core::policy::{PolicyStore, Sources};
 use crate::metrics::Metrics;
 use crate::shutdown::Trigger;
@@ -323,14 +325,33 @@ impl Supervisor {
     }
 
     fn start_sync(&mut self) {
-        let (Some(secrets), Some(sources), Some(lease)) =
-            (&self.secrets, &self.sources, &self.lease)
+        let (
+            Some(secrets),
+            Some(sources),
+            Some(lease),
+            Role::Controller {
+                lease_name,
+                identity,
+            },
+        ) = (&self.secrets, &self.sources, &self.lease, &self.role)
         else {
             return;
         };
+        // The copies sync manages, whole (a hash of their data is kept), selected by label.
+        let copies = Arc::new(Index::new("secret_copies", self.metrics.clone()));
+        let resource = ApiResource::erase::<Secret>(&());
+        let copies_watch = self.watches.start(
+            Api::<DynamicObject>::all_with(self.client.clone(), &resource),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            copies.clone(),
+            super::copies::entry,
+        );
         // Sync writes only while every cache it plans from is listed and watching.
-        let mut caches: Vec<Arc<dyn Fresh>> =
-            vec![self.facts.namespaces.clone(), sources.index.clone()];
+        let mut caches: Vec<Arc<dyn Fresh>> = vec![
+            self.facts.namespaces.clone(),
+            sources.index.clone(),
+            copies.clone(),
+        ];
         caches.extend(
             secrets
                 .indexes
@@ -342,10 +363,14 @@ impl Supervisor {
         let sync_loop = SyncLoop {
             client: self.client.clone(),
             own_namespace: self.own_namespace.clone(),
+            identity: identity.clone(),
+            ledger_name: format!("{lease_name}-copies"),
             policy: self.policy.clone(),
             namespaces: self.facts.namespaces.clone(),
             sources: sources.index.clone(),
             secrets: secrets.indexes.clone(),
+            copies,
+            _copies_watch: copies_watch,
             metrics: self.metrics.clone(),
             changed: self.watches.changed.clone(),
         };
