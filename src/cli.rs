@@ -5,6 +5,7 @@
 //! the Pods a command looks at, and each command's `-o` has its own variable because their
 //! formats differ.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -180,6 +181,12 @@ pub struct ExplainArgs {
         env = "PULLSECRET_INJECTOR_TARGET_NAMESPACE"
     )]
     pub target_namespace: String,
+    /// Labels (`k=v[,k=v]`) of every namespace the input has no `Namespace` object for, as
+    /// rules' `namespaceSelector`s read them. Without this flag or a `Namespace` object a
+    /// namespace's labels are unknown, and no selector serves it. A
+    /// `pullsecret-injector/inject` label given here also decides namespace selection.
+    #[arg(long, value_parser = parse_labels, env = "PULLSECRET_INJECTOR_NAMESPACE_LABELS")]
+    pub namespace_labels: Option<BTreeMap<String, String>>,
     #[arg(
         short = 'o',
         long,
@@ -188,6 +195,26 @@ pub struct ExplainArgs {
         env = "PULLSECRET_INJECTOR_EXPLAIN_OUTPUT"
     )]
     pub output: ExplainFormat,
+}
+
+/// `k=v[,k=v]`: namespace labels, each key and value checked as Kubernetes checks them. An
+/// empty string is a namespace without labels.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if !crate::core::scope::is_label_key(key) {
+            return Err(format!("{key:?} is not a valid label key"));
+        }
+        if !crate::core::scope::is_label_value(value) {
+            return Err(format!("{value:?} is not a valid label value"));
+        }
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -300,5 +327,17 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn namespace_labels() {
+        let labels = parse_labels("team=a, example.com/tier=gold,empty=").expect("valid");
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["example.com/tier"], "gold");
+        assert_eq!(labels["empty"], "");
+        assert_eq!(parse_labels(""), Ok(BTreeMap::new()));
+        for bad in ["team", "Team Name=a", "team=a b", "=a"] {
+            assert!(parse_labels(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

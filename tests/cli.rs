@@ -213,6 +213,230 @@ fn explain_reads_files_and_stdin_in_text_and_json() {
     );
 }
 
+/// A source Secret: labelled for discovery, with scope annotations.
+fn source_secret(name: &str, server: &str, annotations: &[(&str, &str)]) -> String {
+    let mut yaml = docker_registry_secret(name, server).replace(
+        "  creationTimestamp: null\n",
+        "  labels:\n    pullsecret-injector/source: \"true\"\n",
+    );
+    if !annotations.is_empty() {
+        let lines: String = annotations
+            .iter()
+            .map(|(k, v)| format!("    {k}: {v:?}\n"))
+            .collect();
+        yaml = yaml.replace(
+            "metadata:\n",
+            &format!("metadata:\n  annotations:\n{lines}"),
+        );
+    }
+    yaml
+}
+
+#[test]
+fn check_config_reports_unparsable_source_scopes_and_what_require_scope_turns_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let scoped = write(
+        "scoped.yaml",
+        "requireScope: true\nrules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n    namespaces: [team-a]\n  - registry: docker.io\n    secrets: [dockerhub]\n",
+    );
+    let plain = write(
+        "plain.yaml",
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n",
+    );
+    let run = |config: &Path, secrets: Option<&Path>| {
+        let mut cmd = bin();
+        cmd.arg("check-config").arg("--config").arg(config);
+        if let Some(secrets) = secrets {
+            cmd.arg("-f").arg(secrets);
+        }
+        let out = cmd.output().expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // requireScope: a rule without a scope serves nowhere; a warning, exit 0.
+    let (code, stdout, stderr) = run(&scoped, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("warning: rules[1] (docker.io): no namespaces or namespaceSelector; with requireScope it serves no namespace"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("rules[0]"), "{stdout}");
+
+    // A source whose selector annotation cannot be parsed: exit 1, naming Secret and annotation.
+    let bad = write(
+        "bad.yaml",
+        &format!(
+            "{}---\n{}",
+            source_secret(
+                "team-b",
+                "ghcr.io",
+                &[("pullsecret-injector/namespace-selector", "team in (b")]
+            ),
+            source_secret(
+                "ghcr",
+                "ghcr.io",
+                &[("pullsecret-injector/namespaces", "team-a")]
+            ),
+        ),
+    );
+    let (code, _, stderr) = run(&plain, Some(&bad));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("source Secret team-b: pullsecret-injector/namespace-selector: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it would serve no namespace"), "{stderr}");
+    assert!(!stderr.contains("Secret ghcr:"), "{stderr}");
+
+    // requireScope and a source without annotations: a warning; with a scope: nothing.
+    let unscoped = write("unscoped.yaml", &source_secret("ghcr", "ghcr.io", &[]));
+    let (code, stdout, stderr) = run(&scoped, Some(&unscoped));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("warning: source Secret ghcr: no pullsecret-injector/namespaces or pullsecret-injector/namespace-selector annotation"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run(&plain, Some(&unscoped));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
+const SCOPED_CONFIG: &str = r#"namespaces: {selection: all}
+rules:
+  - registry: ghcr.io/acme
+    secrets: [acme-shared]
+  - registry: ghcr.io/acme/team-a
+    secrets: [team-a-pull]
+    namespaces: [team-a, "team-a-*"]
+  - registry: ghcr.io/acme/team-b
+    secrets: [team-b-pull]
+    namespaceSelector:
+      matchLabels: {team: b}
+"#;
+
+const SCOPED_INPUT: &str = r#"apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Namespace
+    metadata: {name: team-b, labels: {team: b}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: team-b}
+spec: {containers: [{name: a, image: ghcr.io/acme/team-a/app}, {name: b, image: ghcr.io/acme/team-b/app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: q, namespace: team-c}
+spec: {containers: [{name: b, image: ghcr.io/acme/team-b/app}]}
+"#;
+
+fn explain_scoped(extra: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    let input = dir.path().join("input.yaml");
+    std::fs::write(&config, SCOPED_CONFIG).expect("write");
+    std::fs::write(&input, SCOPED_INPUT).expect("write");
+    let run = |output: &str| {
+        let out = bin()
+            .arg("explain")
+            .arg("--config")
+            .arg(&config)
+            .arg("-f")
+            .arg(&input)
+            .args(["-o", output])
+            .args(extra)
+            .output()
+            .expect("runs");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let text = String::from_utf8_lossy(&run("text")).to_string();
+    let json = serde_json::from_slice(&run("json")).expect("json");
+    (text, json)
+}
+
+#[test]
+fn explain_shows_scopes_and_rules_that_do_not_serve_the_namespace() {
+    let (text, json) = explain_scoped(&[]);
+    for line in [
+        "      scope: labels team=b",
+        "rule ghcr.io/acme/team-a (config rules[1]) matches the image but does not serve namespace team-b (scope: namespaces team-a,team-a-*)",
+        // team-c has no Namespace object and no --namespace-labels: said once, as an assumption.
+        "note: assumed: the labels of namespace(s) team-c are unknown (no Namespace object in the input, no --namespace-labels), so the rules with a namespaceSelector (ghcr.io/acme/team-b) do not serve them",
+        "rule ghcr.io/acme/team-b (config rules[2]) matches the image but does not serve namespace team-c (scope: labels team=b)",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("ignored Namespace"), "{text}");
+    assert_eq!(json[0]["images"][1]["scope"], "labels team=b");
+    assert_eq!(json[0]["images"][1]["outOfScope"], serde_json::Value::Null);
+    assert_eq!(
+        json[0]["images"][0]["outOfScope"]["scope"],
+        "namespaces team-a,team-a-*"
+    );
+
+    // --namespace-labels applies to namespaces without a Namespace object (team-c), not to
+    // team-b, whose object says team=b.
+    let (text, json) = explain_scoped(&["--namespace-labels", "team=b"]);
+    assert!(!text.contains("assumed:"), "{text}");
+    assert_eq!(json[1]["namespace"], "team-c");
+    assert_eq!(json[1]["images"][0]["outOfScope"], serde_json::Value::Null);
+    assert_eq!(json[0]["images"][1]["outOfScope"], serde_json::Value::Null);
+    let (_, json) = explain_scoped(&["--namespace-labels", "team=x"]);
+    assert_eq!(json[0]["images"][1]["outOfScope"], serde_json::Value::Null);
+    assert_eq!(
+        json[1]["images"][0]["outOfScope"]["rule"],
+        "ghcr.io/acme/team-b"
+    );
+
+    let out = bin()
+        .args(["explain", "--config", &repo("examples/config.yaml")])
+        .args(["-f", &repo("examples/workloads.yaml")])
+        .args(["--namespace-labels", "not a label"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad --namespace-labels is a usage error"
+    );
+}
+
+/// What the admission patch does once `RuleSet::best_match` honours scope: the out-of-scope
+/// rule does not match, the less specific rule in scope does.
+#[test]
+#[ignore = "needs the admission change (best_match honouring scope); un-ignore at merge"]
+fn explain_patches_only_what_the_namespace_is_served() {
+    let (text, json) = explain_scoped(&[]);
+    assert_eq!(
+        json[0]["add"],
+        serde_json::json!(["acme-shared", "team-b-pull"])
+    );
+    assert_eq!(json[0]["images"][0]["rule"], "ghcr.io/acme");
+    assert_eq!(json[1]["add"], serde_json::json!(["acme-shared"]));
+    assert!(
+        text.contains(
+            "rule ghcr.io/acme (config rules[0]) -> secrets acme-shared\n      scope: everywhere"
+        ),
+        "{text}"
+    );
+}
+
 fn http_get(addr: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

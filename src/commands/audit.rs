@@ -5,8 +5,14 @@
 //! It runs the webhook's own decision on every Pod as if it were being created now, with the
 //! namespace labels read from the API, and looks the secrets up separately, so a secret that
 //! sync would create is still listed (and shown as missing today).
+//!
+//! Scope: it lists the namespaces each rule serves (a discovered source's scope comes from its
+//! annotations; one that cannot be parsed serves nowhere and is reported), and flags Pods that
+//! hold an out-of-scope reference: an `imagePullSecrets` entry naming a Secret that only rules
+//! which do not serve the Pod's namespace name.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, ListParams, PartialObjectMeta};
@@ -14,14 +20,17 @@ use serde::Serialize;
 
 use crate::cli::{AuditArgs, AuditFormat};
 use crate::cluster::{self, ClusterError};
+use crate::commands::{describe_scope, effective_scope, source_scope};
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg::{self, SourceSecret};
-use crate::core::facts::{ClusterFacts, NamespaceCache, NamespaceLabel, SecretPresence};
+use crate::core::facts::{ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
 use crate::core::policy::{Policy, Sources};
 use crate::core::repair::{self, PodState};
 use crate::core::review;
+use crate::core::rules::Rule;
+use crate::core::scope::Scope;
 use crate::core::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,37 @@ pub struct PodReport {
     pub cache_risk: Vec<CacheRisk>,
     /// Problems (invalid images and the like), not audit findings.
     pub warnings: Vec<String>,
+    /// `imagePullSecrets` entries naming a Secret that only rules out of scope for the Pod's
+    /// namespace name: a credential this namespace should not hold (a sync copy is revoked
+    /// after `revokeAfter`).
+    #[serde(rename = "outOfScope")]
+    pub out_of_scope: Vec<OutOfScopeRef>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct OutOfScopeRef {
+    pub secret: String,
+    /// Each rule naming the Secret, with its scope.
+    pub rules: Vec<RuleScope>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleScope {
+    pub rule: String,
+    pub source: String,
+    pub secrets: Vec<String>,
+    pub scope: String,
+}
+
+impl RuleScope {
+    pub fn of(rule: &Rule, policy: &Policy) -> Self {
+        Self {
+            rule: rule.pattern.to_string(),
+            source: rule.source.to_string(),
+            secrets: rule.secrets.clone(),
+            scope: describe_scope(rule, policy.settings()),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -76,6 +116,8 @@ pub struct SecretReport {
     pub name: String,
     pub exists: bool,
     pub rule: String,
+    /// The namespaces the rule serves.
+    pub scope: String,
     pub images: Vec<String>,
 }
 
@@ -83,6 +125,8 @@ pub struct SecretReport {
 /// absence here is absence in the cluster (at the time of the list).
 pub struct Listed {
     pub labels: BTreeMap<String, NamespaceLabel>,
+    /// Every namespace's labels, as scope selectors read them.
+    pub namespace_labels: BTreeMap<String, Arc<Labels>>,
     pub secrets: BTreeSet<(String, String)>,
 }
 
@@ -107,6 +151,9 @@ impl ClusterFacts for Listed {
     fn namespace_cache(&self) -> NamespaceCache {
         NamespaceCache::Fresh
     }
+    fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+        self.namespace_labels.get(namespace).cloned()
+    }
 }
 
 /// `audit`: the report, rendered as `-o` asks.
@@ -117,6 +164,7 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let list = |what| move |source| AuditError::List { what, source };
 
     let mut sources = Sources::default();
+    let mut source_problems = Vec::new();
     if (config.settings.discovery || config.settings.sync)
         && let Some(ns) = &injector_namespace
     {
@@ -126,12 +174,24 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
             .await
             .map_err(list("source Secrets"))?;
         for secret in labelled {
-            if let Some(source) = SourceSecret::from_json(&serde_json::to_value(&secret)?) {
+            let json = serde_json::to_value(&secret)?;
+            if let Some(source) = SourceSecret::from_json(&json) {
                 if let Ok(keyring) = dockercfg::keyring_of(&source) {
                     sources.keyrings.insert(source.name.clone(), keyring);
                 }
+                // The safe side is nowhere: a scope that cannot be read serves no namespace.
+                let scope = source_scope(&json).unwrap_or_else(|e| {
+                    source_problems.push(format!(
+                        "source Secret {}: {e}; it serves no namespace",
+                        source.name
+                    ));
+                    Scope::nowhere()
+                });
                 if config.settings.discovery {
-                    let (found, errors) = dockercfg::rules_from(&source);
+                    let (mut found, errors) = dockercfg::rules_from(&source);
+                    for rule in &mut found {
+                        rule.scope = scope.clone();
+                    }
                     sources.rules.extend(found);
                     for e in errors {
                         eprintln!("warning: {e}");
@@ -143,21 +203,21 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let policy = Policy::merged(&config, &sources);
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-    let labels: BTreeMap<String, NamespaceLabel> = namespaces
+    let mut labels: BTreeMap<String, NamespaceLabel> = BTreeMap::new();
+    let mut namespace_labels: BTreeMap<String, Arc<Labels>> = BTreeMap::new();
+    for ns in namespaces
         .list(&ListParams::default())
         .await
         .map_err(list("namespaces"))?
-        .into_iter()
-        .filter_map(|ns| {
-            let label = ns
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(INJECT_LABEL))
-                .map(String::as_str);
-            Some((ns.metadata.name.clone()?, NamespaceLabel::from_value(label)))
-        })
-        .collect();
+    {
+        let Some(name) = ns.metadata.name.clone() else {
+            continue;
+        };
+        let all: Labels = ns.metadata.labels.clone().unwrap_or_default();
+        let label = all.get(INJECT_LABEL).map(String::as_str);
+        labels.insert(name.clone(), NamespaceLabel::from_value(label));
+        namespace_labels.insert(name, Arc::new(all));
+    }
 
     let scope = if args.all_namespaces {
         None
@@ -185,6 +245,7 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
         .collect();
     let listed = Listed {
         labels,
+        namespace_labels,
         secrets: existing,
     };
 
@@ -204,11 +265,19 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     }
     Ok(match args.output {
         AuditFormat::Json => {
+            // The JSON stays a list of Pods; a source's unreadable scope goes to stderr.
+            for problem in &source_problems {
+                eprintln!("warning: {problem}");
+            }
             let mut json = serde_json::to_string_pretty(&reports)?;
             json.push('\n');
             json
         }
-        AuditFormat::Table => render_table(&reports),
+        AuditFormat::Table => {
+            let mut out = render_rules(&policy, &source_problems);
+            out.push_str(&render_table(&reports));
+            out
+        }
     })
 }
 
@@ -232,6 +301,7 @@ pub fn report(
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|phase| phase == "Running");
     let missing: Vec<&str> = verdict.secrets.iter().map(|s| s.name).collect();
+    let out_of_scope = out_of_scope(&pod, namespace, policy, facts);
     let cache_risk = verdict
         .images
         .iter()
@@ -270,6 +340,7 @@ pub fn report(
                 name: s.name.to_string(),
                 exists: s.presence == SecretPresence::Seen,
                 rule: s.rule.pattern.to_string(),
+                scope: describe_scope(s.rule, policy.settings()),
                 images: s.images.iter().map(|i| i.to_string()).collect(),
             })
             .collect(),
@@ -284,7 +355,80 @@ pub fn report(
             })
             .map(ToString::to_string)
             .collect(),
+        out_of_scope,
     })
+}
+
+/// The Pod's `imagePullSecrets` entries that name a Secret only rules out of scope for its
+/// namespace name (a Secret no rule names is not the injector's and is not judged).
+pub fn out_of_scope(
+    pod: &review::Pod<'_>,
+    namespace: &str,
+    policy: &Policy,
+    facts: &dyn ClusterFacts,
+) -> Vec<OutOfScopeRef> {
+    let labels = facts.namespace_labels(namespace);
+    let entries = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.image_pull_secrets.as_deref())
+        .unwrap_or_default();
+    let mut out: Vec<OutOfScopeRef> = Vec::new();
+    for name in entries.iter().filter_map(|e| e.name.as_deref()) {
+        if name.is_empty() || out.iter().any(|o| o.secret == name) {
+            continue;
+        }
+        let naming: Vec<&Rule> = policy
+            .rules()
+            .rules()
+            .iter()
+            .filter(|r| r.secrets.iter().any(|s| s == name))
+            .collect();
+        let served = naming
+            .iter()
+            .any(|r| effective_scope(r, policy.settings()).allows(namespace, labels.as_deref()));
+        if !naming.is_empty() && !served {
+            out.push(OutOfScopeRef {
+                secret: name.to_string(),
+                rules: naming.iter().map(|r| RuleScope::of(r, policy)).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The rules and the namespaces each serves, then the sources whose scope cannot be read.
+pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
+    let mut rows = vec![[
+        "RULE".to_string(),
+        "FROM".into(),
+        "SECRETS".into(),
+        "SCOPE".into(),
+    ]];
+    for rule in policy.rules().rules() {
+        let r = RuleScope::of(rule, policy);
+        rows.push([r.rule, r.source, r.secrets.join(","), r.scope]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for problem in source_problems {
+        out.push_str("warning: ");
+        out.push_str(problem);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
 }
 
 pub fn render_table(reports: &[PodReport]) -> String {
@@ -363,6 +507,33 @@ pub fn render_table(reports: &[PodReport]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    let out_of_scope: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.out_of_scope.iter().map(move |o| {
+                let rules: Vec<String> = o
+                    .rules
+                    .iter()
+                    .map(|rule| format!("rule {} ({})", rule.rule, rule.scope))
+                    .collect();
+                format!(
+                    "{}/{} lists Secret {}, which only {} name",
+                    r.namespace,
+                    r.pod,
+                    o.secret,
+                    rules.join(", ")
+                )
+            })
+        })
+        .collect();
+    if !out_of_scope.is_empty() {
+        out.push_str("\nOut-of-scope references: these Pods name a credential whose rules do not serve their\nnamespace (the injector no longer adds it there; a sync copy is revoked after revokeAfter):\n");
+        for line in out_of_scope {
+            out.push_str("  ");
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     if !risks.is_empty() {
         out.push_str("\nRunning from the node's image cache without the secret their registry needs; they fail\nwhen a node pulls again (a new node, image garbage collection, or Kubernetes 1.35+\nverifying cached credentials):\n");
         for risk in risks {
@@ -388,6 +559,7 @@ mod tests {
         let policy = Policy::from_config(&config);
         let listed = Listed {
             labels: [("team-a".to_string(), NamespaceLabel::Enabled)].into(),
+            namespace_labels: BTreeMap::new(),
             secrets: [("team-a".to_string(), "dockerhub".to_string())].into(),
         };
         let pod = |ns: &str| {
@@ -408,12 +580,14 @@ mod tests {
                         name: "dockerhub".into(),
                         exists: true,
                         rule: "docker.io".into(),
+                        scope: "everywhere".into(),
                         images: vec!["nginx".into()],
                     },
                     SecretReport {
                         name: "ghcr".into(),
                         exists: false,
                         rule: "ghcr.io".into(),
+                        scope: "everywhere".into(),
                         images: vec!["ghcr.io/x/y".into()],
                     },
                 ],
@@ -422,6 +596,7 @@ mod tests {
                 warnings: vec![
                     "pullsecret-injector: container c image \"UPPER\" not matched: invalid reference format: repository name must be lowercase".into()
                 ],
+                out_of_scope: vec![],
             }
         );
         let table = render_table(std::slice::from_ref(&r));
@@ -452,6 +627,87 @@ mod tests {
         assert_eq!(
             skipped.skipped,
             Some("namespace not labelled pullsecret-injector/inject=enabled")
+        );
+    }
+
+    #[test]
+    fn rule_scopes_and_out_of_scope_references() {
+        let config = config::from_bytes(
+            std::path::Path::new("t"),
+            br#"
+namespaces: {selection: all}
+rules:
+  - registry: ghcr.io/acme/team-a
+    secrets: [team-a-pull]
+    namespaces: [team-a]
+  - registry: ghcr.io/acme/team-b
+    secrets: [team-b-pull]
+    namespaceSelector: {matchLabels: {team: b}}
+  - registry: docker.io
+    secrets: [dockerhub]
+"#,
+        )
+        .expect("valid");
+        let policy = Policy::from_config(&config);
+        let labels = |team: &str| Arc::new(Labels::from([("team".into(), team.into())]));
+        let listed = Listed {
+            labels: BTreeMap::new(),
+            namespace_labels: [
+                ("team-a".to_string(), labels("a")),
+                ("team-b".to_string(), labels("b")),
+            ]
+            .into(),
+            secrets: BTreeSet::new(),
+        };
+        let pod = |ns: &str| {
+            format!(
+                r#"{{"metadata":{{"name":"web","namespace":"{ns}"}},"spec":{{"imagePullSecrets":[{{"name":"team-a-pull"}},{{"name":"team-b-pull"}},{{"name":"own"}},{{"name":"dockerhub"}}],"containers":[{{"name":"a","image":"nginx"}}]}}}}"#
+            )
+        };
+        // team-a holds team-b's credential; team-b holds team-a's; a namespace whose labels
+        // are unknown (not listed) is served by no selector.
+        let names = |ns: &str| -> Vec<String> {
+            let r = report(&pod(ns), &policy, &listed, Some("psi")).expect("report");
+            r.out_of_scope.into_iter().map(|o| o.secret).collect()
+        };
+        assert_eq!(names("team-a"), ["team-b-pull"]);
+        assert_eq!(names("team-b"), ["team-a-pull"]);
+        assert_eq!(names("team-c"), ["team-a-pull", "team-b-pull"]);
+
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        assert_eq!(
+            r.out_of_scope[0].rules,
+            [RuleScope {
+                rule: "ghcr.io/acme/team-b".into(),
+                source: "config rules[1]".into(),
+                secrets: vec!["team-b-pull".into()],
+                scope: "labels team=b".into(),
+            }]
+        );
+        let table = render_table(&[r]);
+        assert!(
+            table.contains("team-a/web lists Secret team-b-pull, which only rule ghcr.io/acme/team-b (labels team=b) name"),
+            "{table}"
+        );
+        let rules = render_rules(&policy, &["source Secret x: bad".into()]);
+        assert!(
+            rules.contains("ghcr.io/acme/team-a  config rules[0]  team-a-pull  namespaces team-a"),
+            "{rules}"
+        );
+        assert!(rules.contains("warning: source Secret x: bad"), "{rules}");
+
+        // requireScope: the rule without a scope serves nowhere, and says why.
+        let config = config::from_bytes(
+            std::path::Path::new("t"),
+            b"requireScope: true\nrules:\n  - registry: docker.io\n    secrets: [dockerhub]\n",
+        )
+        .expect("valid");
+        let policy = Policy::from_config(&config);
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        assert_eq!(r.out_of_scope[0].secret, "dockerhub");
+        assert_eq!(
+            r.out_of_scope[0].rules[0].scope,
+            "nowhere (requireScope: no scope declared)"
         );
     }
 }

@@ -1,11 +1,20 @@
 //! `check-config`: validate a configuration file, reporting every error at once; with
 //! `-f SECRETS`, also check each rule against the docker config Secrets it names, as the
-//! kubelet would match their keys (exit 1 when a rule's Secrets would not be used).
+//! kubelet would match their keys (exit 1 when a rule's Secrets would not be used), and each
+//! source Secret's scope annotations (exit 1 when one cannot be parsed: that source would serve
+//! no namespace).
+//!
+//! With `requireScope: true`, every rule, and every source Secret given with `-f`, that declares
+//! no scope is reported as serving nowhere: a warning, not an error (exit 0 unless something
+//! else is wrong), because that is what `requireScope` is for, and a file that turns it on
+//! before the scopes are written is valid.
 
 use std::fmt::Write;
 
 use crate::cli::CheckConfigArgs;
-use crate::commands::{ManifestError, docker_config_secrets, read_documents};
+use crate::commands::{
+    ManifestError, docker_config_secrets, is_source, read_documents, secret_documents, source_scope,
+};
 use crate::core::config::{self, ConfigError};
 use crate::core::dockercfg;
 use crate::core::policy::{Policy, Sources};
@@ -28,13 +37,49 @@ pub fn run(args: &CheckConfigArgs) -> Result<String, CheckError> {
         args.config.display(),
         config.rules.len()
     );
+    let require_scope = config.settings.require_scope;
+    let mut warnings: Vec<String> = Vec::new();
+    if require_scope {
+        for (index, rule) in config.rules.iter().enumerate() {
+            if !rule.scope.is_declared() {
+                warnings.push(format!(
+                    "rules[{index}] ({}): no namespaces or namespaceSelector; with requireScope it serves no namespace",
+                    rule.pattern
+                ));
+            }
+        }
+    }
+    let warn = |out: &mut String, warnings: &[String]| {
+        for w in warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+    };
     if args.secrets.is_empty() {
+        warn(&mut out, &warnings);
         return Ok(out);
     }
     let mut sources = Sources::default();
     let mut problems: Vec<String> = Vec::new();
     for path in &args.secrets {
-        for secret in docker_config_secrets(&read_documents(path)?) {
+        let docs = read_documents(path)?;
+        for secret in secret_documents(&docs).into_iter().filter(|s| is_source(s)) {
+            let name = secret
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("<unnamed>");
+            match source_scope(secret) {
+                Err(e) => problems.push(format!(
+                    "source Secret {name}: {e}; it would serve no namespace"
+                )),
+                Ok(scope) if require_scope && !scope.is_declared() => warnings.push(format!(
+                    "source Secret {name}: no {} or {} annotation; with requireScope it serves no namespace",
+                    crate::core::names::NAMESPACES_ANNOTATION,
+                    crate::core::names::NAMESPACE_SELECTOR_ANNOTATION
+                )),
+                Ok(_) => {}
+            }
+        }
+        for secret in docker_config_secrets(&docs) {
             match dockercfg::keyring_of(&secret) {
                 Ok(keyring) => {
                     sources.keyrings.insert(secret.name.clone(), keyring);
@@ -74,12 +119,17 @@ pub fn run(args: &CheckConfigArgs) -> Result<String, CheckError> {
             "{checked} rule(s) checked against {} Secret(s): the kubelet would use them",
             sources.keyrings.len()
         );
+        warn(&mut out, &warnings);
         Ok(out)
     } else {
-        Err(CheckError::Credentials(format!(
-            "{} credential problem(s):\n  {}",
+        let mut report = format!(
+            "{} problem(s):\n  {}",
             problems.len(),
             problems.join("\n  ")
-        )))
+        );
+        for w in &warnings {
+            let _ = write!(report, "\nwarning: {w}");
+        }
+        Err(CheckError::Credentials(report))
     }
 }

@@ -1,21 +1,35 @@
 //! `explain`: what the injector would do to the Pods and pod templates in a file, offline.
 //!
 //! The same decision code as the webhook runs on each Pod (or on the Pod a workload's template
-//! would create). Offline, namespace labels and existing Secrets are unknown, so namespace
-//! selection is taken as granted (as in standalone mode) except for excluded namespaces.
+//! would create). Offline, existing Secrets are unknown, and namespace labels are known only
+//! from `Namespace` objects in the input or `--namespace-labels`: a namespace without either
+//! has its selection taken as granted (as in standalone mode) except for excluded namespaces,
+//! and no rule with a `namespaceSelector` serves it (said once, as an assumption).
+//!
+//! Each rule is shown with its scope; an image whose most specific rule does not serve the
+//! namespace says so ("rule X matches the image but does not serve namespace N").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{ExplainArgs, ExplainFormat};
-use crate::commands::{ManifestError, docker_config_secrets, read_documents};
+use crate::commands::{
+    ManifestError, describe_scope, docker_config_secrets, effective_scope, read_documents,
+};
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg;
-use crate::core::facts::NothingKnown;
+use crate::core::facts::{ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence};
+use crate::core::image::ImageRef;
+use crate::core::names::INJECT_LABEL;
 use crate::core::policy::Policy;
 use crate::core::policy::Sources;
 use crate::core::review::Pod;
+use crate::core::rules::{Rule, RuleSet};
+use crate::core::scope::Scope;
 use crate::core::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +91,143 @@ pub struct ImageReport {
     pub secrets: Vec<String>,
     pub set_pull_policy_always: bool,
     pub error: Option<String>,
+    /// The namespaces the matched rule serves ([`Scope::describe`]).
+    pub scope: Option<String>,
+    /// The most specific rule matching the image, when it does not serve the namespace (then
+    /// a less specific rule in scope, or none, serves the image).
+    pub out_of_scope: Option<OutOfScope>,
+}
+
+/// A rule that matches an image but does not serve the Pod's namespace.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutOfScope {
+    pub rule: String,
+    pub rule_source: String,
+    pub secrets: Vec<String>,
+    pub scope: String,
+}
+
+/// The label the API server sets on every namespace (1.21+), which selectors may use.
+pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// What `explain` knows about namespaces: the labels of the `Namespace` objects in its input,
+/// else those of `--namespace-labels`; nothing about Secrets.
+#[derive(Debug, Default)]
+pub struct ExplainFacts {
+    /// From `Namespace` objects in the input.
+    pub namespaces: BTreeMap<String, Arc<Labels>>,
+    /// `--namespace-labels`, for every other namespace.
+    pub default: Option<Labels>,
+}
+
+impl ExplainFacts {
+    /// Whether a namespace's labels are known.
+    pub fn knows(&self, namespace: &str) -> bool {
+        self.namespaces.contains_key(namespace) || self.default.is_some()
+    }
+}
+
+impl ClusterFacts for ExplainFacts {
+    /// A `Namespace` object's inject label decides; `--namespace-labels` decides only when it
+    /// sets the label; otherwise unknown (the webhook's namespaceSelector has decided).
+    fn namespace_label(&self, namespace: &str) -> NamespaceLabel {
+        if let Some(labels) = self.namespaces.get(namespace) {
+            return NamespaceLabel::from_value(labels.get(INJECT_LABEL).map(String::as_str));
+        }
+        match self.default.as_ref().and_then(|l| l.get(INJECT_LABEL)) {
+            Some(value) => NamespaceLabel::from_value(Some(value)),
+            None => NamespaceLabel::Unknown,
+        }
+    }
+    fn secret_presence(&self, _: &str, _: &str) -> SecretPresence {
+        SecretPresence::Unknown
+    }
+    fn namespace_cache(&self) -> NamespaceCache {
+        NamespaceCache::NotListed
+    }
+    /// With `kubernetes.io/metadata.name`, which the API server sets on every namespace.
+    fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+        if let Some(labels) = self.namespaces.get(namespace) {
+            return Some(labels.clone());
+        }
+        let mut labels = self.default.clone()?;
+        labels.insert(NAME_LABEL.into(), namespace.into());
+        Some(Arc::new(labels))
+    }
+}
+
+/// The labels of every `Namespace` object in `docs` (descending into Lists), with
+/// `kubernetes.io/metadata.name` as the API server sets it.
+pub fn find_namespaces(docs: &[Value]) -> BTreeMap<String, Arc<Labels>> {
+    fn walk(doc: &Value, out: &mut BTreeMap<String, Arc<Labels>>) {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("List" | "NamespaceList") => {
+                for item in doc
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    walk(item, out);
+                }
+            }
+            Some("Namespace") => {
+                let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) else {
+                    return;
+                };
+                let mut labels: Labels = doc
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+                labels.insert(NAME_LABEL.into(), name.into());
+                out.insert(name.to_string(), Arc::new(labels));
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    for doc in docs {
+        walk(doc, &mut out);
+    }
+    out
+}
+
+/// The rules with their scope set aside: which rule would win if scope did not count.
+pub struct Unscoped {
+    rules: RuleSet,
+}
+
+impl Unscoped {
+    pub fn new(policy: &Policy) -> Self {
+        let rules = policy
+            .rules()
+            .rules()
+            .iter()
+            .cloned()
+            .map(|mut rule| {
+                rule.scope = Scope::everywhere();
+                rule
+            })
+            .collect();
+        Self {
+            rules: RuleSet::new(rules),
+        }
+    }
+
+    /// The most specific rule of `policy` matching `image`, whatever its scope.
+    pub fn best<'p>(&self, policy: &'p Policy, image: &ImageRef<'_>) -> Option<&'p Rule> {
+        let best = self.rules.best_match(image)?;
+        let index = self
+            .rules
+            .rules()
+            .iter()
+            .position(|r| std::ptr::eq(r, best))?;
+        policy.rules().rules().get(index)
+    }
 }
 
 /// `explain`: prints the explanation of every Pod and pod template in `-f`.
@@ -84,6 +235,10 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
     let config = config::load(&args.config)?;
     let docs = read_documents(&args.file)?;
     let (targets, mut notes) = find_targets(&docs, &args.target_namespace);
+    let facts = ExplainFacts {
+        namespaces: find_namespaces(&docs),
+        default: args.namespace_labels.clone(),
+    };
     // Docker config Secrets in the same input: their keys are checked as the kubelet would.
     let mut sources = Sources::default();
     for secret in docker_config_secrets(&docs) {
@@ -99,7 +254,12 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
         }
     }
     let policy = Policy::merged(&config, &sources);
-    let explanations: Vec<_> = targets.iter().map(|t| explain(t, &policy)).collect();
+    notes.extend(unknown_labels_note(&targets, &policy, &facts));
+    let unscoped = Unscoped::new(&policy);
+    let explanations: Vec<_> = targets
+        .iter()
+        .map(|t| explain(t, &policy, &facts, &unscoped))
+        .collect();
     Ok(match args.output {
         ExplainFormat::Text => render_text(&explanations, &notes),
         ExplainFormat::Json => {
@@ -161,7 +321,8 @@ fn collect(
         | "ReplicationController" => object.pointer("/spec/template").cloned(),
         "CronJob" => object.pointer("/spec/jobTemplate/spec/template").cloned(),
         "PodTemplate" => object.get("template").cloned(),
-        "Secret" => return,
+        // Namespaces give their labels (`find_namespaces`).
+        "Secret" | "Namespace" => return,
         _ => {
             notes.push(format!(
                 "ignored {} {name}: no pod template",
@@ -185,9 +346,44 @@ fn collect(
     }
 }
 
-/// Runs the webhook's decision on one target. Offline, namespace labels and Secrets are
-/// unknown ([`NothingKnown`]), as in standalone mode.
-pub fn explain(target: &Target, policy: &Policy) -> Explanation {
+/// The assumption `explain` makes, said once: namespaces whose labels it does not know are
+/// not served by rules with a `namespaceSelector` (as the injector does while its cache has not
+/// seen a namespace).
+pub fn unknown_labels_note(
+    targets: &[Target],
+    policy: &Policy,
+    facts: &ExplainFacts,
+) -> Option<String> {
+    let selectors: Vec<&str> = policy
+        .rules()
+        .rules()
+        .iter()
+        .filter(|r| effective_scope(r, policy.settings()).has_selector())
+        .map(|r| r.pattern.as_str())
+        .collect();
+    let unknown: BTreeSet<&str> = targets
+        .iter()
+        .map(|t| t.namespace.as_str())
+        .filter(|ns| !facts.knows(ns))
+        .collect();
+    if selectors.is_empty() || unknown.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "assumed: the labels of namespace(s) {} are unknown (no Namespace object in the input, no --namespace-labels), so the rules with a namespaceSelector ({}) do not serve them",
+        unknown.into_iter().collect::<Vec<_>>().join(", "),
+        selectors.join(", ")
+    ))
+}
+
+/// Runs the webhook's decision on one target, with the namespace labels `facts` knows and no
+/// knowledge of Secrets.
+pub fn explain(
+    target: &Target,
+    policy: &Policy,
+    facts: &ExplainFacts,
+    unscoped: &Unscoped,
+) -> Explanation {
     let mut out = Explanation {
         kind: target.kind.clone(),
         name: target.name.clone(),
@@ -211,8 +407,18 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
             return out;
         }
     };
-    let ctx = Context::new(policy, &NothingKnown);
+    let ctx = Context::new(policy, facts);
     let verdict = verdict::for_pod(&pod, &target.namespace, &ctx);
+    let labels = facts.namespace_labels(&target.namespace);
+    let serves = |rule: &Rule| {
+        effective_scope(rule, policy.settings()).allows(&target.namespace, labels.as_deref())
+    };
+    let out_of_scope = |rule: &Rule| OutOfScope {
+        rule: rule.pattern.to_string(),
+        rule_source: rule.source.to_string(),
+        secrets: rule.secrets.clone(),
+        scope: describe_scope(rule, policy.settings()),
+    };
     out.outcome = verdict.outcome.as_str();
     if let Outcome::Skipped(reason) = verdict.outcome {
         out.skipped = Some(reason.as_str());
@@ -234,6 +440,8 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
                 secrets: Vec::new(),
                 set_pull_policy_always: finding.set_pull_policy_always,
                 error: None,
+                scope: None,
+                out_of_scope: None,
             };
             match &finding.outcome {
                 ImageOutcome::NoImage => report.error = Some("no image".into()),
@@ -241,6 +449,10 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
                 ImageOutcome::NoRule(image) => {
                     report.registry = Some(image.registry());
                     report.repository = Some(image.path.to_string());
+                    report.out_of_scope = unscoped
+                        .best(policy, image)
+                        .filter(|best| !serves(best))
+                        .map(out_of_scope);
                 }
                 ImageOutcome::Matched { image, rule } => {
                     report.registry = Some(image.registry());
@@ -248,6 +460,14 @@ pub fn explain(target: &Target, policy: &Policy) -> Explanation {
                     report.rule = Some(rule.pattern.to_string());
                     report.rule_source = Some(rule.source.to_string());
                     report.secrets = rule.secrets.clone();
+                    report.scope = Some(describe_scope(rule, policy.settings()));
+                    // The most specific rule, whatever its scope: when it is not the one that
+                    // serves the image, it is out of scope here. (Written against the scope
+                    // itself, so it also tells when a decision ignored scope.)
+                    report.out_of_scope = unscoped
+                        .best(policy, image)
+                        .filter(|best| !serves(best))
+                        .map(out_of_scope);
                 }
             }
             report
@@ -303,8 +523,13 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
                 (None, Some(registry), None) => {
                     let _ = writeln!(
                         s,
-                        "\n    registry {registry}, repository {}: no rule matches",
-                        c.repository.as_deref().unwrap_or("")
+                        "\n    registry {registry}, repository {}: {}",
+                        c.repository.as_deref().unwrap_or(""),
+                        if c.out_of_scope.is_some() {
+                            "no rule serves this namespace"
+                        } else {
+                            "no rule matches"
+                        }
                     );
                 }
                 (None, Some(registry), Some(rule)) => {
@@ -320,8 +545,18 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
                             ""
                         },
                     );
+                    if let Some(scope) = &c.scope {
+                        let _ = writeln!(s, "      scope: {scope}");
+                    }
                 }
                 _ => s.push('\n'),
+            }
+            if let Some(o) = &c.out_of_scope {
+                let _ = writeln!(
+                    s,
+                    "    rule {} ({}) matches the image but does not serve namespace {} (scope: {})",
+                    o.rule, o.rule_source, e.namespace, o.scope
+                );
             }
         }
         let verb = if e.mode == Some("audit") {

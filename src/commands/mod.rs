@@ -13,8 +13,14 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::core::config::Settings;
 use crate::core::dockercfg::SourceSecret;
-use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
+use crate::core::names::{
+    DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
+    SOURCE_LABEL,
+};
+use crate::core::rules::Rule;
+use crate::core::scope::Scope;
 
 /// A manifest file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,4 +78,65 @@ pub fn docker_config_secrets(docs: &[Value]) -> Vec<SourceSecret> {
         }
     }
     out
+}
+
+/// Every Secret among `docs` (descending into Lists), as JSON.
+pub fn secret_documents(docs: &[Value]) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for doc in docs {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("List" | "SecretList") => {
+                let items = doc.get("items").and_then(Value::as_array);
+                out.extend(secret_documents(items.map_or(&[][..], Vec::as_slice)));
+            }
+            Some("Secret") => out.push(doc),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether a Secret (as JSON) is labelled `pullsecret-injector/source=true`.
+pub fn is_source(secret: &Value) -> bool {
+    secret
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(SOURCE_LABEL))
+        .and_then(Value::as_str)
+        == Some("true")
+}
+
+/// A source Secret's scope, from its annotations (`pullsecret-injector/namespaces`,
+/// `pullsecret-injector/namespace-selector`); the error names the annotation. The caller
+/// serves nowhere on an error, as the injector does.
+pub fn source_scope(secret: &Value) -> Result<Scope, String> {
+    let annotation = |key: &str| {
+        secret
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+    };
+    Scope::from_annotations(
+        annotation(NAMESPACES_ANNOTATION),
+        annotation(NAMESPACE_SELECTOR_ANNOTATION),
+    )
+}
+
+/// The scope a rule is enforced with: its own, or nowhere when `requireScope` is on and it
+/// declares none.
+pub fn effective_scope(rule: &Rule, settings: &Settings) -> Scope {
+    if settings.require_scope && !rule.scope.is_declared() {
+        Scope::nowhere()
+    } else {
+        rule.scope.clone()
+    }
+}
+
+/// A rule's scope for people: [`Scope::describe`], saying why when `requireScope` made it
+/// nowhere.
+pub fn describe_scope(rule: &Rule, settings: &Settings) -> String {
+    if settings.require_scope && !rule.scope.is_declared() {
+        "nowhere (requireScope: no scope declared)".into()
+    } else {
+        rule.scope.describe()
+    }
 }

@@ -153,7 +153,8 @@ def check_config(c):
     cm = cms[0] if cms else {}
     cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
     v = c.values["config"]
-    c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness", "repair"},
+    c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness", "repair",
+                         "podOptOut", "requireScope", "revokeAfter"},
             f"config.yaml keys {sorted(cfg)}")
     c.check(cfg["mode"] == v["mode"], "config.yaml mode differs from values")
     c.check(cfg["namespaces"]["selection"] == v["namespaces"]["selection"], "config.yaml selection differs")
@@ -161,8 +162,9 @@ def check_config(c):
     c.check(ALWAYS_EXCLUDED <= excl and set(v["namespaces"]["exclude"]) <= excl,
             f"config.yaml exclude {sorted(excl)} misses {sorted(ALWAYS_EXCLUDED - excl)}")
     c.check(cfg["rules"] == v["rules"], "config.yaml rules differ from values")
-    for k in ("discovery", "sync", "secretAwareness", "repair"):
+    for k in ("discovery", "sync", "secretAwareness", "repair", "podOptOut", "requireScope"):
         c.check(cfg[k] is v[k], f"config.yaml {k} differs from values")
+    c.check(cfg["revokeAfter"] == v["revokeAfter"], "config.yaml revokeAfter differs from values")
     return cfg
 
 
@@ -179,6 +181,7 @@ def check_webhook(c, svc):
     for h in all_hooks:
         if h["name"] != "debug.pullsecret-injector.io":
             continue
+        c.check(("objectSelector" in h) == bool(v["config"]["podOptOut"]), "debug: objectSelector follows config.podOptOut")
         # kubectl debug: UPDATE of the ephemeralcontainers subresource only, never blocking.
         c.check(h.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
                                     "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}], "debug: rules")
@@ -223,11 +226,19 @@ def check_webhook(c, svc):
                 if inject:
                     labels["pullsecret-injector/inject"] = inject
                 c.check(not selector_matches(h["namespaceSelector"], labels), f"{n}: matches namespace {labels}")
-        c.check(h.get("objectSelector") == {"matchExpressions": [
-            {"key": "pullsecret-injector/inject", "operator": "NotIn", "values": ["disabled"]}]}, f"{n}: objectSelector")
-        for labels in own_pods:
-            c.check(not selector_matches(h.get("objectSelector"), labels), f"{n}: objectSelector matches the injector's own Pods {labels}")
-        c.check(not selector_matches(h.get("objectSelector"), {"pullsecret-injector/inject": "disabled"}), f"{n}: Pod opt-out ignored")
+        if v["config"]["podOptOut"]:
+            c.check(h.get("objectSelector") == {"matchExpressions": [
+                {"key": "pullsecret-injector/inject", "operator": "NotIn", "values": ["disabled"]}]}, f"{n}: objectSelector")
+            for labels in own_pods:
+                c.check(not selector_matches(h.get("objectSelector"), labels), f"{n}: objectSelector matches the injector's own Pods {labels}")
+            c.check(not selector_matches(h.get("objectSelector"), {"pullsecret-injector/inject": "disabled"}), f"{n}: Pod opt-out ignored")
+        else:
+            # podOptOut: false: the webhook must see every Pod, whatever its labels (the
+            # injector's own Pods are in the excluded release namespace).
+            c.check("objectSelector" not in h, f"{n}: objectSelector {h.get('objectSelector')} with podOptOut false")
+            for inject in ("disabled", "audit", "enabled"):
+                c.check(selector_matches(h.get("objectSelector"), {"pullsecret-injector/inject": inject}),
+                        f"{n}: a Pod labelled inject={inject} escapes the webhook with podOptOut false")
     # Which namespaces each entry selects.
     def sel(i, labels):
         return selector_matches(hooks[i]["namespaceSelector"], dict(labels, **{"kubernetes.io/metadata.name": "team-a"}))
@@ -365,6 +376,10 @@ def expected_grants(v, fullname):
         if cfg["sync"]:
             ctl[("cluster", "", "secrets", ())] = LW | {"create", "update", "delete"}
             ctl[("cluster", "", "pods", ())] = L
+            # Revocation Events; the ownership ledger ConfigMap (created once, then get/update).
+            ctl[("cluster", "events.k8s.io", "events", ())] = {"create", "patch"}
+            ctl[(RELEASE_NS, "", "configmaps", ())] = {"create"}
+            ctl[(RELEASE_NS, "", "configmaps", (f"{fullname}-copies",))] = {"get", "update"}
         if cfg["repair"]:
             ctl[("cluster", "", "pods", ())] = LW
             ctl[("cluster", "", "pods/eviction", ())] = {"create"}

@@ -94,7 +94,7 @@ expect_can() {
 # case values-file: install into namespace = case; checks per case below. The prometheus-operator
 # CRDs are not installed: ServiceMonitor and PrometheusRule are left out (the dashboard
 # ConfigMap of monitoring-alerts is installed).
-for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery repair-only monitoring-netpol monitoring-alerts; do
+for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery tenancy repair-only monitoring-netpol monitoring-alerts; do
   ns=live-$case
   values=$CHART/ci/$case-values.yaml
   # Server-side dry run of the rendered objects first: the API server validates and admits
@@ -166,6 +166,8 @@ PY
   expect_can "$case" "$sa" no create events.events.k8s.io -n default
   expect_can "$case" "$sa" no create leases.coordination.k8s.io -n "$ns"
   expect_can "$case" "$sa" no get "leases.coordination.k8s.io/$name" -n "$ns"
+  expect_can "$case" "$sa" no create configmaps -n "$ns"
+  expect_can "$case" "$sa" no get "configmaps/$name-copies" -n "$ns"
   # The controller's ServiceAccount: nothing without a writing feature; otherwise the writes.
   expect_can "$case" "$csa" "$(yn "$writer")" watch namespaces
   expect_can "$case" "$csa" "$(yn "$writer")" create leases.coordination.k8s.io -n "$ns"
@@ -181,7 +183,15 @@ PY
   expect_can "$case" "$csa" "$(yn "$(any "$sync" "$repair")")" list pods -A
   expect_can "$case" "$csa" "$(yn "$repair")" watch pods -A
   expect_can "$case" "$csa" "$(yn "$repair")" create pods --subresource=eviction -n default
-  expect_can "$case" "$csa" "$(yn "$repair")" create events.events.k8s.io -n default
+  # Events: repair's on Pods, sync's for each revoked copy.
+  expect_can "$case" "$csa" "$(yn "$(any "$sync" "$repair")")" create events.events.k8s.io -n default
+  # Sync's ownership ledger: one ConfigMap in the release namespace, nothing else.
+  expect_can "$case" "$csa" "$(yn "$sync")" create configmaps -n "$ns"
+  expect_can "$case" "$csa" "$(yn "$sync")" get "configmaps/$name-copies" -n "$ns"
+  expect_can "$case" "$csa" "$(yn "$sync")" update "configmaps/$name-copies" -n "$ns"
+  expect_can "$case" "$csa" no update "configmaps/$name" -n "$ns"
+  expect_can "$case" "$csa" no delete "configmaps/$name-copies" -n "$ns"
+  expect_can "$case" "$csa" no create configmaps -n default
 done
 
 # Upgrade keeps the Helm-generated CA (lookup), and with it the Pods (checksum/tls).

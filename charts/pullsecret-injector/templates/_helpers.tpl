@@ -177,6 +177,9 @@ unclear messages). Each message names the value to fix.
 {{- if not $r.secrets }}
 {{- fail (printf "config.rules[%d].secrets must list at least one Secret name" $i) }}
 {{- end }}
+{{- if and $v.standalone $r.namespaceSelector }}
+{{- fail (printf "config.rules[%d].namespaceSelector needs namespace labels, which standalone=true cannot read: use namespaces (names or globs)" $i) }}
+{{- end }}
 {{- end }}
 {{- $src := $v.tls.source }}
 {{- if not (has $src (list "helm" "cert-manager" "secret")) }}
