@@ -420,7 +420,6 @@ fn explain_shows_scopes_and_rules_that_do_not_serve_the_namespace() {
 /// What the admission patch does once `RuleSet::best_match` honours scope: the out-of-scope
 /// rule does not match, the less specific rule in scope does.
 #[test]
-#[ignore = "needs the admission change (best_match honouring scope); un-ignore at merge"]
 fn explain_patches_only_what_the_namespace_is_served() {
     let (text, json) = explain_scoped(&[]);
     assert_eq!(

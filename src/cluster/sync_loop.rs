@@ -493,14 +493,15 @@ impl SyncLoop {
     }
 
     /// Reads one Secret the ledger names (`Ok(None)`: it is gone). Only a hash of its data is
-    /// kept.
+    /// kept. A list by name rather than a get: the controller's verbs on Secrets stay list,
+    /// watch, create, update and delete.
     async fn read_copy(&self, namespace: &str, name: &str) -> Result<Option<CopyEntry>, ()> {
         let resource = ApiResource::erase::<Secret>(&());
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &resource);
-        match api.get_opt(name).await {
-            Ok(Some(object)) => Ok(copies::entry(&object)),
-            Ok(None) => Ok(None),
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        match api.list(&by_name).await {
+            Ok(list) => Ok(list.items.first().and_then(copies::entry)),
             Err(e) => {
                 tracing::warn!(namespace, secret = name, error = %e, "cannot read a Secret the ledger names; looking again next pass");
                 Err(())

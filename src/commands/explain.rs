@@ -220,7 +220,8 @@ impl Unscoped {
 
     /// The most specific rule of `policy` matching `image`, whatever its scope.
     pub fn best<'p>(&self, policy: &'p Policy, image: &ImageRef<'_>) -> Option<&'p Rule> {
-        let best = self.rules.best_match(image)?;
+        // Every scope here is everywhere: the namespace and labels play no part.
+        let best = self.rules.best_match(image, "", None)?;
         let index = self
             .rules
             .rules()

@@ -48,6 +48,8 @@ pub async fn run(
     let identity = lease::identity().map_err(ControllerError::Identity)?;
     let metrics = Arc::new(Metrics::default());
     let policy = Arc::new(PolicyStore::new(config));
+    // Under requireScope, rules and sources that declare no scope serve nowhere: reported.
+    policy.observe(metrics.unscoped_reporter());
     let readiness = Arc::new(Readiness::default());
     // No TLS here: the only listener is the plain admin port.
     readiness.set_tls_loaded();
