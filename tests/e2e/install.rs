@@ -49,10 +49,12 @@ pub enum Inst {
     Repair,
     /// Standalone, used by one scenario only: its connections must sit idle.
     Idle,
+    /// Two tenants with crossed scopes; discovery and sync (issue 14).
+    Tenancy,
 }
 
 impl Inst {
-    pub const ALL: [Inst; 8] = [
+    pub const ALL: [Inst; 9] = [
         Inst::Standalone,
         Inst::Cluster,
         Inst::Discovery,
@@ -61,6 +63,7 @@ impl Inst {
         Inst::Ha,
         Inst::Repair,
         Inst::Idle,
+        Inst::Tenancy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Inst {
             Inst::Ha => "ha",
             Inst::Repair => "repair",
             Inst::Idle => "idle",
+            Inst::Tenancy => "tenancy",
         }
     }
 
@@ -82,7 +86,10 @@ impl Inst {
 
     /// Whether a writing feature is on in the chart values, so the chart runs `controller`.
     pub fn writes(self) -> bool {
-        matches!(self, Inst::Sync | Inst::Reload | Inst::Ha | Inst::Repair)
+        matches!(
+            self,
+            Inst::Sync | Inst::Reload | Inst::Ha | Inst::Repair | Inst::Tenancy
+        )
     }
 
     pub fn standalone(self) -> bool {
@@ -550,6 +557,14 @@ fn values(suite: &Suite, inst: Inst, selection: &Selection, fullname: &str) -> V
                 {"registry": "sync.example.com", "secrets": ["reload-sync"]},
                 {"registry": "aware.example.com", "secrets": ["reload-missing"]},
             ],
+        }),
+        Inst::Tenancy => json!({
+            "discovery": true,
+            "sync": true,
+            "secretAwareness": false,
+            "requireScope": false,
+            "revokeAfter": "3s",
+            "rules": crate::tenancy::rules(),
         }),
         Inst::Ha => json!({
             "discovery": false,

@@ -20,6 +20,7 @@ mod repair;
 mod restart;
 mod sidecar;
 mod sync;
+mod tenancy;
 mod transport;
 
 use harness::{Kind, run};
@@ -36,7 +37,7 @@ macro_rules! scenario {
     };
 }
 
-use Inst::{Cluster, Discovery, Ha, Idle, Reload, Repair, Standalone, Sync};
+use Inst::{Cluster, Discovery, Ha, Idle, Reload, Repair, Standalone, Sync, Tenancy};
 use Kind::{OwnsInstallation, Shared, StopsApiServer, StopsInjector};
 
 // Standalone (`--standalone`, static rules).
@@ -297,6 +298,23 @@ scenario!(
     "one writer, failover after SIGKILL, rotation in place, TLS Secret never copied (issue 8.3)",
     OwnsInstallation,
     sync::two_replicas
+);
+// Two tenants, crossed scopes (issue 14).
+scenario!(
+    tenancy_crossed_scopes,
+    Tenancy,
+    "crossed-scopes",
+    "two tenants: copies and patches only inside each credential's scope (watched throughout), revocation with a Pod naming the copy, tampered copy restored, forged copy untouched, requireScope",
+    OwnsInstallation,
+    tenancy::crossed_scopes
+);
+scenario!(
+    tenancy_rbac,
+    Tenancy,
+    "rbac",
+    "chart RBAC for sync with scopes",
+    Shared,
+    rbac::chart_rbac
 );
 scenario!(
     ha_lease_revoked,

@@ -55,12 +55,15 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
     let own = Some(inst.ns.as_str());
     let default = Some("default");
     let lease = inst.fullname.as_str();
-    let sync = matches!(inst.inst, Inst::Sync | Inst::Reload | Inst::Ha);
+    let sync = matches!(
+        inst.inst,
+        Inst::Sync | Inst::Reload | Inst::Ha | Inst::Tenancy
+    );
     let repair = inst.inst == Inst::Repair;
     let awareness = matches!(inst.inst, Inst::Cluster | Inst::Reload);
     let sources = matches!(
         inst.inst,
-        Inst::Discovery | Inst::Sync | Inst::Reload | Inst::Ha
+        Inst::Discovery | Inst::Sync | Inst::Reload | Inst::Ha | Inst::Tenancy
     );
 
     // The webhook: reads only.

@@ -21,6 +21,7 @@ mod kubelet;
 mod latency;
 mod operations;
 mod story;
+mod tenancy;
 mod tools;
 
 /// One `#[test]` per scenario; names sort in story order.
@@ -78,6 +79,13 @@ scenario!(
     s5_latency,
     "kubectl apply of a 3-replica Deployment to all Pods Running, with and without the injector",
     latency::latency
+);
+
+// Issue 14: tenants.
+scenario!(
+    s6_tenants,
+    "a credential scoped to tenant A: A's Pod pulls and runs, B's Pod naming A's image stays in ImagePullBackOff with the 401",
+    tenancy::tenants
 );
 
 // Last: nothing is left behind.
