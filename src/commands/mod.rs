@@ -125,7 +125,7 @@ pub fn source_scope(secret: &Value) -> Result<Scope, String> {
 /// declares none.
 pub fn effective_scope(rule: &Rule, settings: &Settings) -> Scope {
     if settings.require_scope && !rule.scope.is_declared() {
-        Scope::nowhere()
+        Scope::required_but_undeclared()
     } else {
         rule.scope.clone()
     }
@@ -134,9 +134,5 @@ pub fn effective_scope(rule: &Rule, settings: &Settings) -> Scope {
 /// A rule's scope for people: [`Scope::describe`], saying why when `requireScope` made it
 /// nowhere.
 pub fn describe_scope(rule: &Rule, settings: &Settings) -> String {
-    if settings.require_scope && !rule.scope.is_declared() {
-        "nowhere (requireScope: no scope declared)".into()
-    } else {
-        rule.scope.describe()
-    }
+    effective_scope(rule, settings).describe()
 }

@@ -74,7 +74,7 @@ impl Policy {
                     if let RuleSource::Config { .. } = rule.source {
                         unscoped.push(format!("{} ({})", rule.source, rule.pattern));
                     }
-                    rule.scope = Scope::nowhere();
+                    rule.scope = Scope::required_but_undeclared();
                 }
                 rule
             })
@@ -86,7 +86,7 @@ impl Policy {
             .map(|(name, scope)| {
                 if require && !scope.is_declared() {
                     unscoped_sources.push(format!("source Secret {name}"));
-                    (name.clone(), Scope::nowhere())
+                    (name.clone(), Scope::required_but_undeclared())
                 } else {
                     (name.clone(), scope.clone())
                 }

@@ -259,6 +259,8 @@ pub struct Scope {
     /// Serves no namespace at all (an unparsable scope, or none declared under
     /// `requireScope`).
     nowhere: bool,
+    /// Why it serves nowhere, when that is a setting's doing (for `describe`).
+    reason: Option<&'static str>,
 }
 
 impl Scope {
@@ -280,6 +282,15 @@ impl Scope {
             names,
             selector,
             nowhere: false,
+            reason: None,
+        }
+    }
+
+    /// What an undeclared scope becomes under `requireScope`: nowhere, saying why.
+    pub fn required_but_undeclared() -> Self {
+        Self {
+            reason: Some("requireScope: no scope declared"),
+            ..Self::nowhere()
         }
     }
 
@@ -343,7 +354,10 @@ impl Scope {
     /// One line for `explain`, `audit` and logs: `everywhere`, `nowhere`, or the parts.
     pub fn describe(&self) -> String {
         if self.nowhere {
-            return "nowhere".into();
+            return match self.reason {
+                Some(reason) => format!("nowhere ({reason})"),
+                None => "nowhere".into(),
+            };
         }
         let mut parts = Vec::new();
         if let Some(names) = &self.names {

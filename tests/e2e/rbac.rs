@@ -161,12 +161,33 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
             can("update", "secrets", default),
             can("delete", "secrets", default),
         ];
+        let ledger = format!("{lease}-copies");
+        // Sync's ownership ledger (issue 14): one ConfigMap in the injector's namespace.
+        let ledger_verbs = [
+            can("create", "configmaps", own),
+            can("get", "configmaps", own).named(&ledger),
+            can("update", "configmaps", own).named(&ledger),
+        ];
         let repair_verbs = [
             can("watch", "pods", None),
             can("create", "pods/eviction", default),
+        ];
+        // Events: repair's on Pods, sync's revocations (issue 14).
+        let event_verbs = [
             can("create", "events.events.k8s.io", default),
             can("patch", "events.events.k8s.io", default),
         ];
+        if sync || repair {
+            yes.extend(event_verbs);
+        } else {
+            no.extend(event_verbs);
+        }
+        if sync {
+            yes.extend(ledger_verbs);
+            no.push(can("update", "configmaps", own).named("someone-elses"));
+        } else {
+            no.extend(ledger_verbs);
+        }
         // Sync lists Pods (a copy a Pod still names is kept); repair watches them.
         let list_pods = can("list", "pods", None);
         if sync || repair {
