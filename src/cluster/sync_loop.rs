@@ -168,6 +168,12 @@ impl Revocations {
         overdue
     }
 
+    /// The earliest moment a copy still waiting becomes overdue (`None`: none waits), so the
+    /// loop wakes for it rather than at its next periodic pass.
+    pub fn next_due(&self, revoke_after: Duration) -> Option<Instant> {
+        self.since.values().min().map(|since| *since + revoke_after)
+    }
+
     /// When the copy was first found out of scope.
     pub fn since(&self, namespace: &str, name: &str) -> Option<Instant> {
         self.since
@@ -298,9 +304,18 @@ impl SyncLoop {
                 continue;
             }
             self.pass(leadership, &mut state, &store, &recorder).await;
+            // The next periodic pass, or sooner when a revocation falls due.
+            let revoke_after = self.policy.load().settings().revoke_after;
+            let next = state
+                .revocations
+                .next_due(revoke_after)
+                .map_or(RESYNC_INTERVAL, |due| {
+                    due.saturating_duration_since(Instant::now())
+                        .min(RESYNC_INTERVAL)
+                });
             tokio::select! {
                 () = self.changed.notified() => tokio::time::sleep(COALESCE).await,
-                () = tokio::time::sleep(RESYNC_INTERVAL) => {}
+                () = tokio::time::sleep(next) => {}
                 () = leadership.until_lost() => {}
             }
             if !leadership.is_open() {
@@ -761,6 +776,9 @@ mod tests {
         }
         assert_eq!(revocations.since("a", "regcred"), Some(at(1302)));
         assert_eq!(revocations.since("c", "regcred"), None, "not a revocation");
+        // The loop wakes when the oldest waiting copy falls due, not at its next periodic pass.
+        assert_eq!(revocations.next_due(after), Some(at(1302) + after));
+        assert_eq!(Revocations::default().next_due(after), None);
         // A clock that went backwards never makes a copy overdue early.
         let mut fresh = Revocations::default();
         assert!(fresh.overdue(&out, at(10), after).is_empty());

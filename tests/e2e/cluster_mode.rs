@@ -283,22 +283,22 @@ pub async fn audit_cli(sc: Sc) -> Result<()> {
     let legacy = json!({
         "namespace": ns, "pod": "legacy", "skipped": null, "mode": "enforce",
         "secrets": [
-            {"name": "dockerhub", "exists": true, "rule": "docker.io", "images": ["nginx"]},
-            {"name": "ghcr-acme", "exists": false, "rule": "ghcr.io/acme", "images": ["ghcr.io/acme/app"]},
+            {"name": "dockerhub", "exists": true, "rule": "docker.io", "scope": "everywhere", "images": ["nginx"]},
+            {"name": "ghcr-acme", "exists": false, "rule": "ghcr.io/acme", "scope": "everywhere", "images": ["ghcr.io/acme/app"]},
         ],
         "repair": null,
-        "cacheRisk": [],
+        "cacheRisk": [], "outOfScope": [],
         "warnings": [],
     });
     let want = json!([
         {
-            "namespace": ns, "pod": "bad", "skipped": null, "mode": "enforce", "secrets": [], "repair": null, "cacheRisk": [],
+            "namespace": ns, "pod": "bad", "skipped": null, "mode": "enforce", "secrets": [], "repair": null, "cacheRisk": [], "outOfScope": [],
             "warnings": ["pullsecret-injector: container c0 image \"UPPER\" not matched: invalid reference format: repository name must be lowercase"],
         },
         legacy,
         {
             "namespace": ns, "pod": "optout", "skipped": "Pod labelled pullsecret-injector/inject=disabled",
-            "mode": null, "secrets": [], "repair": null, "cacheRisk": [], "warnings": [],
+            "mode": null, "secrets": [], "repair": null, "cacheRisk": [], "outOfScope": [], "warnings": [],
         },
     ]);
     let out = run(vec!["-n".into(), ns.clone(), "-o".into(), "json".into()]).await?;
@@ -324,9 +324,9 @@ pub async fn audit_cli(sc: Sc) -> Result<()> {
         .collect();
     let audited = json!({
         "namespace": audit_ns, "pod": "web", "skipped": null, "mode": INJECT_AUDIT,
-        "secrets": [{"name": "dockerhub", "exists": true, "rule": "docker.io", "images": ["nginx"]}],
+        "secrets": [{"name": "dockerhub", "exists": true, "rule": "docker.io", "scope": "everywhere", "images": ["nginx"]}],
         "repair": null,
-        "cacheRisk": [],
+        "cacheRisk": [], "outOfScope": [],
         "warnings": [],
     });
     let want_all: Vec<&Value> = want
@@ -355,15 +355,18 @@ pub async fn audit_cli(sc: Sc) -> Result<()> {
         rows.iter().any(|r| r.starts_with(&want_row)),
         "audit -n {ns} (table) has no row starting {want_row:?}:\n{table}"
     );
+    // First each rule and the namespaces it serves (issue 14), then the Pods.
     ensure!(
-        rows.first().is_some_and(|r| r.starts_with(&[
-            "NAMESPACE",
-            "POD",
-            "WOULD",
-            "ADD",
-            "EXISTS",
-            "RULE"
-        ])),
+        rows.first()
+            .is_some_and(|r| r.starts_with(&["RULE", "FROM", "SECRETS", "SCOPE"]))
+            && rows
+                .iter()
+                .any(|r| r == &["docker.io", "config", "rules[0]", "dockerhub", "everywhere"]),
+        "audit rules table: {table}"
+    );
+    ensure!(
+        rows.iter()
+            .any(|r| r.starts_with(&["NAMESPACE", "POD", "WOULD", "ADD", "EXISTS", "RULE"])),
         "audit table header: {table}"
     );
     Ok(())
@@ -421,9 +424,16 @@ spec: {template: {spec: {containers: [{name: c, image: nginx}]}}}
                  source: Value,
                  secrets: Value,
                  error: Value| {
+        // No rule here declares a scope: a matched rule serves everywhere (issue 14).
+        let scope = if rule.is_null() {
+            Value::Null
+        } else {
+            json!("everywhere")
+        };
         json!({
             "list": list, "name": name, "image": image, "registry": registry, "repository": repository,
             "rule": rule, "ruleSource": source, "secrets": secrets, "setPullPolicyAlways": false, "error": error,
+            "scope": scope, "outOfScope": null,
         })
     };
     let nginx = |list: &str, name: &str| {

@@ -4,8 +4,10 @@
 //! - rules: `ghcr.io/acme/team-a → team-a-pull` for namespaces labelled `tenant=a`,
 //!   `ghcr.io/acme/team-b → team-b-pull` for `tenant=b`, `ghcr.io/acme → acme-shared` for the
 //!   names `e2e-tenancy-*`, `quay.io/acme → quay-shared` with no scope;
-//! - discovered sources: `disc-a` (`disc.example.com`) annotated with the selector
-//!   `tenant=a`; `disc-bad` (`bad.example.com`) with an annotation that does not parse.
+//! - every source declares its scope by annotation (with discovery on, each source is also a
+//!   rule for its own registries): `team-a-pull` `tenant=a`, `team-b-pull` `tenant=b`,
+//!   `acme-shared` the names `e2e-tenancy-*`, `disc-a` (`disc.example.com`) `tenant=a`, and
+//!   `disc-bad` (`bad.example.com`) an annotation that does not parse.
 //!
 //! A watcher runs for the whole scenario and fails it if a copy is ever created in a
 //! namespace outside its scope (checked against the namespace's labels when the copy
@@ -21,13 +23,14 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use pullsecret_injector::core::names::{
-    MANAGED_BY, MANAGED_BY_LABEL, NAMESPACE_SELECTOR_ANNOTATION, SOURCE_ANNOTATION,
+    MANAGED_BY, MANAGED_BY_LABEL, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
+    SOURCE_ANNOTATION, SOURCE_LABEL,
 };
 use serde_json::json;
 
 use crate::api::{Cred, pod};
 use crate::harness::{Label, Sc, eventually, stays};
-use crate::sync::{copy_of, create_source};
+use crate::sync::copy_of;
 
 /// The namespace label the tenants' scopes select on.
 pub const TENANT: &str = "e2e.pullsecret-injector.io/tenant";
@@ -68,7 +71,15 @@ fn watch_copies(sc: &Sc, forged: (String, String)) -> Arc<Mutex<Vec<String>>> {
             let Ok(secret) = event else { continue };
             let ns = secret.metadata.namespace.clone().unwrap_or_default();
             let name = secret.metadata.name.clone().unwrap_or_default();
-            if ns == own || (ns.clone(), name.clone()) == forged {
+            // Other installations sync credentials of their own: only this scenario's count.
+            let ours = [
+                "team-a-pull",
+                "team-b-pull",
+                "acme-shared",
+                "disc-a",
+                "disc-bad",
+            ];
+            if ns == own || (ns.clone(), name.clone()) == forged || !ours.contains(&name.as_str()) {
                 continue;
             }
             let labels = match namespaces.get_opt(&ns).await {
@@ -113,14 +124,23 @@ async fn absent(sc: &Sc, ns: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn annotate(sc: &Sc, name: &str, key: &str, value: &str) -> Result<()> {
-    Api::<Secret>::namespaced(sc.admin(), &sc.inst.ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
-        )
-        .await?;
+/// A source Secret created with its scope annotation already on it, deleted at the end.
+async fn scoped_source(sc: &Sc, name: &str, cred: &Cred, key: &str, scope: &str) -> Result<()> {
+    sc.suite.remember_cred(cred);
+    let own = sc.inst.ns.clone();
+    let mut secret = cred.secret(name, &own);
+    secret.metadata.labels = Some(BTreeMap::from([(
+        SOURCE_LABEL.to_string(),
+        "true".to_string(),
+    )]));
+    secret.metadata.annotations = Some(BTreeMap::from([(key.to_string(), scope.to_string())]));
+    sc.create_secret(&own, &secret).await?;
+    let (admin, name) = (sc.admin(), name.to_string());
+    sc.defer(async move {
+        let _ = Api::<Secret>::namespaced(admin, &own)
+            .delete(&name, &Default::default())
+            .await;
+    });
     Ok(())
 }
 
@@ -150,39 +170,48 @@ pub async fn crossed_scopes(sc: Sc) -> Result<()> {
         )
         .await?;
 
-    for (name, registry) in [
-        ("team-a-pull", "ghcr.io"),
-        ("team-b-pull", "ghcr.io"),
-        ("acme-shared", "ghcr.io"),
+    // With discovery on, every source is also a rule for its own registries, so each source
+    // declares its scope, from its creation on (a source labelled before it is annotated
+    // would be copied everywhere meanwhile, and the watcher would catch it).
+    let tenant_a = format!("{TENANT}=a");
+    let tenant_b = format!("{TENANT}=b");
+    let unparsable = format!("{TENANT} in (a");
+    for (name, registry, key, scope) in [
+        (
+            "team-a-pull",
+            "ghcr.io",
+            NAMESPACE_SELECTOR_ANNOTATION,
+            tenant_a.as_str(),
+        ),
+        (
+            "team-b-pull",
+            "ghcr.io",
+            NAMESPACE_SELECTOR_ANNOTATION,
+            tenant_b.as_str(),
+        ),
+        (
+            "acme-shared",
+            "ghcr.io",
+            NAMESPACES_ANNOTATION,
+            "e2e-tenancy-*",
+        ),
+        (
+            "disc-a",
+            "disc.example.com",
+            NAMESPACE_SELECTOR_ANNOTATION,
+            tenant_a.as_str(),
+        ),
+        // Does not parse: serves no namespace.
+        (
+            "disc-bad",
+            "bad.example.com",
+            NAMESPACE_SELECTOR_ANNOTATION,
+            unparsable.as_str(),
+        ),
     ] {
-        create_source(&sc, name, &Cred::new(registry, &format!("{name}-e2e-pass"))).await?;
+        let cred = Cred::new(registry, &format!("{name}-e2e-pass"));
+        scoped_source(&sc, name, &cred, key, scope).await?;
     }
-    create_source(
-        &sc,
-        "disc-a",
-        &Cred::new("disc.example.com", "disc-a-e2e-pass"),
-    )
-    .await?;
-    annotate(
-        &sc,
-        "disc-a",
-        NAMESPACE_SELECTOR_ANNOTATION,
-        &format!("{TENANT}=a"),
-    )
-    .await?;
-    create_source(
-        &sc,
-        "disc-bad",
-        &Cred::new("bad.example.com", "disc-bad-e2e-pass"),
-    )
-    .await?;
-    annotate(
-        &sc,
-        "disc-bad",
-        NAMESPACE_SELECTOR_ANNOTATION,
-        &format!("{TENANT} in (a"),
-    )
-    .await?;
 
     // Copies inside the scopes only.
     let (_, took) = eventually(
