@@ -9,6 +9,9 @@
 //!   `acme-shared` the names `e2e-tenancy-*`, `disc-a` (`disc.example.com`) `tenant=a`, and
 //!   `disc-bad` (`bad.example.com`) an annotation that does not parse.
 //!
+//! Then `requireScope: true` (the unscoped rule serves nowhere) and `podOptOut: false` (the
+//! chart renders no objectSelector; a Pod labelled inject=disabled is injected).
+//!
 //! A watcher runs for the whole scenario and fails it if a copy is ever created in a
 //! namespace outside its scope (checked against the namespace's labels when the copy
 //! appears), not only at the end.
@@ -23,13 +26,14 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use pullsecret_injector::core::names::{
-    MANAGED_BY, MANAGED_BY_LABEL, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
-    SOURCE_ANNOTATION, SOURCE_LABEL,
+    INJECT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAMESPACE_SELECTOR_ANNOTATION,
+    NAMESPACES_ANNOTATION, SOURCE_ANNOTATION, SOURCE_LABEL,
 };
 use serde_json::json;
 
 use crate::api::{Cred, pod};
 use crate::harness::{Label, Sc, eventually, stays};
+use crate::install::Selection;
 use crate::sync::copy_of;
 
 /// The namespace label the tenants' scopes select on.
@@ -378,6 +382,52 @@ pub async fn crossed_scopes(sc: Sc) -> Result<()> {
         "scoped rule under requireScope: {got:?}"
     );
     inst.reload(&base).await?;
+
+    // podOptOut: a Pod labelled inject=disabled is left alone by default (the chart's
+    // objectSelector keeps it from the webhook); with podOptOut: false, rendered by the chart
+    // (no objectSelector) and reloaded, it gets its secrets.
+    let opted_out = [(INJECT_LABEL, "disabled")];
+    let got = dry_run_secrets(&sc, &a, team_a_image, &opted_out).await?;
+    ensure!(
+        got.is_empty(),
+        "an opted-out Pod got {got:?} with podOptOut: true"
+    );
+    let mut values = inst.values(&Selection::OptIn);
+    values["config"]["podOptOut"] = json!(false);
+    let no_opt_out = inst.render(&values, "no-pod-opt-out", None).await?;
+    let webhook = no_opt_out.webhook()?;
+    ensure!(
+        webhook
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.object_selector.is_none()),
+        "podOptOut: false still renders an objectSelector"
+    );
+    {
+        let inst = inst.clone();
+        sc.defer(async move {
+            let _ = inst.reload(&inst.base.config).await;
+            let _ = inst.apply_webhook(&inst.base).await;
+        });
+    }
+    inst.reload(&no_opt_out.config).await?;
+    inst.apply_webhook(&no_opt_out).await?;
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "podOptOut: false injects an opted-out Pod",
+        || async {
+            let got = dry_run_secrets(&sc, &a, team_a_image, &opted_out).await?;
+            ensure!(got == ["team-a-pull"], "got {got:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    sc.note(format!(
+        "podOptOut: false: the labelled Pod injected {took:?} after the reload"
+    ));
+    inst.reload(&inst.base.config).await?;
+    inst.apply_webhook(&inst.base).await?;
 
     let found = violations.lock().unwrap_or_else(|e| e.into_inner()).clone();
     ensure!(
