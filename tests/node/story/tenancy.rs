@@ -2,16 +2,17 @@
 //! only. Tenant A's Pod pulls its private image and runs; tenant B's Pod naming the same image
 //! gets no credential and stays in ErrImagePull/ImagePullBackOff with the registry's 401.
 //!
-//! For the scenario, the story's `regcred` source is scoped away from tenant namespaces (its
-//! `pullsecret-injector/namespace-selector` annotation: `!TENANT`), and a second source
-//! `tenant-a-pull` for the same registry serves namespaces labelled `TENANT=a`. Both are put
-//! back as they were at the end.
+//! For the scenario, every source the story made so far (`regcred`, the `--docker-server`
+//! forms' `regcred-form-*`; with discovery on each is a rule for its registry) is scoped away
+//! from tenant namespaces (annotation `pullsecret-injector/namespace-selector: !TENANT`), and
+//! a new source `tenant-a-pull` for the same registry serves namespaces labelled `TENANT=a`.
+//! All are put back as they were at the end.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use pullsecret_injector::core::names::{NAMESPACE_SELECTOR_ANNOTATION, SOURCE_LABEL};
 use serde_json::json;
 
@@ -44,20 +45,37 @@ pub async fn tenants(sc: Sc) -> Result<()> {
     }
     let sources = Api::<Secret>::namespaced(client.clone(), NAMESPACE);
     let scope = |value: Option<String>| json!({"metadata": {"annotations": {NAMESPACE_SELECTOR_ANNOTATION: value}}});
+    // Every source the story made so far (regcred, the --docker-server forms' regcred-form-*)
+    // is discovered as a rule for its registry, everywhere: scoped away from tenants here.
+    let existing: Vec<String> = sources
+        .list(&ListParams::default().labels(&format!("{SOURCE_LABEL}=true")))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    ensure!(
+        existing.iter().any(|n| n == REGCRED),
+        "no {REGCRED} source among {existing:?}"
+    );
     {
-        let sources = sources.clone();
+        let (sources, existing) = (sources.clone(), existing.clone());
         sc.defer(async move {
-            let _ = sources
-                .patch(REGCRED, &PatchParams::default(), &Patch::Merge(scope(None)))
-                .await;
+            for name in &existing {
+                let _ = sources
+                    .patch(name, &PatchParams::default(), &Patch::Merge(scope(None)))
+                    .await;
+            }
             let _ = sources.delete(TENANT_A_PULL, &Default::default()).await;
         });
     }
 
-    sc.step("6.1", format!("scope the credentials: {REGCRED} serves namespaces without {TENANT}; a new source {TENANT_A_PULL} (same registry) serves {TENANT}=a"), async {
-        sources
-            .patch(REGCRED, &PatchParams::default(), &Patch::Merge(scope(Some(format!("!{TENANT}")))))
-            .await?;
+    sc.step("6.1", format!("scope the credentials: the {} sources so far ({REGCRED}, regcred-form-*) serve namespaces without {TENANT}; a new source {TENANT_A_PULL} (same registry) serves {TENANT}=a", existing.len()), async {
+        for name in &existing {
+            sources
+                .patch(name, &PatchParams::default(), &Patch::Merge(scope(Some(format!("!{TENANT}")))))
+                .await?;
+        }
         tools::create_docker_registry_secret(env, NAMESPACE, TENANT_A_PULL, &env.registry).await?;
         kubectl(env, &["annotate", "secret", TENANT_A_PULL, "-n", NAMESPACE, &format!("{NAMESPACE_SELECTOR_ANNOTATION}={TENANT}=a")]).await?;
         kubectl(env, &["label", "secret", TENANT_A_PULL, "-n", NAMESPACE, &format!("{SOURCE_LABEL}=true")]).await?;
