@@ -58,11 +58,6 @@ impl Trigger {
     pub fn is_fired(&self) -> bool {
         self.token.is_cancelled()
     }
-
-    /// The underlying token (shared, not a child).
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,6 @@ use crate::core::names::{
     MANAGED_BY, MANAGED_BY_LABEL, SOURCE_ANNOTATION, SOURCE_VERSION_ANNOTATION,
 };
 use crate::core::rules::RuleSet;
-use crate::core::scope::Scope;
 
 /// A namespace as sync reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +137,21 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// For a delete: the copy (namespace, name) and why it goes.
+    pub fn deletion(&self) -> Option<((String, String), Why)> {
+        match self {
+            Action::Delete {
+                namespace,
+                name,
+                why,
+                ..
+            } => Some(((namespace.clone(), name.clone()), *why)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything [`plan`] reads.
 pub struct Inputs<'a> {
     pub settings: &'a Settings,
@@ -153,15 +167,6 @@ pub struct Inputs<'a> {
     pub adopt: bool,
 }
 
-/// A scope as sync enforces it: under `requireScope` an undeclared scope is nowhere.
-pub fn effective(scope: &Scope, require_scope: bool) -> Scope {
-    if require_scope && !scope.is_declared() {
-        Scope::nowhere()
-    } else {
-        scope.clone()
-    }
-}
-
 /// Whether `source` may be in `namespace` (with `labels`): its own scope allows it, and so does
 /// the scope of at least one rule naming it.
 pub fn allowed(
@@ -172,10 +177,16 @@ pub fn allowed(
     namespace: &str,
     labels: &Labels,
 ) -> bool {
-    effective(&source.scope, require_scope).allows(namespace, Some(labels))
+    source
+        .scope
+        .enforced(require_scope)
+        .allows(namespace, Some(labels))
         && rules.rules().iter().any(|rule| {
             rule.secrets.iter().any(|s| s == name)
-                && effective(&rule.scope, require_scope).allows(namespace, Some(labels))
+                && rule
+                    .scope
+                    .enforced(require_scope)
+                    .allows(namespace, Some(labels))
         })
 }
 
@@ -624,7 +635,7 @@ mod tests {
     use crate::core::dockercfg::SourceSecret;
     use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
     use crate::core::rules::{RegistryPattern, Rule, RuleSource};
-    use crate::core::scope::{NamePattern, Selector};
+    use crate::core::scope::{NamePattern, Scope, Selector};
 
     const NONE: &str = "";
 

@@ -147,15 +147,9 @@ impl Revocations {
     ) -> HashSet<Key> {
         let current: HashSet<Key> = actions
             .iter()
-            .filter_map(|a| match a {
-                Action::Delete {
-                    namespace,
-                    name,
-                    why,
-                    ..
-                } if why.revokes() => Some((namespace.clone(), name.clone())),
-                _ => None,
-            })
+            .filter_map(Action::deletion)
+            .filter(|(_, why)| why.revokes())
+            .map(|(key, _)| key)
             .collect();
         self.since.retain(|key, _| current.contains(key));
         let mut overdue = HashSet::new();
@@ -193,15 +187,14 @@ pub fn keep_referenced(
     overdue: &HashSet<Key>,
 ) -> Vec<Key> {
     let mut kept = Vec::new();
-    actions.retain(|action| match action {
-        Action::Delete {
-            namespace, name, ..
-        } if !overdue.contains(&(namespace.clone(), name.clone()))
-            && referenced
-                .get(namespace)
-                .is_none_or(|names| names.contains(name)) =>
+    actions.retain(|action| match action.deletion() {
+        Some((key, _))
+            if !overdue.contains(&key)
+                && referenced
+                    .get(&key.0)
+                    .is_none_or(|names| names.contains(&key.1)) =>
         {
-            kept.push((namespace.clone(), name.clone()));
+            kept.push(key);
             false
         }
         _ => true,
@@ -213,12 +206,9 @@ pub fn keep_referenced(
 pub fn namespaces_to_check(actions: &[Action], overdue: &HashSet<Key>) -> Vec<String> {
     let mut out: Vec<String> = actions
         .iter()
-        .filter_map(|a| match a {
-            Action::Delete {
-                namespace, name, ..
-            } if !overdue.contains(&(namespace.clone(), name.clone())) => Some(namespace.clone()),
-            _ => None,
-        })
+        .filter_map(Action::deletion)
+        .filter(|(key, _)| !overdue.contains(key))
+        .map(|(key, _)| key.0)
         .collect();
     out.sort();
     out.dedup();
@@ -407,18 +397,8 @@ impl SyncLoop {
                 referenced.insert(namespace, names);
             }
         }
-        let revoking: HashMap<Key, sync::Why> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Delete {
-                    namespace,
-                    name,
-                    why,
-                    ..
-                } => Some(((namespace.clone(), name.clone()), *why)),
-                _ => None,
-            })
-            .collect();
+        let revoking: HashMap<Key, sync::Why> =
+            actions.iter().filter_map(Action::deletion).collect();
         for copy in keep_referenced(&mut actions, &referenced, &overdue) {
             if state.kept_reported.insert(copy.clone()) {
                 match revoking.get(&copy) {

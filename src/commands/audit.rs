@@ -398,18 +398,9 @@ pub fn out_of_scope(
 }
 
 /// The rules and the namespaces each serves, then the sources whose scope cannot be read.
-pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
-    let mut rows = vec![[
-        "RULE".to_string(),
-        "FROM".into(),
-        "SECRETS".into(),
-        "SCOPE".into(),
-    ]];
-    for rule in policy.rules().rules() {
-        let r = RuleScope::of(rule, policy);
-        rows.push([r.rule, r.source, r.secrets.join(","), r.scope]);
-    }
-    let widths: Vec<usize> = (0..4)
+/// Rows as columns padded to their widest cell, two spaces apart, one line each.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -422,6 +413,21 @@ pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    out
+}
+
+pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
+    let mut rows = vec![[
+        "RULE".to_string(),
+        "FROM".into(),
+        "SECRETS".into(),
+        "SCOPE".into(),
+    ]];
+    for rule in policy.rules().rules() {
+        let r = RuleScope::of(rule, policy);
+        rows.push([r.rule, r.source, r.secrets.join(","), r.scope]);
+    }
+    let mut out = aligned(&rows);
     for problem in source_problems {
         out.push_str("warning: ");
         out.push_str(problem);
@@ -478,10 +484,7 @@ pub fn render_table(reports: &[PodReport]) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
+    let mut out = aligned(&rows);
     let risks: Vec<String> = reports
         .iter()
         .flat_map(|r| {
@@ -498,15 +501,6 @@ pub fn render_table(reports: &[PodReport]) -> String {
             })
         })
         .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
     let out_of_scope: Vec<String> = reports
         .iter()
         .flat_map(|r| {

@@ -124,11 +124,7 @@ pub fn source_scope(secret: &Value) -> Result<Scope, String> {
 /// The scope a rule is enforced with: its own, or nowhere when `requireScope` is on and it
 /// declares none.
 pub fn effective_scope(rule: &Rule, settings: &Settings) -> Scope {
-    if settings.require_scope && !rule.scope.is_declared() {
-        Scope::required_but_undeclared()
-    } else {
-        rule.scope.clone()
-    }
+    rule.scope.enforced(settings.require_scope)
 }
 
 /// A rule's scope for people: [`Scope::describe`], saying why when `requireScope` made it

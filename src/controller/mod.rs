@@ -108,6 +108,7 @@ pub async fn run(
         policy,
         metrics,
         settings_changed,
+        false,
     ));
 
     signal.await;

@@ -93,11 +93,6 @@ impl RuleSet {
         &self.rules
     }
 
-    /// The scope of a known source Secret, by name.
-    pub fn source_scope(&self, secret: &str) -> Option<&Scope> {
-        self.source_scopes.get(secret)
-    }
-
     /// Whether any scope needs namespace labels (a selector); when not, callers may pass
     /// `None` without asking the cluster.
     pub fn needs_labels(&self) -> bool {

@@ -294,6 +294,17 @@ impl Scope {
         }
     }
 
+    /// The scope as enforced: under `requireScope` (`require_scope`), an undeclared scope
+    /// serves nowhere. The one place that rule is written (policy, sync and the commands
+    /// call it).
+    pub fn enforced(&self, require_scope: bool) -> Self {
+        if require_scope && !self.is_declared() {
+            Self::required_but_undeclared()
+        } else {
+            self.clone()
+        }
+    }
+
     /// From a source Secret's annotations (`pullsecret-injector/namespaces`, comma-separated
     /// names or globs; `pullsecret-injector/namespace-selector`, `kubectl -l` syntax). Either
     /// may be absent; an error names the annotation, and the caller then serves nowhere.

@@ -180,7 +180,7 @@ impl Server {
                 resolver,
                 metrics.clone(),
             )),
-            tokio::spawn(reload::watch_config_in(
+            tokio::spawn(reload::watch_config(
                 args.config.clone(),
                 config_bytes,
                 args.reload_interval,

@@ -116,21 +116,10 @@ pub fn check_standalone(path: &Path, config: Config) -> Result<Config, ConfigErr
 }
 
 /// Reloads the configuration file when it changes from `baseline` (the bytes loaded at
-/// startup), and tells `changed` (the cluster side starts or stops watches to match).
+/// startup), and tells `changed` (the cluster side starts or stops watches to match). With
+/// `standalone`, a new file that fails [`check_standalone`] is rejected like an invalid one
+/// (the last good configuration keeps serving).
 pub async fn watch_config(
-    path: PathBuf,
-    baseline: Vec<u8>,
-    interval: Duration,
-    store: Arc<PolicyStore>,
-    metrics: Arc<Metrics>,
-    changed: Arc<Notify>,
-) {
-    watch_config_in(path, baseline, interval, store, metrics, changed, false).await;
-}
-
-/// [`watch_config`]; with `standalone`, a new file that fails [`check_standalone`] is
-/// rejected like an invalid one (the last good configuration keeps serving).
-pub async fn watch_config_in(
     path: PathBuf,
     baseline: Vec<u8>,
     interval: Duration,
@@ -208,7 +197,7 @@ rules:
         let config = config::from_bytes(&path, good).expect("valid");
         let store = Arc::new(PolicyStore::new(config));
         let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(watch_config_in(
+        let task = tokio::spawn(watch_config(
             path.clone(),
             good.to_vec(),
             Duration::from_millis(10),
