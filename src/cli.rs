@@ -97,6 +97,16 @@ pub struct ServeArgs {
     /// How often the config, certificate and key files are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PULLSECRET_INJECTOR_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
+    /// Only clients presenting a certificate signed by a CA in this PEM file complete the TLS
+    /// handshake (the API server, configured through its WebhookAdmission kubeconfig).
+    /// Read at startup.
+    #[arg(long, value_name = "PATH", env = "PULLSECRET_INJECTOR_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Request bodies buffered at once, all clients together (e.g. 32Mi); one client address
+    /// gets a quarter. Default: a quarter of the container's memory limit (cgroup), or 256Mi
+    /// without one.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "PULLSECRET_INJECTOR_MEMORY_BUDGET")]
+    pub memory_budget: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -274,10 +284,63 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// A byte size: a number with an optional Kubernetes quantity suffix (`Ki`, `Mi`, `Gi`, `k`,
+/// `M`, `G`), as in a container's memory limit.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 64Mi or 33554432"))?;
+    let multiplier: usize = match unit {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use Ki, Mi, Gi, k, M or G"
+            ));
+        }
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sizes_parse_like_kubernetes_quantities() {
+        let table: &[(&str, Result<usize, &str>)] = &[
+            ("33554432", Ok(33_554_432)),
+            ("32Mi", Ok(32 << 20)),
+            ("1Gi", Ok(1 << 30)),
+            ("512Ki", Ok(512 << 10)),
+            ("64M", Ok(64_000_000)),
+            (" 2k ", Ok(2000)),
+            ("32MiB", Err("unknown unit \"MiB\"")),
+            ("Mi", Err("not a size")),
+            ("-1Mi", Err("not a size")),
+            ("99999999999999999999Gi", Err("not a size")),
+        ];
+        for (text, want) in table {
+            match (parse_size(text), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn cli_is_well_formed() {

@@ -103,11 +103,21 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A request or connection a listener refused to protect its memory or its other clients.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `webhook` or `admin`.
+    pub listener: &'static str,
+    /// [`crate::webhook::budget::Refusal`]'s name.
+    pub reason: &'static str,
+}
+
 /// Every metric the injector exports.
 pub struct Metrics {
     registry: Registry,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub requests_refused: Family<RefusedLabels, Counter>,
     pub secrets_injected: Family<RuleLabels, Counter>,
     pub audit_findings: Family<RuleLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
@@ -145,6 +155,7 @@ impl Default for Metrics {
             admission_duration: Family::new_with_constructor(
                 duration_histogram as fn() -> Histogram,
             ),
+            requests_refused: Family::default(),
             secrets_injected: Family::default(),
             audit_findings: Family::default(),
             config_reloads: Family::default(),
@@ -173,6 +184,11 @@ impl Default for Metrics {
             "admission_duration_seconds",
             "Time to answer an admission review, from request to response",
             metrics.admission_duration.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests and connections refused to keep within the memory budget or a peer's share, by listener and reason",
+            metrics.requests_refused.clone(),
         );
         registry.register(
             "secrets_injected",
@@ -295,6 +311,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a listener's refusals in `requests_refused`.
+    pub fn refusals(&self, listener: &'static str) -> crate::webhook::budget::OnRefusal {
+        let family = self.requests_refused.clone();
+        Box::new(move |refusal| {
+            family
+                .get_or_create(&RefusedLabels {
+                    listener,
+                    reason: refusal.as_str(),
+                })
+                .inc();
+        })
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);

@@ -242,7 +242,7 @@ async fn the_admin_listener_serves_on_its_own_until_stopped() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = Trigger::default();
-    let task = admin::serve(listener, admin::router(app), stop.wait());
+    let task = admin::serve(listener, app, stop.wait());
 
     assert_eq!(get(addr, "/livez").await, Some((200, "ok\n".into())));
     assert_eq!(
@@ -261,4 +261,68 @@ async fn the_admin_listener_serves_on_its_own_until_stopped() {
         .expect("admin listener stopped")
         .expect("admin task");
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn the_admin_port_answers_probes_while_one_address_holds_200_idle_connections() {
+    let app = common::app();
+    app.readiness.set_tls_loaded();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = Trigger::default();
+    let task = admin::serve(listener, app, stop.wait());
+    // 200 connections from 127.0.0.2 that never send a byte.
+    let mut half_open = Vec::new();
+    for _ in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        if let Ok(stream) = socket.connect(addr).await {
+            half_open.push(stream);
+        }
+    }
+    // The kubelet's probe, from another address, is answered at once, every time.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(addr, "/readyz").await, Some((200, "ok\n".into())));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a probe took {:?}",
+            started.elapsed()
+        );
+    }
+    // Refusals are counted: the connections past the address's share were closed at accept.
+    let (_, body) = get(addr, "/metrics").await.expect("metrics");
+    let refused = body
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "pullsecret_injector_requests_refused_total{listener=\"admin\",reason=\"peer_connections\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        refused.is_some_and(|n| n >= 100.0),
+        "refused connections: {refused:?}"
+    );
+    // A request body is refused on the admin port.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"POST /readyz HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = stream.read(&mut buf).await.expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(half_open);
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("admin listener stopped")
+        .expect("admin task");
 }

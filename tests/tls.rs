@@ -55,16 +55,46 @@ impl Ca {
     }
 
     fn connector(&self, alpn: &[u8]) -> TlsConnector {
+        self.connector_with_client_cert(alpn, None)
+    }
+
+    /// Trusting this CA as the server's; presenting `client` (cert PEM, key PEM) if given.
+    fn connector_with_client_cert(
+        &self,
+        alpn: &[u8],
+        client: Option<(String, String)>,
+    ) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).expect("root");
         let provider = pullsecret_injector::webhook::tls::provider();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+                )
+                .expect("client auth"),
+        };
         config.alpn_protocols = vec![alpn.to_vec()];
         TlsConnector::from(Arc::new(config))
+    }
+
+    /// A client certificate (what the API server presents from its WebhookAdmission
+    /// kubeconfig): (cert PEM, key PEM).
+    fn client_leaf(&self) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver-webhook-client");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf");
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -171,16 +201,28 @@ fn args(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> ServeArgs {
         shutdown_delay: Duration::from_millis(600),
         drain_timeout: Duration::from_secs(5),
         reload_interval: Duration::from_millis(100),
+        client_ca: None,
+        memory_budget: None,
     }
 }
 
 async fn start(ca: &Ca) -> Server {
+    start_with(ca, None).await
+}
+
+/// With `client_ca` (PEM): `--client-ca`.
+async fn start_with(ca: &Ca, client_ca: Option<&str>) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = ca.leaf(false);
     std::fs::write(dir.path().join("tls.crt"), cert).expect("write");
     std::fs::write(dir.path().join("tls.key"), key).expect("write");
     std::fs::write(dir.path().join("config.yaml"), CONFIG).expect("write");
-    let (addr, admin) = (free_port(), free_port());
+    let mut args = args(dir.path(), free_port(), free_port());
+    if let Some(pem) = client_ca {
+        std::fs::write(dir.path().join("client-ca.crt"), pem).expect("write");
+        args.client_ca = Some(dir.path().join("client-ca.crt"));
+    }
+    let (addr, admin) = (args.listen, args.admin_listen);
     let (first_signal, second_signal) = (Trigger::default(), Trigger::default());
     let signals = {
         let triggers = [first_signal.clone(), second_signal.clone()];
@@ -191,7 +233,7 @@ async fn start(ca: &Ca) -> Server {
             trigger.wait()
         }
     };
-    let task = tokio::spawn(webhook::run(args(dir.path(), addr, admin), signals));
+    let task = tokio::spawn(webhook::run(args, signals));
     eventually(
         Duration::from_secs(10),
         "the server ready (/readyz 200)",
@@ -715,6 +757,81 @@ async fn second_signal_forces_exit() {
     assert!(matches!(result, Err(StartupError::Forced)), "{result:?}");
 }
 
+/// One admission over a connection made by `connector`: the status, or the error that ended
+/// the handshake or the request.
+async fn admit_with(connector: TlsConnector, addr: SocketAddr) -> Result<u16, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let body = fixture("pod-create.json");
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // TLS 1.3: the client's side of the handshake ends before the server has checked the
+    // client certificate, so a refusal shows on the first write or read.
+    tls.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    tls.write_all(&body)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let (status, _) = read_response(&mut tls).await?;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_its_clients_complete_the_handshake() {
+    let ca = Ca::new();
+    let api_server_ca = Ca::new();
+    let server = start_with(&ca, Some(&api_server_ca.cert.pem())).await;
+    // The API server's client certificate: served, and an Authorization header (KEP-6060's
+    // bearer tokens, not checked yet) changes nothing.
+    let client = ca.connector_with_client_cert(b"http/1.1", Some(api_server_ca.client_leaf()));
+    assert_eq!(admit_with(client, server.addr).await, Ok(200));
+    let client = ca.connector_with_client_cert(b"h2", Some(api_server_ca.client_leaf()));
+    let tcp = TcpStream::connect(server.addr).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = client.connect(name, tcp).await.expect("h2 handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2");
+    tokio::spawn(conn);
+    let request = hyper::Request::post("https://localhost/mutate")
+        .header("authorization", "Bearer not-checked")
+        .body(String::from_utf8_lossy(&fixture("pod-create.json")).into_owned())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+
+    // No certificate, or one from another CA: no request is ever answered.
+    let refused = [
+        ("no client certificate", ca.connector(b"http/1.1")),
+        (
+            "a certificate of another CA",
+            ca.connector_with_client_cert(b"http/1.1", Some(Ca::new().client_leaf())),
+        ),
+    ];
+    for (what, connector) in refused {
+        let result = admit_with(connector, server.addr).await;
+        assert!(result.is_err(), "{what}: answered {result:?}");
+    }
+    // The process is unharmed and counted every admission it answered: exactly two.
+    let (_, metrics) = admin_get(server.admin, "/metrics").await.expect("metrics");
+    let answered: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("pullsecret_injector_admissions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(answered, 2.0, "{metrics}");
+}
+
 #[tokio::test]
 async fn startup_errors_name_the_flag() {
     let ca = Ca::new();
@@ -775,4 +892,19 @@ async fn startup_errors_name_the_flag() {
         message.contains("--config") && message.contains("mode: 'sometimes'"),
         "{message}"
     );
+    std::fs::write(d.join("config.yaml"), CONFIG).expect("write");
+    std::fs::write(d.join("not-a-ca.pem"), "hello").expect("write");
+    for (file, want) in [
+        ("missing.pem", "--client-ca"),
+        ("not-a-ca.pem", "no PEM certificate found"),
+    ] {
+        let mut args = args(d, free_port(), free_port());
+        args.client_ca = Some(d.join(file));
+        let result = webhook::run(args, std::future::pending::<()>).await;
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("--client-ca") && message.contains(want),
+            "{file}: {message}"
+        );
+    }
 }

@@ -100,7 +100,7 @@ pub async fn run(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     });
-    let admin_server = admin::serve(admin_listener, admin::router(app), stop.wait());
+    let admin_server = admin::serve(admin_listener, app, stop.wait());
     let reloader = tokio::spawn(reload::watch_config(
         args.config.clone(),
         config_bytes,

@@ -19,6 +19,7 @@ use crate::core::decision::{Context, Endpoint};
 use crate::core::review::{self, AdmissionResponse, AdmissionReview, LooseReview};
 use crate::core::verdict::{self, Outcome};
 use crate::metrics::AdmissionOutcome;
+use crate::webhook::budget::Refusal;
 use crate::webhook::state::App;
 
 /// Largest request body accepted. etcd stores objects of up to 1.5 MiB, and an AdmissionReview
@@ -88,6 +89,7 @@ async fn handle(app: &App, endpoint: Endpoint, request: Request) -> Response {
     }
     app.metrics
         .record_admission(endpoint, answer.outcome, started.elapsed().as_secs_f64());
+    let retry = answer.status == StatusCode::SERVICE_UNAVAILABLE;
     let content_type = if answer.status == StatusCode::OK {
         "application/json"
     } else {
@@ -107,10 +109,16 @@ async fn handle(app: &App, endpoint: Endpoint, request: Request) -> Response {
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if retry {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::webhook::listener::RETRY_AFTER_SECONDS),
+        );
+    }
     response
 }
 
-async fn read_body(body: Body) -> Result<axum::body::Bytes, Answer> {
+pub(crate) async fn read_body(body: Body) -> Result<axum::body::Bytes, Answer> {
     match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         axum::body::to_bytes(body, MAX_BODY_BYTES),
@@ -125,23 +133,33 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, Answer> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body exceeds {MAX_BODY_BYTES} bytes"),
         )),
-        Ok(Err(e)) => Err(Answer::rejected(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read request body: {e}"),
-        )),
+        // The listener charged the body to the memory budget and it did not fit (counted
+        // there); the client is told to retry.
+        Ok(Err(e)) => Err(match source_of::<Refusal>(&e) {
+            Some(refusal) => Answer::rejected(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
+            None => Answer::rejected(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            ),
+        }),
         Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
+    source_of::<http_body_util::LengthLimitError>(error).is_some()
+}
+
+/// The first error of type `E` in `error`'s source chain.
+fn source_of<E: std::error::Error + 'static>(error: &axum::Error) -> Option<&E> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// Runs `answer` on `body`; if it panics, the review is still answered `allowed: true` with

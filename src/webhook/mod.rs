@@ -4,11 +4,13 @@
 //! [`crate::shutdown`]. [`run`] joins the two to the process's signals.
 //!
 //! - [`handler`]: `/mutate` and `/audit` (body limits, panic guard, the answer path).
-//! - [`listener`]: the TLS listener (connection limits, timeouts, drain).
+//! - [`listener`]: the TLS and admin listeners (connection limits, timeouts, drain);
+//!   [`budget`]: the memory budget and each client address's share of it.
 //! - [`tls`], [`reload`]: certificates and files reloaded by polling.
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`; [`state`]: what handlers share.
 
 pub mod admin;
+pub mod budget;
 pub mod handler;
 pub(crate) mod listener;
 pub(crate) mod reload;
@@ -17,6 +19,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +34,13 @@ use crate::core::facts::{ClusterFacts, NothingKnown};
 use crate::core::policy::PolicyStore;
 use crate::metrics::Metrics;
 use crate::shutdown::Trigger;
+use budget::{Budget, BudgetLimits};
 pub use listener::Drained;
 use state::{App, Readiness};
 use tls::{ReloadingResolver, TlsError};
+
+/// Where the container's cgroup (v2, or v1's hierarchy) is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -118,7 +125,16 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         metrics.certificate_expiry.set(pair.not_after);
         let resolver = ReloadingResolver::new(&pair);
-        let tls_config = Arc::new(tls::server_config(resolver.clone())?);
+        let client_verifier = args
+            .client_ca
+            .as_deref()
+            .map(tls::client_verifier)
+            .transpose()?;
+        let tls_config = Arc::new(tls::server_config(resolver.clone(), client_verifier)?);
+        let budget_limits =
+            BudgetLimits::for_body_budget(args.memory_budget.unwrap_or_else(|| {
+                budget::body_budget_for(budget::cgroup_memory_limit(Path::new(CGROUP_ROOT)))
+            }));
         let own_namespace = args.cluster.own_namespace();
         let policy = Arc::new(PolicyStore::new(config));
         // requireScope: what serves nowhere for want of a scope is logged once and counted.
@@ -168,6 +184,8 @@ impl Server {
             admin = %admin_addr,
             standalone = args.standalone,
             rules = policy.load().rules().rules().len(),
+            client_certificates = args.client_ca.is_some(),
+            memory_budget = budget_limits.bytes,
             "pullsecret-injector serving"
         );
 
@@ -190,19 +208,17 @@ impl Server {
                 args.standalone,
             )),
         ];
-        let admin = admin::serve(
-            admin_listener,
-            admin::router(app.clone()),
-            stop_background.wait(),
-        );
+        let admin = admin::serve(admin_listener, app.clone(), stop_background.wait());
         let stop_accepting = Trigger::default();
-        let webhook = tokio::spawn(listener::serve_tls(
+        let budget = Budget::new(budget_limits, app.metrics.refusals("webhook"));
+        let webhook = tokio::spawn(listener::serve(
             webhook_listener,
-            tls_config,
+            listener::Transport::Tls(tokio_rustls::TlsAcceptor::from(tls_config)),
             handler::router(app),
             stop_accepting.wait(),
             args.drain_timeout,
-            listener::Limits::default(),
+            listener::Limits::webhook(),
+            budget,
         ));
         Ok(Running {
             webhook_addr,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -40,6 +41,13 @@ pub enum TlsError {
     },
     #[error("--tls-cert {}: the certificate expired at Unix time {not_after}", path.display())]
     Expired { path: PathBuf, not_after: i64 },
+    #[error("--client-ca {}: cannot read: {source}", path.display())]
+    ReadClientCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--client-ca {}: {reason}", path.display())]
+    BadClientCa { path: PathBuf, reason: String },
 }
 
 /// A validated certificate and key, with the certificate's expiry.
@@ -177,14 +185,46 @@ impl ResolvesServerCert for ReloadingResolver {
     }
 }
 
-/// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+/// `--client-ca`: a verifier that accepts only client certificates signed by one of the PEM
+/// CA certificates in `path` (the API server's, from its `WebhookAdmission` kubeconfig).
+/// Read once at startup: the chart rolls the Pods when the CA changes.
+pub fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadClientCa {
+        path: path.into(),
+        source,
+    })?;
+    let bad = |reason: String| TlsError::BadClientCa {
+        path: path.into(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`; with `client_verifier`, a handshake completes
+/// only for a client presenting a certificate it accepts (no request byte is read otherwise).
 pub fn server_config(
     resolver: Arc<ReloadingResolver>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

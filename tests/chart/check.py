@@ -281,6 +281,10 @@ def check_deployment(c, cfg):
                                    "--shutdown-delay", str(sh["delaySeconds"]), "--drain-timeout", str(sh["drainTimeoutSeconds"])]
     if v["standalone"]:
         want.append("--standalone")
+    if v["webhook"]["clientCA"]:
+        want += ["--client-ca", "/etc/pullsecret-injector/client-ca/ca.crt"]
+    if v["webhook"]["memoryBudget"]:
+        want += ["--memory-budget", v["webhook"]["memoryBudget"]]
     c.check(ctr.get("args") == want, f"args {ctr.get('args')} != {want}")
     ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
     c.check(ports == {"https": 8443, "admin": 8080}, f"ports {ports}")
@@ -297,8 +301,15 @@ def check_deployment(c, cfg):
     (vol,) = pod["volumes"]
     srcs = vol.get("projected", {}).get("sources", [])
     paths = sorted(i["path"] for s in srcs for src in s.values() for i in src.get("items", []))
-    c.check(paths == ["config.yaml", "tls/tls.crt", "tls/tls.key"], f"projected paths {paths}")
+    want_paths = ["config.yaml", "tls/tls.crt", "tls/tls.key"]
+    if v["webhook"]["clientCA"]:
+        want_paths = sorted(want_paths + ["client-ca/ca.crt"])
+        # The file the kubelet writes is the CA the values gave, verbatim.
+        (cm,) = [m for m in c.kind("ConfigMap") if "config.yaml" in (m.get("data") or {})]
+        c.check(cm["data"].get("client-ca.crt", "").strip() == v["webhook"]["clientCA"].strip(), "client-ca.crt differs from webhook.clientCA")
+    c.check(paths == want_paths, f"projected paths {paths}")
     ann = spec["template"]["metadata"].get("annotations") or {}
+    c.check(("checksum/client-ca" in ann) == bool(v["webhook"]["clientCA"]), "checksum/client-ca annotation iff webhook.clientCA")
     c.check(not any("config" in k for k in ann if k.startswith("checksum/")), "config checksum annotation (config is hot-reloaded)")
     c.check(("checksum/tls" in ann) == (v["tls"]["source"] == "helm"), "checksum/tls annotation iff tls.source=helm")
     # Shutdown: preStop sleep only on 1.30+, grace above the whole shutdown sequence.
@@ -606,6 +617,9 @@ def check_optional(c):
         if is_ctl:
             # No webhook port: ingress only to the admin port, only from the configured peers.
             c.check(ing == [] if not v["networkPolicy"]["adminFrom"] else len(ing) == 1, f"controller ingress {ing}")
+        elif v["networkPolicy"]["webhookFrom"]:
+            c.check(ing and ing[0] == {"from": v["networkPolicy"]["webhookFrom"], "ports": [{"port": 8443, "protocol": "TCP"}]},
+                    f"ingress to 8443 only from webhookFrom: {ing[:1]}")
         else:
             c.check(ing and ing[0] == {"ports": [{"port": 8443, "protocol": "TCP"}]}, "ingress to 8443 from anywhere")
         for rule in ing[0 if is_ctl else 1:]:

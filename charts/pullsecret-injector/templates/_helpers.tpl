@@ -207,6 +207,9 @@ unclear messages). Each message names the value to fix.
 {{- if and $v.networkPolicy.adminFrom (not $v.networkPolicy.enabled) }}
 {{- fail "networkPolicy.adminFrom is set but networkPolicy.enabled=false" }}
 {{- end }}
+{{- if and $v.networkPolicy.webhookFrom (not $v.networkPolicy.enabled) }}
+{{- fail "networkPolicy.webhookFrom is set but networkPolicy.enabled=false" }}
+{{- end }}
 {{- end }}
 
 {{/*
