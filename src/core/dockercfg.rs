@@ -54,16 +54,49 @@ impl SourceError {
 
 /// The parts of a Secret discovery reads (taken from the API object as JSON so that one
 /// undecodable Secret cannot stop the watch).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SourceSecret {
     pub name: String,
     pub kind: String,
-    /// `data` as sent by the API server: base64 strings.
+    /// `data` as sent by the API server: base64 strings. Credential material: never in
+    /// `Debug`, logs or errors.
     pub data: serde_json::Map<String, Value>,
 }
 
+/// Names the data keys only: a `{:?}` anywhere must not print a credential.
+impl std::fmt::Debug for SourceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSecret")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("data_keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What a docker config key's userinfo is replaced with.
+pub const REDACTED: &str = "REDACTED";
+
+/// A docker config key with any userinfo (`https://user:password@host`, which some tools
+/// write) replaced by [`REDACTED`], so the key can be logged and shown. The kubelet matches on
+/// host and path only, so the redacted key serves exactly what the original does.
+pub fn without_userinfo(key: &str) -> std::borrow::Cow<'_, str> {
+    let scheme_end = key.find("://").map_or(0, |i| i + 3);
+    let rest = &key[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => std::borrow::Cow::Owned(format!(
+            "{}{REDACTED}{}",
+            &key[..scheme_end],
+            &key[scheme_end + at..]
+        )),
+        None => std::borrow::Cow::Borrowed(key),
+    }
+}
+
 /// The registry keys of a docker config Secret (the keys of `auths`, or of the top-level
-/// object for the legacy type). Only the keys are read; no value is kept.
+/// object for the legacy type), userinfo redacted ([`without_userinfo`]). Only the keys are
+/// read; no value is kept.
 pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
     let name = &secret.name;
     let field = match secret.kind.as_str() {
@@ -98,7 +131,10 @@ pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
         Some(&config)
     };
     match auths.and_then(Value::as_object) {
-        Some(auths) => Ok(auths.keys().cloned().collect()),
+        Some(auths) => Ok(auths
+            .keys()
+            .map(|key| without_userinfo(key).into_owned())
+            .collect()),
         None => Err(SourceError::NoAuths {
             secret: name.clone(),
             field,
@@ -199,6 +235,45 @@ mod tests {
             .iter()
             .map(|r| r.pattern.as_str().to_string())
             .collect()
+    }
+
+    #[test]
+    fn userinfo_in_keys_is_redacted_and_never_printed() {
+        let table = [
+            (
+                "https://robot:s3cret@ghcr.io/acme",
+                "https://REDACTED@ghcr.io/acme",
+            ),
+            (
+                "robot:s3cret@registry.local:5000",
+                "REDACTED@registry.local:5000",
+            ),
+            ("http://u@h.example.com", "http://REDACTED@h.example.com"),
+            // An @ in the path is not userinfo.
+            ("ghcr.io/acme/a@b", "ghcr.io/acme/a@b"),
+            ("https://index.docker.io/v1/", "https://index.docker.io/v1/"),
+        ];
+        for (key, want) in table {
+            assert_eq!(without_userinfo(key), want, "{key}");
+        }
+        let config = json!({"auths": {
+            "https://robot:s3cret@ghcr.io/acme": {"password": "s3cret"},
+            "robot:s3cret@bad host": {},
+        }});
+        let s = secret("marker", DOCKER_CONFIG_JSON, ".dockerconfigjson", &config);
+        let (rules, errors) = rules_from(&s);
+        // The redacted key serves the same images: the kubelet matches host and path only.
+        let image = image::parse("ghcr.io/acme/app").expect("valid");
+        assert!(rules.iter().any(|r| r.pattern.matches(&image)));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let printed = format!("{errors:?} {} {s:?} {rules:?}", errors[0]);
+        assert!(!printed.contains("s3cret"), "{printed}");
+        // Debug names the data keys, never their values.
+        let debug = format!("{s:?}");
+        assert!(debug.contains(".dockerconfigjson"), "{debug}");
+        assert!(
+            !debug.contains(&base64::engine::general_purpose::STANDARD.encode(config.to_string()))
+        );
     }
 
     #[test]

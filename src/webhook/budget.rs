@@ -136,17 +136,53 @@ pub fn body_budget_for(memory_limit: Option<u64>) -> usize {
     }
 }
 
-/// The memory limit of the cgroup this process runs in (v2 `memory.max`, else v1
-/// `memory.limit_in_bytes`), read under `root` (`/sys/fs/cgroup`). `None` when there is none or
-/// it cannot be read: then the fixed default budget applies.
-pub fn cgroup_memory_limit(root: &Path) -> Option<u64> {
-    let read = |file: &str| std::fs::read_to_string(root.join(file)).ok();
-    if let Some(v2) = read("memory.max") {
-        return v2.trim().parse().ok();
+/// The memory limit of the cgroup this process runs in: cgroup v2's `memory.max`, else v1's
+/// `memory.limit_in_bytes`, under `root` (`/sys/fs/cgroup`), at the path `self_cgroup`
+/// (`/proc/self/cgroup`) names, else at the root (a container whose cgroup namespace or bind
+/// mount shows its own cgroup there). `None` when there is none or it cannot be read: then
+/// the fixed default budget applies.
+pub fn cgroup_memory_limit(root: &Path, self_cgroup: &str) -> Option<u64> {
+    let read = |path: &Path| std::fs::read_to_string(path).ok();
+    let within = |dir: &Path, path: &str, file: &str| {
+        [
+            dir.join(path.trim_start_matches('/')).join(file),
+            dir.join(file),
+        ]
+    };
+    for line in self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let found = if controllers.is_empty() {
+            within(root, path, "memory.max")
+                .iter()
+                .find_map(|f| read(f))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            within(&root.join("memory"), path, "memory.limit_in_bytes")
+                .iter()
+                .find_map(|f| read(f))
+        } else {
+            None
+        };
+        if let Some(text) = found {
+            // v2 says "max" for no limit; v1 a page-rounded i64::MAX.
+            return text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&limit: &u64| limit < 1 << 62);
+        }
     }
-    // cgroup v1 reports "no limit" as a page-rounded i64::MAX.
-    let v1: u64 = read("memory/memory.limit_in_bytes")?.trim().parse().ok()?;
-    (v1 < 1 << 62).then_some(v1)
+    None
+}
+
+/// [`cgroup_memory_limit`] of this process.
+pub fn container_memory_limit() -> Option<u64> {
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    cgroup_memory_limit(Path::new("/sys/fs/cgroup"), &self_cgroup)
 }
 
 /// Counters shared by the process or by one peer.
@@ -377,20 +413,34 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_limits_are_read_from_v2_then_v1() {
+    fn cgroup_limits_are_read_where_the_process_runs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(cgroup_memory_limit(dir.path()), None);
-        std::fs::create_dir(dir.path().join("memory")).expect("mkdir");
-        let v1 = dir.path().join("memory/memory.limit_in_bytes");
-        std::fs::write(&v1, "9223372036854771712\n").expect("write");
-        assert_eq!(cgroup_memory_limit(dir.path()), None, "v1 unlimited");
-        std::fs::write(&v1, "268435456\n").expect("write");
-        assert_eq!(cgroup_memory_limit(dir.path()), Some(256 * MIB as u64));
-        let v2 = dir.path().join("memory.max");
-        std::fs::write(&v2, "max\n").expect("write");
-        assert_eq!(cgroup_memory_limit(dir.path()), None, "v2 unlimited");
-        std::fs::write(&v2, "134217728\n").expect("write");
-        assert_eq!(cgroup_memory_limit(dir.path()), Some(128 * MIB as u64));
+        let root = dir.path();
+        let write = |path: &str, text: &str| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        let v1 = "12:memory:/bench/flood\n11:cpu,cpuacct:/bench\n0::/init.scope\n";
+        let v2 = "0::/kubepods/pod1/c1\n";
+        assert_eq!(cgroup_memory_limit(root, v1), None, "nothing mounted");
+        // v1, the root says unlimited, the process's own cgroup has the limit.
+        write("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        assert_eq!(cgroup_memory_limit(root, v1), None, "v1 unlimited");
+        write("memory/bench/flood/memory.limit_in_bytes", "134217728\n");
+        assert_eq!(cgroup_memory_limit(root, v1), Some(128 * MIB as u64));
+        // A container's own cgroup mounted at the root (no matching path inside).
+        write("memory/memory.limit_in_bytes", "268435456\n");
+        assert_eq!(
+            cgroup_memory_limit(root, "5:memory:/docker/abc\n"),
+            Some(256 * MIB as u64)
+        );
+        // v2: "max" is no limit; a number is.
+        write("memory.max", "max\n");
+        assert_eq!(cgroup_memory_limit(root, v2), None, "v2 unlimited");
+        write("kubepods/pod1/c1/memory.max", "67108864\n");
+        assert_eq!(cgroup_memory_limit(root, v2), Some(64 * MIB as u64));
+        assert_eq!(cgroup_memory_limit(root, "garbage"), None);
     }
 
     fn small() -> Arc<Budget> {

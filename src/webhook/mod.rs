@@ -19,7 +19,6 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +37,6 @@ use budget::{Budget, BudgetLimits};
 pub use listener::Drained;
 use state::{App, Readiness};
 use tls::{ReloadingResolver, TlsError};
-
-/// Where the container's cgroup (v2, or v1's hierarchy) is mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -131,10 +127,10 @@ impl Server {
             .map(tls::client_verifier)
             .transpose()?;
         let tls_config = Arc::new(tls::server_config(resolver.clone(), client_verifier)?);
-        let budget_limits =
-            BudgetLimits::for_body_budget(args.memory_budget.unwrap_or_else(|| {
-                budget::body_budget_for(budget::cgroup_memory_limit(Path::new(CGROUP_ROOT)))
-            }));
+        let budget_limits = BudgetLimits::for_body_budget(
+            args.memory_budget
+                .unwrap_or_else(|| budget::body_budget_for(budget::container_memory_limit())),
+        );
         let own_namespace = args.cluster.own_namespace();
         let policy = Arc::new(PolicyStore::new(config));
         // requireScope: what serves nowhere for want of a scope is logged once and counted.

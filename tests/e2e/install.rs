@@ -97,6 +97,24 @@ impl Inst {
     }
 }
 
+/// kube-up.sh's CA of the client certificate the API server presents to webhooks.
+pub const CLIENT_CA: &str = "webhook-client-ca.crt";
+
+/// The args of the chart's webhook (`serve`) Deployment.
+fn rendered_args(rendered: &Rendered) -> Vec<String> {
+    rendered
+        .of_kind("Deployment")
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .filter_map(|c| serde_json::from_value::<Vec<String>>(c["args"].clone()).ok())
+        .find(|args| args.first().map(String::as_str) == Some("serve"))
+        .unwrap_or_default()
+}
+
 /// The static rules of the generic scenarios.
 pub fn standard_rules() -> Value {
     json!([
@@ -285,6 +303,12 @@ impl Installation {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            // The chart renders --client-ca (a file in the Pod) iff webhook.clientCA is set; here
+            // the same CA is the file kube-up.sh wrote.
+            if rendered_args(&base).iter().any(|a| a == "--client-ca") {
+                let ca = suite.env.dir.join(CLIENT_CA);
+                args.extend(["--client-ca".into(), path_str(&ca)?.to_string()]);
+            }
             if inst.standalone() {
                 args.push("--standalone".into());
             } else {
@@ -585,6 +609,12 @@ fn values(suite: &Suite, inst: Inst, selection: &Selection, fullname: &str) -> V
     });
     if inst.standalone() {
         values["standalone"] = json!(true);
+    }
+    if inst == Inst::Standalone {
+        // Only the API server's client certificate (kube-up.sh's admission configuration)
+        // completes the handshake: every standalone scenario runs through it.
+        values["webhook"]["clientCA"] =
+            json!(std::fs::read_to_string(suite.env.dir.join(CLIENT_CA)).unwrap_or_default());
     }
     if inst == Inst::Ha {
         values["replicaCount"] = json!(2);

@@ -21,6 +21,9 @@
 #                             groups system:serviceaccounts, system:serviceaccounts:pullsecret-injector,
 #                             system:authenticated: can do only what applied Roles grant it
 #   $DIR/ca.crt               the API server's CA
+#   $DIR/webhook-client-ca.crt  CA of the client certificate the API server presents to webhooks
+#                             (webhook-client.{crt,key}, through admission.yaml's WebhookAdmission
+#                             kubeconfig), for `serve --client-ca`
 #   $DIR/audit.log            API server audit log (Metadata level, Pod requests only), so
 #                             tests can read the webhook's auditAnnotations
 #   $DIR/{etcd,apiserver,controller-manager}.{pid,log}
@@ -73,6 +76,45 @@ if [ ! -f ca.crt ] || [ ! -f tokens.csv ]; then
   chmod 0644 ca.crt
   umask 022
 fi
+# The client certificate the API server presents to every webhook (its admission
+# configuration's WebhookAdmission kubeconfig, user '*'): `serve --client-ca
+# webhook-client-ca.crt` accepts only it. Webhooks that ask for no certificate never see it.
+if [ ! -f webhook-client.crt ]; then
+  umask 077
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout webhook-client-ca.key -out webhook-client-ca.crt -days 30 \
+    -subj /CN=psi-e2e-webhook-client-ca 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout webhook-client.key -out webhook-client.csr \
+    -subj /CN=kube-apiserver-webhook-client 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >webhook-client.ext
+  openssl x509 -req -in webhook-client.csr -CA webhook-client-ca.crt -CAkey webhook-client-ca.key \
+    -CAcreateserial -out webhook-client.crt -days 30 -extfile webhook-client.ext 2>/dev/null
+  chmod 0644 webhook-client-ca.crt
+  umask 022
+fi
+cat >webhook-client.kubeconfig <<KC
+apiVersion: v1
+kind: Config
+users:
+  - name: '*'
+    user:
+      client-certificate: $DIR/webhook-client.crt
+      client-key: $DIR/webhook-client.key
+KC
+cat >admission.yaml <<ADM
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: MutatingAdmissionWebhook
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: WebhookAdmissionConfiguration
+      kubeConfigFile: $DIR/webhook-client.kubeconfig
+  - name: ValidatingAdmissionWebhook
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: WebhookAdmissionConfiguration
+      kubeConfigFile: $DIR/webhook-client.kubeconfig
+ADM
 cat >audit-policy.yaml <<'POLICY'
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -95,7 +137,7 @@ start_apiserver() {
     --service-cluster-ip-range=10.96.0.0/16 --advertise-address=127.0.0.1 \
     --enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,NamespaceLifecycle \
     --feature-gates=EphemeralContainers=true \
-    --disable-admission-plugins=ServiceAccount \
+    --disable-admission-plugins=ServiceAccount --admission-control-config-file=admission.yaml \
     --audit-policy-file=audit-policy.yaml --audit-log-path=audit.log --audit-log-maxsize=100 \
     >>apiserver.log 2>&1 </dev/null &
   echo $! >apiserver.pid

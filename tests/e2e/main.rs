@@ -114,6 +114,14 @@ scenario!(
     basic::failure_policy
 );
 scenario!(
+    standalone_client_cert,
+    Standalone,
+    "client-cert",
+    "--client-ca: the API server's client certificate is served, a direct client is refused",
+    Shared,
+    transport::client_certificates
+);
+scenario!(
     standalone_rbac,
     Standalone,
     "rbac",

@@ -70,7 +70,7 @@ pub struct Injector {
     pub log: PathBuf,
     pidfile: PathBuf,
     bin: PathBuf,
-    args: Vec<String>,
+    pub args: Vec<String>,
     child: Mutex<Option<Child>>,
 }
 

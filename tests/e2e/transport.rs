@@ -62,3 +62,80 @@ pub async fn idle_connections(sc: Sc) -> Result<()> {
     }
     Ok(())
 }
+
+/// Issue 15.5: with `--client-ca` (the chart's `webhook.clientCA`), the API server, which
+/// presents the client certificate of its admission configuration's WebhookAdmission
+/// kubeconfig, is served: a Pod is injected. A client without that certificate never completes
+/// the handshake, so nothing it sends is read: no admission is counted for it.
+pub async fn client_certificates(sc: Sc) -> Result<()> {
+    let injector = &sc.inst.injectors[0];
+    ensure!(
+        injector.args.iter().any(|a| a == "--client-ca"),
+        "this installation's injector runs without --client-ca: {:?}",
+        injector.args
+    );
+    let ns = sc.ns(Label::Enabled, &["dockerhub"]).await?;
+    let before = admissions(&sc).await?;
+    let created = sc
+        .create_pod(&ns, &pod("client-cert").image("nginx").build())
+        .await?;
+    ensure!(
+        created.secrets() == ["dockerhub"],
+        "through the API server's client certificate: got {:?}",
+        created.secrets()
+    );
+    let after_pod = admissions(&sc).await?;
+    ensure!(
+        after_pod > before,
+        "the Pod was not admitted by this injector"
+    );
+
+    // A direct client trusting the serving CA but presenting no certificate.
+    let result = direct_review(&sc, injector.port).await;
+    ensure!(
+        result.is_err(),
+        "a client without a certificate was answered: {result:?}"
+    );
+    sc.note(format!(
+        "direct client refused: {}",
+        result.err().map(|e| e.to_string()).unwrap_or_default()
+    ));
+    let after_direct = admissions(&sc).await?;
+    ensure!(
+        after_direct == after_pod,
+        "the injector counted {} admission(s) from the direct client",
+        after_direct - after_pod
+    );
+    Ok(())
+}
+
+/// POSTs an AdmissionReview to the injector directly, without a client certificate.
+async fn direct_review(sc: &Sc, port: u16) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&sc.suite.tls.ca_pem[..]) {
+        roots.add(cert?)?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(pullsecret_injector::webhook::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"direct","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"default","object":{"metadata":{"name":"direct"},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    let mut response = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response[..n]);
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP response ({n} bytes)"))
+}
