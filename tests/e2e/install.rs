@@ -97,6 +97,16 @@ impl Inst {
     }
 }
 
+/// `sync` runs its processes at `trace`, every crate (the secret-leak scenario reads those
+/// logs); the others at the suite's level.
+fn log_level(suite: &Suite, inst: Inst) -> &str {
+    if inst == Inst::Sync {
+        "trace"
+    } else {
+        &suite.env.log_level
+    }
+}
+
 /// kube-up.sh's CA of the client certificate the API server presents to webhooks.
 pub const CLIENT_CA: &str = "webhook-client-ca.crt";
 
@@ -298,7 +308,7 @@ impl Installation {
                 "--drain-timeout",
                 "2s",
                 "--log-level",
-                &suite.env.log_level,
+                log_level(suite, inst),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -343,7 +353,7 @@ impl Installation {
                 "--reload-interval",
                 "200ms",
                 "--log-level",
-                &suite.env.log_level,
+                log_level(suite, inst),
                 "--lease-name",
                 &fullname,
                 "--kubeconfig",

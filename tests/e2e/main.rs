@@ -13,6 +13,7 @@ mod cluster_mode;
 mod harness;
 mod install;
 mod journal;
+mod leak;
 mod process;
 mod rbac;
 mod reload;
@@ -263,6 +264,14 @@ scenario!(
 );
 
 // Sync (and discovery).
+scenario!(
+    sync_secret_leak,
+    Sync,
+    "secret-leak",
+    "a marked credential through discovery, sync, admission and check-config at trace: in no log, Event, metric or warning",
+    Shared,
+    leak::marker
+);
 scenario!(
     sync_copies,
     Sync,
