@@ -311,9 +311,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a listener's refusals in `requests_refused`.
+    /// Counts a listener's refusals in `requests_refused`; its series exist from then on at 0,
+    /// so the first refusal is an increase an alert sees.
     pub fn refusals(&self, listener: &'static str) -> crate::webhook::budget::OnRefusal {
+        use crate::webhook::budget::Refusal;
         let family = self.requests_refused.clone();
+        for refusal in [
+            Refusal::Memory,
+            Refusal::PeerMemory,
+            Refusal::Requests,
+            Refusal::PeerRequests,
+            Refusal::PeerConnections,
+        ] {
+            let _ = family.get_or_create(&RefusedLabels {
+                listener,
+                reason: refusal.as_str(),
+            });
+        }
         Box::new(move |refusal| {
             family
                 .get_or_create(&RefusedLabels {
