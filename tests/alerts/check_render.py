@@ -85,6 +85,7 @@ OWN = {
     "pullsecret_injector_leader": "leader",
     "pullsecret_injector_repairs_total": "repairs",
     "pullsecret_injector_rule_credential_mismatch": "rule_credential_mismatch",
+    "pullsecret_injector_requests_refused_total": "requests_refused",
 }
 # Announced for issue 8 and being added to the binary: a NOTE, not a failure, while src/ does
 # not register them yet.
