@@ -2,7 +2,7 @@
 //! controller log at `trace` for every crate, a credential carrying a marker string (in its
 //! password, and in the userinfo of its docker config key, `https://robot:MARKER@host`) goes
 //! through discovery, sync, admission and the offline credential check, and a second source
-//! Secret that does not parse carries the marker in its broken payload. The marker must appear
+//! Secret whose key does not parse carries the marker in that key's userinfo and its auth. The marker must appear
 //! in no log line (the harness checks every process's log after the scenario, and so does
 //! this), no Event, no metric and no warning, while the credential does its job.
 
@@ -27,7 +27,8 @@ pub async fn marker(sc: Sc) -> Result<()> {
     let registry = format!("https://robot:{MARKER}@marker.example.com");
     let cred = Cred::new(&registry, &format!("{MARKER}-password"));
     let source = crate::sync::create_source(&sc, "marker-cred", &cred).await?;
-    // A source that does not parse, the marker in its payload.
+    // A source whose key does not parse (whitespace in the host; the API server checks only
+    // that the payload is JSON), the marker in the key's userinfo and in its credential.
     let broken = Secret {
         metadata: ObjectMeta {
             name: Some("marker-broken".into()),
@@ -38,7 +39,10 @@ pub async fn marker(sc: Sc) -> Result<()> {
         type_: Some(DOCKER_CONFIG_JSON.into()),
         data: Some(BTreeMap::from([(
             ".dockerconfigjson".into(),
-            ByteString(format!("{{\"auths\": {{\"{MARKER}").into_bytes()),
+            ByteString(
+                format!(r#"{{"auths": {{"robot:{MARKER}@bad host": {{"auth": "{MARKER}"}}}}}}"#)
+                    .into_bytes(),
+            ),
         )])),
         ..Default::default()
     };
@@ -53,21 +57,36 @@ pub async fn marker(sc: Sc) -> Result<()> {
     // Discovery: the redacted key still serves its host; admission injects it.
     let ns = sc.ns(Label::Enabled, &[]).await?;
     let app = pod("app").image("marker.example.com/team/app:1").build();
-    eventually(Duration::from_secs(10), "the discovered rule injects", || {
-        let (sc, ns, app) = (&sc, &ns, &app);
-        async move {
-            let got = sc.dry_run(ns, app).await?.secrets();
-            ensure!(got == ["marker-cred"], "got {got:?}");
-            Ok(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the discovered rule injects",
+        || {
+            let (sc, ns, app) = (&sc, &ns, &app);
+            async move {
+                let got = sc.dry_run(ns, app).await?.secrets();
+                ensure!(got == ["marker-cred"], "got {got:?}");
+                Ok(())
+            }
+        },
+    )
     .await?;
     let created = sc.create_pod(&ns, &app).await?;
-    ensure!(created.secrets() == ["marker-cred"], "{:?}", created.secrets());
+    ensure!(
+        created.secrets() == ["marker-cred"],
+        "{:?}",
+        created.secrets()
+    );
     let mut seen = created.warnings.join("\n");
     // Sync: the copy arrives, byte for byte.
-    let copy = crate::sync::copy_of(&sc, &ns, "marker-cred").await?;
-    ensure!(copy.data == source.data, "the copy's data differs from its source");
+    let (copy, _) = eventually(Duration::from_secs(10), "sync's copy", || {
+        let (sc, ns) = (&sc, &ns);
+        async move { crate::sync::copy_of(sc, ns, "marker-cred").await }
+    })
+    .await?;
+    ensure!(
+        copy.data == source.data,
+        "the copy's data differs from its source"
+    );
 
     // The credential check, offline, at trace: the Secret file through check-config -f.
     let file = sc.inst.dir.join("marker-secret.json");
@@ -82,14 +101,25 @@ pub async fn marker(sc: Sc) -> Result<()> {
     let path = file.to_string_lossy().into_owned();
     let (_, stdout, stderr) = run_binary(
         &sc.suite.env.bin,
-        &["check-config", "--config", &config, "-f", &path, "--log-level", "trace"],
+        &[
+            "check-config",
+            "--config",
+            &config,
+            "-f",
+            &path,
+            "--log-level",
+            "trace",
+        ],
     )
     .await?;
     seen.push_str(&stdout);
     seen.push_str(&stderr);
 
     // Every Event in the cluster, and both processes' metrics and logs.
-    for event in Api::<Event>::all(sc.admin()).list(&ListParams::default()).await? {
+    for event in Api::<Event>::all(sc.admin())
+        .list(&ListParams::default())
+        .await?
+    {
         seen.push_str(&serde_json::to_string(&event)?);
     }
     let mut traced = false;
@@ -99,11 +129,18 @@ pub async fn marker(sc: Sc) -> Result<()> {
         traced |= log.contains("TRACE");
         seen.push_str(&log);
     }
-    ensure!(traced, "no TRACE line in the installation's logs: not run at trace level");
+    ensure!(
+        traced,
+        "no TRACE line in the installation's logs: not run at trace level"
+    );
     ensure!(
         !seen.contains(MARKER),
         "the marker appears: {}",
-        seen.lines().filter(|l| l.contains(MARKER)).take(3).collect::<Vec<_>>().join(" | ")
+        seen.lines()
+            .filter(|l| l.contains(MARKER))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     // The broken source was seen and refused (else this proved nothing about a failed parse).
     let unparsable = sc
@@ -113,7 +150,13 @@ pub async fn marker(sc: Sc) -> Result<()> {
         .chain(&sc.inst.injectors)
         .map(|p| p.log_since(0))
         .any(|log| log.contains("marker-broken"));
-    ensure!(unparsable, "no process reported the broken source marker-broken");
-    sc.note(format!("{} bytes of logs, Events, metrics and output checked", seen.len()));
+    ensure!(
+        unparsable,
+        "no process reported the broken source marker-broken"
+    );
+    sc.note(format!(
+        "{} bytes of logs, Events, metrics and output checked",
+        seen.len()
+    ));
     Ok(())
 }
