@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::cli::{ExplainArgs, ExplainFormat};
 use crate::commands::{
-    ManifestError, describe_scope, docker_config_secrets, effective_scope, read_documents,
+    ManifestError, Output, describe_scope, docker_config_secrets, effective_scope, read_all,
 };
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
@@ -232,9 +232,9 @@ impl Unscoped {
 }
 
 /// `explain`: prints the explanation of every Pod and pod template in `-f`.
-pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
+pub fn run(args: &ExplainArgs) -> Result<Output, ExplainError> {
     let config = config::load(&args.config)?;
-    let docs = read_documents(&args.file)?;
+    let docs: Vec<Value> = read_all(&args.files)?.into_iter().map(|(_, d)| d).collect();
     let (targets, mut notes) = find_targets(&docs, &args.target_namespace);
     let facts = ExplainFacts {
         namespaces: find_namespaces(&docs),
@@ -261,7 +261,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
         .iter()
         .map(|t| explain(t, &policy, &facts, &unscoped))
         .collect();
-    Ok(match args.output {
+    let report = match args.output {
         ExplainFormat::Text => render_text(&explanations, &notes),
         ExplainFormat::Json => {
             // Serialising plain strings, lists and JSON values cannot fail.
@@ -269,6 +269,10 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
             json.push('\n');
             json
         }
+    };
+    Ok(Output {
+        report,
+        warnings: policy.warnings(),
     })
 }
 

@@ -167,13 +167,31 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     } else {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
             path: path.into(),
-            message: e.to_string(),
+            message: yaml_message(&e.to_string()),
         })?
     };
     validate(&tree).map_err(|errors| ConfigError::Invalid {
         path: path.into(),
         errors,
     })
+}
+
+/// A YAML parser's error for people: the location and the cause (`line 2 column 1:
+/// duplicate mapping key: mode`), without what only the parser's own API explains: its name
+/// for the input (`<input>`; callers name the file), the source excerpt it draws, and advice
+/// on its options (`set DuplicateKeyPolicy in Options`).
+pub fn yaml_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    let first = first.strip_prefix("error:").unwrap_or(first).trim();
+    let hint = [", set ", "; set "]
+        .iter()
+        .filter_map(|sep| first.find(sep))
+        .min()
+        .filter(|at| first[*at..].contains("Options") || first[*at..].contains("Policy"));
+    match hint {
+        Some(at) => first[..at].to_string(),
+        None => first.to_string(),
+    }
 }
 
 /// Checks the whole tree, collecting every error rather than stopping at the first.
@@ -607,6 +625,27 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_errors_name_the_file_and_the_key_without_parser_advice() {
+        let path = Path::new("/etc/psi/config.yaml");
+        let cases = [
+            (
+                "mode: enforce\nmode: audit\n",
+                "config file /etc/psi/config.yaml is not valid YAML: line 2 column 1: duplicate mapping key: mode",
+            ),
+            (
+                "a: [\n",
+                "config file /etc/psi/config.yaml is not valid YAML: line 1 column 4: unclosed bracket '['",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = from_bytes(path, text.as_bytes())
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(got.as_deref(), Some(want), "{text:?}");
+        }
+    }
 
     fn errors(yaml: &str) -> Vec<String> {
         match from_bytes(Path::new("test.yaml"), yaml.as_bytes()) {
