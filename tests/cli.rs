@@ -803,7 +803,14 @@ fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
 #[test]
 fn plain_logs_carry_no_colour_codes_off_a_terminal() {
     let logs = serve_until_sigterm("plain");
-    assert!(logs.contains("pullsecret-injector serving"), "{logs}");
+    let serving = logs
+        .lines()
+        .find(|l| l.contains("pullsecret-injector serving"))
+        .unwrap_or_else(|| panic!("no startup line in {logs}"));
+    // The startup line names the mode and the configuration file.
+    for field in ["mode=\"enforce\"", "config=", "examples/config.yaml"] {
+        assert!(serving.contains(field), "{field} missing in {serving}");
+    }
     assert!(
         !logs.contains('\x1b'),
         "ANSI escape codes in piped logs: {logs:?}"
