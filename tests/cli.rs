@@ -398,7 +398,7 @@ fn explain_reads_files_and_stdin_in_text_and_json() {
         "Pod team-a/web",
         "rule ghcr.io/acme (config rules[2]) -> secrets ghcr-acme; imagePullPolicy -> Always",
         "imagePullSecrets: adds ghcr-acme, dockerhub",
-        "Deployment team-b/api (pod template)",
+        "Deployment team-b/api (pod template: the patch below is what each of its Pods gets at creation",
         "registry ghcr.io, repository acme-evil/report: no rule matches",
         "left alone: namespace excluded by configuration",
         "left alone: Pod labelled pullsecret-injector/inject=disabled",
@@ -815,4 +815,46 @@ fn plain_logs_carry_no_colour_codes_off_a_terminal() {
         !logs.contains('\x1b'),
         "ANSI escape codes in piped logs: {logs:?}"
     );
+}
+
+#[test]
+fn explain_says_why_for_listed_secrets_templates_overrides_volumes_and_digests() {
+    let (code, stdout, stderr) = run_bin(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        repo("examples/config.yaml").as_ref(),
+        "-f".as_ref(),
+        repo("tests/fixtures/explain-why.yaml").as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        "Deployment team-a/web (pod template: the patch below is what each of its Pods gets at creation; the workload itself is not changed)",
+        "-> secrets ghcr-acme; imagePullPolicy IfNotPresent -> Always (the rule's pullPolicy: Always overrides the Pod's)",
+        // An image volume's field is pullPolicy.
+        "-> secrets ghcr-acme; pullPolicy IfNotPresent -> Always (the rule's pullPolicy: Always overrides the Pod's)",
+        "imagePullSecrets: adds ghcr-acme (dockerhub already listed by the Pod)",
+        "imagePullSecrets: nothing to add (dockerhub already listed by the Pod)",
+        "invalid digest: sha256 takes 64 lowercase hex characters",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+    // The offline assumption, once.
+    assert_eq!(stdout.matches("assumed (offline)").count(), 1, "{stdout}");
+    // JSON: the same facts in additive fields.
+    let (code, stdout, stderr) = run_bin(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        repo("examples/config.yaml").as_ref(),
+        "-f".as_ref(),
+        repo("tests/fixtures/explain-why.yaml").as_ref(),
+        "-o".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json[0]["podTemplate"], true);
+    assert_eq!(json[1]["podTemplate"], false);
+    assert_eq!(json[0]["alreadyListed"], serde_json::json!(["dockerhub"]));
+    assert_eq!(json[0]["images"][1]["overridesPullPolicy"], "IfNotPresent");
+    assert_eq!(json[0]["add"], serde_json::json!(["ghcr-acme"]));
 }

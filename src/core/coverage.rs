@@ -447,7 +447,7 @@ impl Nfa {
 
 /// The most pairs of state sets one question explores; beyond it the answer is the cautious
 /// one (not covered, but overlapping). Rules and keys written by people stay far below.
-const SEARCH_LIMIT: usize = 200_000;
+const SEARCH_LIMIT: usize = 20_000;
 
 /// Walks `a` and `b` in step, reading the same characters, until `found` holds for a pair of
 /// state sets (accepted by `a`, accepted by `b`). `None` when the walk was cut short.
