@@ -287,6 +287,7 @@ pub struct AuditArgs {
     #[arg(
         id = "namespace",
         long = "injector-namespace",
+        value_name = "INJECTOR_NAMESPACE",
         env = "PULLSECRET_INJECTOR_NAMESPACE"
     )]
     pub injector_namespace: Option<String>,
