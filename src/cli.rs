@@ -1,9 +1,14 @@
 //! Command line: subcommands and flags. Every flag can also be set through the environment as
 //! `PULLSECRET_INJECTOR_<FLAG>` (e.g. `PULLSECRET_INJECTOR_TLS_CERT`), one variable per
-//! meaning: commands that talk to a cluster share [`ClusterArgs`] (`--kubeconfig`,
-//! `--namespace` = the injector's own namespace), `-n`/`--target-namespace` is the namespace of
-//! the Pods a command looks at, and each command's `-o` has its own variable because their
-//! formats differ.
+//! meaning, and each flag means one thing wherever it appears, as in kubectl:
+//! - `-n`/`--namespace` in the commands that look at Pods (`explain`, `audit`) is the
+//!   namespace of those Pods (`PULLSECRET_INJECTOR_TARGET_NAMESPACE`), with `-A` for all;
+//! - the injector's own namespace is `--namespace` of `serve` and `controller` (the contract's
+//!   name; also `--injector-namespace`) and `--injector-namespace` of `audit`
+//!   (`PULLSECRET_INJECTOR_NAMESPACE`);
+//! - `-f`/`--filename` is manifest files to read, repeatable, several after one `-f`, or
+//!   comma-separated (`PULLSECRET_INJECTOR_FILENAME`);
+//! - each command's `-o` has its own variable because their formats differ.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +66,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Configuration file (YAML): mode, namespaces, rules and the cluster features.
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
     /// TLS listener for /mutate and /audit.
@@ -111,6 +117,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
+    /// Configuration file (YAML): mode, namespaces, rules and the cluster features.
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
     /// Plain-HTTP listener for /livez, /readyz and /metrics (the controller has no other).
@@ -140,7 +147,11 @@ pub struct ClusterArgs {
     pub kubeconfig: Option<PathBuf>,
     /// The injector's own namespace (never injected; source Secrets live here).
     /// Defaults to $POD_NAMESPACE.
-    #[arg(long, env = "PULLSECRET_INJECTOR_NAMESPACE")]
+    #[arg(
+        long,
+        visible_alias = "injector-namespace",
+        env = "PULLSECRET_INJECTOR_NAMESPACE"
+    )]
     pub namespace: Option<String>,
 }
 
@@ -156,18 +167,22 @@ impl ClusterArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
+    /// Configuration file (YAML): mode, namespaces, rules and the cluster features.
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
     /// Secret manifests (YAML or JSON, e.g. from `kubectl create secret docker-registry
-    /// --dry-run=client -o yaml`): check each rule against the Secrets it names, as the
-    /// kubelet matches their keys. Repeatable.
+    /// --dry-run=client -o yaml`; `-` for stdin): check each rule against the Secrets it
+    /// names, as the kubelet matches their keys. Several files: `-f a.yaml -f b.yaml`,
+    /// `-f a.yaml b.yaml` or `-f a.yaml,b.yaml`. (`--secrets` is the old name.)
     #[arg(
         short = 'f',
-        long = "secrets",
+        long = "filename",
+        visible_alias = "secrets",
+        num_args = 1..,
         value_delimiter = ',',
-        env = "PULLSECRET_INJECTOR_SECRETS"
+        env = "PULLSECRET_INJECTOR_FILENAME"
     )]
-    pub secrets: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,15 +193,27 @@ pub enum ExplainFormat {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
+    /// Configuration file (YAML): mode, namespaces, rules and the cluster features.
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
-    /// YAML or JSON file with Pods, workloads or Lists (multi-document allowed); `-` for stdin.
-    #[arg(short = 'f', long = "filename", env = "PULLSECRET_INJECTOR_FILENAME")]
-    pub file: PathBuf,
-    /// Namespace to assume for objects that do not name one (default: `default`).
+    /// YAML or JSON files with Pods, workloads, Lists, and optionally the docker config
+    /// Secrets and Namespaces they use (multi-document allowed); `-` for stdin. Several
+    /// files: `-f a.yaml -f b.yaml`, `-f a.yaml b.yaml` or `-f a.yaml,b.yaml`.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        num_args = 1..,
+        value_delimiter = ',',
+        env = "PULLSECRET_INJECTOR_FILENAME"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Namespace of the objects that do not name one, as `kubectl apply -n` would create
+    /// them. (`--target-namespace` is the old name.)
     #[arg(
         short = 'n',
-        long,
+        long = "namespace",
+        visible_alias = "target-namespace",
         default_value = "default",
         env = "PULLSECRET_INJECTOR_TARGET_NAMESPACE"
     )]
@@ -197,6 +224,8 @@ pub struct ExplainArgs {
     /// `pullsecret-injector/inject` label given here also decides namespace selection.
     #[arg(long, value_parser = parse_labels, env = "PULLSECRET_INJECTOR_NAMESPACE_LABELS")]
     pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// Output format: `text` for people, `json` for scripts (stable field names; new fields
+    /// may be added).
     #[arg(
         short = 'o',
         long,
@@ -235,12 +264,15 @@ pub enum AuditFormat {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
+    /// Configuration file (YAML): mode, namespaces, rules and the cluster features.
     #[arg(long, default_value = DEFAULT_CONFIG, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
-    /// Only Pods in this namespace (default: the kubeconfig context's namespace).
+    /// Only Pods in this namespace, as in kubectl (default: the kubeconfig context's
+    /// namespace). (`--target-namespace` is the old name.)
     #[arg(
         short = 'n',
-        long,
+        long = "namespace",
+        visible_alias = "target-namespace",
         conflicts_with = "all_namespaces",
         env = "PULLSECRET_INJECTOR_TARGET_NAMESPACE"
     )]
@@ -248,6 +280,7 @@ pub struct AuditArgs {
     /// Pods in every namespace.
     #[arg(short = 'A', long, env = "PULLSECRET_INJECTOR_ALL_NAMESPACES")]
     pub all_namespaces: bool,
+    /// Output format: `table` for people, `json` (a list of Pods) for scripts.
     #[arg(
         short = 'o',
         long,
@@ -256,8 +289,28 @@ pub struct AuditArgs {
         env = "PULLSECRET_INJECTOR_AUDIT_OUTPUT"
     )]
     pub output: AuditFormat,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
+    /// Kubeconfig file; otherwise in-cluster config or $KUBECONFIG.
+    #[arg(long, env = "PULLSECRET_INJECTOR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The injector's own namespace, where its source Secrets live (and which it never
+    /// injects). Defaults to $POD_NAMESPACE. (`-n`/`--namespace` selects the Pods.)
+    #[arg(
+        id = "namespace",
+        long = "injector-namespace",
+        value_name = "INJECTOR_NAMESPACE",
+        env = "PULLSECRET_INJECTOR_NAMESPACE"
+    )]
+    pub injector_namespace: Option<String>,
+}
+
+impl AuditArgs {
+    /// How to reach the cluster, as the commands that run in it take it.
+    pub fn cluster(&self) -> ClusterArgs {
+        ClusterArgs {
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: self.injector_namespace.clone(),
+        }
+    }
 }
 
 /// `5`, `5s`, `500ms`, `1m` or `1h`.
@@ -379,6 +432,117 @@ mod tests {
             .map(|(_, command)| command.as_str())
             .collect();
         assert_eq!(namespace, ["serve", "controller", "audit"]);
+        let files: Vec<&str> = uses["PULLSECRET_INJECTOR_FILENAME"]
+            .iter()
+            .map(|(_, command)| command.as_str())
+            .collect();
+        assert_eq!(files, ["check-config", "explain"]);
+    }
+
+    #[test]
+    fn every_flag_has_help_text() {
+        for command in Cli::command().get_subcommands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{id} has no help text",
+                    command.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flags_mean_what_kubectl_means() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let audit = |args: &[&str]| match parse(args).map(|cli| cli.command) {
+            Ok(Command::Audit(a)) => (a.target_namespace, a.all_namespaces, a.injector_namespace),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        // (arguments, Pods' namespace, all namespaces, the injector's namespace)
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, bool, Option<&'a str>);
+        let cases: [Case<'_>; 5] = [
+            (&["p", "audit", "-n", "team-a"], Some("team-a"), false, None),
+            (
+                &["p", "audit", "--namespace", "team-a"],
+                Some("team-a"),
+                false,
+                None,
+            ),
+            (
+                &["p", "audit", "--target-namespace", "team-a"],
+                Some("team-a"),
+                false,
+                None,
+            ),
+            (&["p", "audit", "-A"], None, true, None),
+            (
+                &["p", "audit", "-n", "team-a", "--injector-namespace", "psi"],
+                Some("team-a"),
+                false,
+                Some("psi"),
+            ),
+        ];
+        for (args, namespace, all, own) in cases {
+            let (got_ns, got_all, got_own) = audit(args);
+            assert_eq!(got_ns.as_deref(), namespace, "{args:?}");
+            assert_eq!(got_all, all, "{args:?}");
+            assert_eq!(got_own.as_deref(), own, "{args:?}");
+        }
+        assert!(parse(&["p", "audit", "-n", "a", "-A"]).is_err());
+        // -f takes several files, in every spelling kubectl accepts.
+        for args in [
+            &["p", "check-config", "-f", "a.yaml", "-f", "b.yaml"][..],
+            &["p", "check-config", "-f", "a.yaml", "b.yaml"],
+            &["p", "check-config", "-f", "a.yaml,b.yaml"],
+            &[
+                "p",
+                "check-config",
+                "--secrets",
+                "a.yaml",
+                "--filename",
+                "b.yaml",
+            ],
+        ] {
+            match parse(args).map(|cli| cli.command) {
+                Ok(Command::CheckConfig(c)) => {
+                    assert_eq!(
+                        c.files,
+                        [PathBuf::from("a.yaml"), "b.yaml".into()],
+                        "{args:?}"
+                    )
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse(&["p", "explain", "-f", "a.yaml", "b.yaml", "-n", "team-a"]).map(|c| c.command)
+        {
+            Ok(Command::Explain(e)) => {
+                assert_eq!(e.files.len(), 2);
+                assert_eq!(e.target_namespace, "team-a");
+            }
+            other => panic!("{other:?}"),
+        }
+        // serve keeps the contract's --namespace for its own namespace.
+        match parse(&[
+            "p",
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--namespace",
+            "psi",
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Serve(s)) => assert_eq!(s.cluster.namespace.as_deref(), Some("psi")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

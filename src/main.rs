@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pullsecret_injector::cli::{Cli, Command};
-use pullsecret_injector::commands::{audit, check_config, explain};
+use pullsecret_injector::commands::{Output, audit, check_config, explain};
 use pullsecret_injector::{controller, shutdown, telemetry, webhook};
 
 fn main() -> ExitCode {
@@ -18,33 +18,38 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => run_async(async move {
             webhook::run(args, shutdown::signal).await?;
-            Ok(String::new())
+            Ok(Output::default())
         }),
         Command::Controller(args) => run_async(async move {
             controller::run(args, shutdown::signal()).await?;
-            Ok(String::new())
+            Ok(Output::default())
         }),
         Command::CheckConfig(args) => match check_config::run(&args) {
-            Ok(report) => finish(Ok(report)),
-            // The error is the report itself: one line per problem, no "error:" prefix.
-            Err(report) => {
-                eprintln!("{report}");
-                ExitCode::FAILURE
+            Ok(output) => finish(Ok(output)),
+            Err(e) => {
+                // What was checked before the problems, then the problems as one error.
+                if let Some(output) = e.output() {
+                    print_output(output);
+                }
+                finish(Err(e.into()))
             }
         },
         Command::Explain(args) => finish(explain::run(&args).map_err(Into::into)),
-        Command::Audit(args) => run_async(async move { Ok(audit::run(args).await?) }),
+        Command::Audit(args) => run_async(async move {
+            Ok(Output {
+                report: audit::run(args).await?,
+                warnings: Vec::new(),
+            })
+        }),
     }
 }
 
-/// Prints a command's output, or its error, and turns it into the exit code.
-fn finish(result: anyhow::Result<String>) -> ExitCode {
+/// One style for every command: the report on stdout, `warning: ...` lines on stderr (the
+/// exit code unchanged), and an error as one `error: ...` on stderr with exit code 1.
+fn finish(result: anyhow::Result<Output>) -> ExitCode {
     match result {
         Ok(output) => {
-            print!("{output}");
-            if !output.is_empty() && !output.ends_with('\n') {
-                println!();
-            }
+            print_output(&output);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -54,7 +59,17 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
     }
 }
 
-fn run_async(future: impl Future<Output = anyhow::Result<String>>) -> ExitCode {
+fn print_output(output: &Output) {
+    print!("{}", output.report);
+    if !output.report.is_empty() && !output.report.ends_with('\n') {
+        println!();
+    }
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+fn run_async(future: impl Future<Output = anyhow::Result<Output>>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -112,9 +112,19 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
-/// Every metric the injector exports.
+/// The version label of `build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+/// Every metric the injector exports. A `--standalone` webhook exports only what it can
+/// produce ([`Metrics::standalone`]): a series of sync, watches, the Lease or repair that
+/// could never move would only look broken.
 pub struct Metrics {
     registry: Registry,
+    /// `pullsecret_injector_build_info{version}`: always 1.
+    pub build_info: Family<VersionLabels, Gauge>,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pub requests_refused: Family<RefusedLabels, Counter>,
@@ -148,9 +158,24 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Default for Metrics {
+    /// Every series: cluster mode (`serve` with the Kubernetes API, `controller`).
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Metrics {
+    /// The series a `--standalone` webhook can move: admissions, reloads, the certificate,
+    /// `rules_without_scope` and `build_info`; none of sync, watches, the Lease, repair or
+    /// source Secrets.
+    pub fn standalone() -> Self {
+        Self::new(false)
+    }
+
+    fn new(cluster: bool) -> Self {
         let mut registry = Registry::with_prefix("pullsecret_injector");
         let metrics = Self {
+            build_info: Family::default(),
             admissions: Family::default(),
             admission_duration: Family::new_with_constructor(
                 duration_histogram as fn() -> Histogram,
@@ -216,65 +241,78 @@ impl Default for Metrics {
             metrics.certificate_expiry.clone(),
         );
         registry.register(
-            "last_sync_timestamp_seconds",
-            "Time of the last successful Secret sync pass, Unix seconds",
-            metrics.last_sync_timestamp.clone(),
-        );
-        registry.register(
-            "sync_conflicts",
-            "Secrets not written because a Secret of that name exists and is not managed by the injector",
-            metrics.sync_conflicts.clone(),
-        );
-        registry.register(
-            "secrets_synced",
-            "Secret copies written or removed, by action",
-            metrics.secrets_synced.clone(),
-        );
-        registry.register(
-            "source_secret_errors",
-            "Source Secrets skipped because they could not be used, by reason",
-            metrics.source_secret_errors.clone(),
-        );
-        registry.register(
-            "watch_errors",
-            "Kubernetes watch errors, by resource",
-            metrics.watch_errors.clone(),
-        );
-        registry.register(
-            "sync_failures",
-            "Sync actions (writing or removing a Secret copy) that failed; retried on the next pass",
-            metrics.sync_failures.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the Lease that makes it the one writer (sync, repair)",
-            metrics.leader.clone(),
-        );
-        registry.register(
-            "repairs",
-            "Pods admitted without their secrets and stuck pulling: evicted, reported (a Job's, another controller's or a bare Pod), skipped (no longer a candidate at its turn, namespace unknown, already gone or replaced), blocked (a PodDisruptionBudget), failed",
-            metrics.repairs.clone(),
-        );
-        registry.register(
-            "rule_credential_mismatch",
-            "1 for a rule whose Secrets (readable sources) hold no docker config key the kubelet would use for the rule's images, 0 when they do",
-            metrics.rule_credential_mismatch.clone(),
-        );
-        registry.register(
             "rules_without_scope",
             "With requireScope: true, the rules and source Secrets that declare no namespace scope and so serve no namespace (0 otherwise)",
             metrics.rules_without_scope.clone(),
         );
         registry.register(
-            "watch_healthy",
-            "1 while the watch is listed and streaming, 0 after an error until it recovers",
-            metrics.watch_healthy.clone(),
+            "build_info",
+            "1, labelled with the version of the running binary",
+            metrics.build_info.clone(),
         );
-        registry.register(
-            "watch_last_event_timestamp_seconds",
-            "Time of the last event (or completed list) the watch delivered, Unix seconds",
-            metrics.watch_last_event.clone(),
-        );
+        metrics
+            .build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        if cluster {
+            registry.register(
+                "last_sync_timestamp_seconds",
+                "Time of the last successful Secret sync pass, Unix seconds",
+                metrics.last_sync_timestamp.clone(),
+            );
+            registry.register(
+                "sync_conflicts",
+                "Secrets not written because a Secret of that name exists and is not managed by the injector",
+                metrics.sync_conflicts.clone(),
+            );
+            registry.register(
+                "secrets_synced",
+                "Secret copies written or removed, by action",
+                metrics.secrets_synced.clone(),
+            );
+            registry.register(
+                "source_secret_errors",
+                "Source Secrets skipped because they could not be used, by reason",
+                metrics.source_secret_errors.clone(),
+            );
+            registry.register(
+                "watch_errors",
+                "Kubernetes watch errors, by resource",
+                metrics.watch_errors.clone(),
+            );
+            registry.register(
+                "sync_failures",
+                "Sync actions (writing or removing a Secret copy) that failed; retried on the next pass",
+                metrics.sync_failures.clone(),
+            );
+            registry.register(
+                "leader",
+                "1 while this replica holds the Lease that makes it the one writer (sync, repair)",
+                metrics.leader.clone(),
+            );
+            registry.register(
+                "repairs",
+                "Pods admitted without their secrets and stuck pulling: evicted, reported (a Job's, another controller's or a bare Pod), skipped (no longer a candidate at its turn, namespace unknown, already gone or replaced), blocked (a PodDisruptionBudget), failed",
+                metrics.repairs.clone(),
+            );
+            registry.register(
+                "rule_credential_mismatch",
+                "1 for a rule whose Secrets (readable sources) hold no docker config key the kubelet would use for the rule's images, 0 when they do",
+                metrics.rule_credential_mismatch.clone(),
+            );
+            registry.register(
+                "watch_healthy",
+                "1 while the watch is listed and streaming, 0 after an error until it recovers",
+                metrics.watch_healthy.clone(),
+            );
+            registry.register(
+                "watch_last_event_timestamp_seconds",
+                "Time of the last event (or completed list) the watch delivered, Unix seconds",
+                metrics.watch_last_event.clone(),
+            );
+        }
         // Series of rare events exist from the start at 0, so the first event is an increase
         // an alert can see (a series that appears at 1 has no increase()).
         for endpoint in [EndpointLabel::mutate, EndpointLabel::audit] {
@@ -308,9 +346,7 @@ impl Default for Metrics {
             ..metrics
         }
     }
-}
 
-impl Metrics {
     /// Counts a listener's refusals in `requests_refused`; its series exist from then on at 0,
     /// so the first refusal is an increase an alert sees.
     pub fn refusals(&self, listener: &'static str) -> crate::webhook::budget::OnRefusal {
@@ -477,5 +513,25 @@ mod tests {
         assert!(metrics.encode().contains(&gauge(2)), "{}", metrics.encode());
         store.set_config(config(false));
         assert!(metrics.encode().contains(&gauge(0)), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn cluster_series_exist_only_in_cluster_mode_and_build_info_in_both() {
+        let build = format!(
+            "pullsecret_injector_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let cluster = Metrics::default().encode();
+        let standalone = Metrics::standalone().encode();
+        for text in [&cluster, &standalone] {
+            assert!(text.contains(&build), "{text}");
+        }
+        for series in [
+            "pullsecret_injector_leader",
+            "pullsecret_injector_repairs_total",
+        ] {
+            assert!(cluster.contains(series), "{series}: {cluster}");
+            assert!(!standalone.contains(series), "{series}: {standalone}");
+        }
     }
 }

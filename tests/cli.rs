@@ -133,6 +133,248 @@ fn check_config_checks_rules_against_secret_manifests_as_the_kubelet_would() {
     }
 }
 
+/// Runs the binary; (exit code, stdout, stderr).
+fn run_bin(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = bin().args(args).output().expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_config_calls_a_glob_rule_served_in_part_partial_coverage_and_reads_several_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let config = write(
+        "config.yaml",
+        "rules:\n  - registry: \"*.dkr.ecr.*.amazonaws.com\"\n    secrets: [ecr]\n  - registry: \"*.azurecr.io\"\n    secrets: [acr]\n  - registry: europe-west1-docker.pkg.dev/acme\n    secrets: [gar]\n",
+    );
+    let ecr = write(
+        "ecr.yaml",
+        &docker_registry_secret("ecr", "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+    );
+    let acr = write(
+        "acr.yaml",
+        &docker_registry_secret("acr", "https://acme.azurecr.io"),
+    );
+    let gar = write(
+        "gar.yaml",
+        &docker_registry_secret("gar", "https://europe-west1-docker.pkg.dev"),
+    );
+    let c = config.as_os_str();
+    let check = std::ffi::OsStr::new("check-config");
+    let flag = |f: &'static str| std::ffi::OsStr::new(f);
+    // -f a -f b, -f a b and -f a,b all read every file.
+    let joined = format!("{},{}", acr.display(), gar.display());
+    for args in [
+        vec![
+            check,
+            flag("--config"),
+            c,
+            flag("-f"),
+            ecr.as_os_str(),
+            flag("-f"),
+            acr.as_os_str(),
+            flag("-f"),
+            gar.as_os_str(),
+        ],
+        vec![
+            check,
+            flag("--config"),
+            c,
+            flag("-f"),
+            ecr.as_os_str(),
+            acr.as_os_str(),
+            gar.as_os_str(),
+        ],
+        vec![
+            check,
+            flag("--config"),
+            c,
+            flag("-f"),
+            ecr.as_os_str(),
+            flag("-f"),
+            std::ffi::OsStr::new(&joined),
+        ],
+    ] {
+        let (code, stdout, stderr) = run_bin(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        for line in [
+            "rules[0] (*.dkr.ecr.*.amazonaws.com): partial coverage: the kubelet would use Secret ecr for the rule's images under 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            "rules[1] (*.azurecr.io): partial coverage: the kubelet would use Secret acr for the rule's images under acme.azurecr.io",
+            "rules[2] (europe-west1-docker.pkg.dev/acme): the kubelet would use Secret gar for all of its images",
+            "3 rule(s) checked against 3 docker config Secret(s)",
+        ] {
+            assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+        }
+        assert!(!stderr.contains("error"), "{stderr}");
+    }
+    // A Secret of another account's region shape serves none of the rule's images: exit 1.
+    let wrong = write(
+        "wrong.yaml",
+        &docker_registry_secret("ecr", "123456789012.dkr.ecr.amazonaws.com"),
+    );
+    let (code, _, stderr) = run_bin(&[check, flag("--config"), c, flag("-f"), wrong.as_os_str()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rules[0] (*.dkr.ecr.*.amazonaws.com): the kubelet would not use Secret ecr for any of this rule's images"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+#[test]
+fn check_config_reports_wrong_secret_types_unnamed_secrets_and_other_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let config = write(
+        "config.yaml",
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n  - registry: quay.io\n    secrets: [quay]\n",
+    );
+    let mixed = write(
+        "mixed.yaml",
+        &format!(
+            "{}---\n{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: quay}}\ntype: Opaque\ndata: {{a: eA==}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\n",
+            docker_registry_secret("ghcr", "ghcr.io"),
+            docker_registry_secret("stray", "docker.io"),
+        ),
+    );
+    let (code, stdout, stderr) = run_bin(&[
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "-f".as_ref(),
+        mixed.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let mixed = mixed.display();
+    for line in [
+        format!("warning: {mixed}: Deployment web is not a Secret; ignored"),
+        format!("warning: Secret stray ({mixed}) is not named by any rule"),
+        format!(
+            "rules[1] (quay.io): Secret quay ({mixed}) is of type Opaque: the kubelet uses only kubernetes.io/dockerconfigjson"
+        ),
+    ] {
+        assert!(stderr.contains(&line), "missing {line:?} in {stderr}");
+    }
+    assert!(
+        stdout.contains(
+            "rules[0] (ghcr.io): the kubelet would use Secret ghcr for all of its images"
+        ),
+        "{stdout}"
+    );
+    // Only a Deployment: nothing to check against is an error, not "the kubelet would use them".
+    let deployment = write(
+        "deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+    );
+    let (code, stdout, stderr) = run_bin(&[
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "-f".as_ref(),
+        deployment.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no Secret in"), "{stderr}");
+    assert!(!stdout.contains("would use"), "{stdout}");
+}
+
+#[test]
+fn empty_and_never_winning_rules_are_warned_about_and_yaml_errors_name_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let pod = write(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    let empty = write("empty.yaml", "mode: enforce\n");
+    let twice = write(
+        "twice.yaml",
+        "rules:\n  - registry: docker.io\n    secrets: [a]\n  - registry: DOCKER.IO\n    secrets: [b]\n",
+    );
+    for (config, warning) in [
+        (
+            &empty,
+            "warning: no rules: the injector adds nothing to any Pod",
+        ),
+        (
+            &twice,
+            "warning: config rules[1] (DOCKER.IO) can never win: config rules[0] (docker.io) names the same registry",
+        ),
+    ] {
+        for args in [
+            vec![
+                "check-config".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ],
+            vec![
+                "explain".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "-f".as_ref(),
+                pod.as_os_str(),
+            ],
+        ] {
+            let (code, stdout, stderr) = run_bin(&args);
+            assert_eq!(code, Some(0), "{args:?}: {stderr}");
+            assert!(stderr.contains(warning), "{args:?}: {stderr}");
+            assert!(!stdout.contains("warning: no rules"), "{stdout}");
+        }
+    }
+    // A duplicate key: the file and the key, one `error:`, no parser internals.
+    let duplicate = write("duplicate.yaml", "mode: enforce\nmode: audit\n");
+    for args in [
+        vec![
+            "check-config".as_ref(),
+            "--config".as_ref(),
+            duplicate.as_os_str(),
+        ],
+        vec![
+            "explain".as_ref(),
+            "--config".as_ref(),
+            duplicate.as_os_str(),
+            "-f".as_ref(),
+            pod.as_os_str(),
+        ],
+        vec![
+            "explain".as_ref(),
+            "--config".as_ref(),
+            empty.as_os_str(),
+            "-f".as_ref(),
+            duplicate.as_os_str(),
+        ],
+    ] {
+        let (code, _, stderr) = run_bin(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&duplicate.display().to_string()),
+            "{stderr}"
+        );
+        assert!(stderr.contains("duplicate mapping key: mode"), "{stderr}");
+        for internal in ["<input>", "DuplicateKeyPolicy", "Options", "-->"] {
+            assert!(!stderr.contains(internal), "{internal} in {stderr}");
+        }
+    }
+}
+
 #[test]
 fn explain_reads_files_and_stdin_in_text_and_json() {
     let out = bin()
@@ -156,7 +398,7 @@ fn explain_reads_files_and_stdin_in_text_and_json() {
         "Pod team-a/web",
         "rule ghcr.io/acme (config rules[2]) -> secrets ghcr-acme; imagePullPolicy -> Always",
         "imagePullSecrets: adds ghcr-acme, dockerhub",
-        "Deployment team-b/api (pod template)",
+        "Deployment team-b/api (pod template: the patch below is what each of its Pods gets at creation",
         "registry ghcr.io, repository acme-evil/report: no rule matches",
         "left alone: namespace excluded by configuration",
         "left alone: Pod labelled pullsecret-injector/inject=disabled",
@@ -265,10 +507,14 @@ fn check_config_reports_unparsable_source_scopes_and_what_require_scope_turns_of
     let (code, stdout, stderr) = run(&scoped, None);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("warning: rules[1] (docker.io): no namespaces or namespaceSelector; with requireScope it serves no namespace"),
-        "{stdout}"
+        stderr.contains("warning: rules[1] (docker.io): no namespaces or namespaceSelector; with requireScope it serves no namespace"),
+        "{stderr}"
     );
-    assert!(!stdout.contains("rules[0]"), "{stdout}");
+    assert!(!stderr.contains("rules[0]"), "{stderr}");
+    assert!(
+        !stdout.contains("warning"),
+        "warnings go to stderr: {stdout}"
+    );
 
     // A source whose selector annotation cannot be parsed: exit 1, naming Secret and annotation.
     let bad = write(
@@ -298,15 +544,15 @@ fn check_config_reports_unparsable_source_scopes_and_what_require_scope_turns_of
 
     // requireScope and a source without annotations: a warning; with a scope: nothing.
     let unscoped = write("unscoped.yaml", &source_secret("ghcr", "ghcr.io", &[]));
-    let (code, stdout, stderr) = run(&scoped, Some(&unscoped));
+    let (code, _, stderr) = run(&scoped, Some(&unscoped));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("warning: source Secret ghcr: no pullsecret-injector/namespaces or pullsecret-injector/namespace-selector annotation"),
-        "{stdout}"
+        stderr.contains("warning: source Secret ghcr: no pullsecret-injector/namespaces or pullsecret-injector/namespace-selector annotation"),
+        "{stderr}"
     );
-    let (code, stdout, stderr) = run(&plain, Some(&unscoped));
+    let (code, _, stderr) = run(&plain, Some(&unscoped));
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stdout.contains("warning"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 const SCOPED_CONFIG: &str = r#"namespaces: {selection: all}
@@ -557,9 +803,58 @@ fn serve_exits_0_after_sigterm_and_reports_not_ready_meanwhile() {
 #[test]
 fn plain_logs_carry_no_colour_codes_off_a_terminal() {
     let logs = serve_until_sigterm("plain");
-    assert!(logs.contains("pullsecret-injector serving"), "{logs}");
+    let serving = logs
+        .lines()
+        .find(|l| l.contains("pullsecret-injector serving"))
+        .unwrap_or_else(|| panic!("no startup line in {logs}"));
+    // The startup line names the mode and the configuration file.
+    for field in ["mode=\"enforce\"", "config=", "examples/config.yaml"] {
+        assert!(serving.contains(field), "{field} missing in {serving}");
+    }
     assert!(
         !logs.contains('\x1b'),
         "ANSI escape codes in piped logs: {logs:?}"
     );
+}
+
+#[test]
+fn explain_says_why_for_listed_secrets_templates_overrides_volumes_and_digests() {
+    let (code, stdout, stderr) = run_bin(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        repo("examples/config.yaml").as_ref(),
+        "-f".as_ref(),
+        repo("tests/fixtures/explain-why.yaml").as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        "Deployment team-a/web (pod template: the patch below is what each of its Pods gets at creation; the workload itself is not changed)",
+        "-> secrets ghcr-acme; imagePullPolicy IfNotPresent -> Always (the rule's pullPolicy: Always overrides the Pod's)",
+        // An image volume's field is pullPolicy.
+        "-> secrets ghcr-acme; pullPolicy IfNotPresent -> Always (the rule's pullPolicy: Always overrides the Pod's)",
+        "imagePullSecrets: adds ghcr-acme (dockerhub already listed by the Pod)",
+        "imagePullSecrets: nothing to add (dockerhub already listed by the Pod)",
+        "invalid digest: sha256 takes 64 lowercase hex characters",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+    // The offline assumption, once.
+    assert_eq!(stdout.matches("assumed (offline)").count(), 1, "{stdout}");
+    // JSON: the same facts in additive fields.
+    let (code, stdout, stderr) = run_bin(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        repo("examples/config.yaml").as_ref(),
+        "-f".as_ref(),
+        repo("tests/fixtures/explain-why.yaml").as_ref(),
+        "-o".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json[0]["podTemplate"], true);
+    assert_eq!(json[1]["podTemplate"], false);
+    assert_eq!(json[0]["alreadyListed"], serde_json::json!(["dockerhub"]));
+    assert_eq!(json[0]["images"][1]["overridesPullPolicy"], "IfNotPresent");
+    assert_eq!(json[0]["add"], serde_json::json!(["ghcr-acme"]));
 }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use common::{Reply, app, fixture, fixture_path, post};
+use common::{Reply, app, fixture, fixture as fixture_bytes, fixture_path, post};
 use pullsecret_injector::core::config;
 use pullsecret_injector::core::facts::{
     ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence,
@@ -336,4 +336,70 @@ async fn each_tenant_gets_only_the_credentials_in_its_scope() {
     )
     .await;
     assert_eq!(Reply::parse(&bytes).patch, Some(added(&["dockerhub"])));
+}
+
+/// A writer the test reads back: the log lines of one admission.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_debug_line_of_each_admission_carries_mode_and_outcome() {
+    // (fixture, endpoint, the fields the admission's debug line must carry)
+    let cases = [
+        (
+            "pod-create.json",
+            "/mutate",
+            ["mode=enforce", "outcome=patched"],
+        ),
+        (
+            "pod-create.json",
+            "/audit",
+            ["mode=audit", "outcome=audited"],
+        ),
+        (
+            "deployment-create.json",
+            "/mutate",
+            ["mode=enforce", "outcome=skipped"],
+        ),
+    ];
+    for (fixture, path, fields) in cases {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(post(app(), path, fixture_bytes(fixture)));
+        });
+        let text = String::from_utf8_lossy(&captured.0.lock().expect("log")).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("admission") && l.contains("DEBUG") && l.contains("uid="))
+            .unwrap_or_else(|| panic!("{fixture} {path}: no debug line in {text}"));
+        for field in fields {
+            assert!(
+                line.contains(field),
+                "{fixture} {path}: {field} missing in {line}"
+            );
+        }
+    }
 }

@@ -254,6 +254,32 @@ async fn the_admin_listener_serves_on_its_own_until_stopped() {
     let (status, body) = get(addr, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(body.ends_with("# EOF\n"), "{body}");
+    // Standalone: the build and the admission series; none that only the cluster side moves.
+    let build = format!(
+        "pullsecret_injector_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.contains(&build), "{body}");
+    assert!(
+        body.contains("pullsecret_injector_admissions_total"),
+        "{body}"
+    );
+    for cluster_only in [
+        "last_sync_timestamp_seconds",
+        "sync_conflicts",
+        "secrets_synced",
+        "sync_failures",
+        "source_secret_errors",
+        "watch_",
+        "leader",
+        "repairs",
+        "rule_credential_mismatch",
+    ] {
+        assert!(
+            !body.contains(&format!("pullsecret_injector_{cluster_only}")),
+            "{cluster_only} in standalone metrics: {body}"
+        );
+    }
 
     stop.fire();
     tokio::time::timeout(Duration::from_secs(2), task)

@@ -1,6 +1,6 @@
 //! `core::keyring`: the kubelet's credential keyring. Input: `<docker config key>\n<image>`.
 //!
-//! Properties: `Keyring::new([key]).serves(image)` (and `covers`, `from_docker_config_key`) never
+//! Properties: `Keyring::new([key]).serves(image)` (and `coverage::of`, `from_docker_config_key`) never
 //! panics; for an image that parses, a key equal to its registry host as the kubelet names it
 //! (`docker.io`, `Registry.Example.com`, `localhost:5000`), in any form `kubectl create secret
 //! docker-registry --docker-server` takes (scheme, trailing `/`, `/v1/`, `/v2/`, userinfo),
@@ -14,6 +14,7 @@
 
 use fuzz_support::{check, go_filepath_match};
 use libfuzzer_sys::fuzz_target;
+use pullsecret_injector::core::coverage;
 use pullsecret_injector::core::image;
 use pullsecret_injector::core::keyring::{Keyring, urls_match};
 use pullsecret_injector::core::rules::RegistryPattern;
@@ -50,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let keyring = Keyring::new([key]);
     let _ = keyring.serves(target);
     if let Ok(pattern) = RegistryPattern::from_docker_config_key(key) {
-        let _ = keyring.covers(&pattern);
+        let _ = coverage::of(&pattern, [("s", &keyring)]);
     }
 
     // Differential: one label each.

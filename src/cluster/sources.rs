@@ -15,6 +15,7 @@ use kube::runtime::watcher;
 
 use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
+use crate::core::coverage::Coverage as RuleCoverage;
 use crate::core::dockercfg::{self, SourceError, SourceSecret};
 use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
@@ -149,37 +150,49 @@ impl Discovery {
 }
 
 /// The credential check of the rules, reported: for every rule whose Secrets the injector can
-/// read, would the kubelet use them for the rule's images? A gauge per rule; a newly uncovered
-/// rule is logged once.
+/// read, would the kubelet use them for the rule's images? The gauge is 1 only when it would
+/// use them for none (a mismatch); a glob rule whose Secrets serve some of its images (one
+/// ECR account of `*.dkr.ecr.*.amazonaws.com`) is partial coverage, the normal case, logged
+/// at info and not a mismatch. Each change of a rule's answer is logged once.
 #[derive(Default)]
 pub struct Coverage {
-    last: BTreeMap<String, bool>,
+    last: BTreeMap<String, RuleCoverage>,
 }
 
 impl Coverage {
     pub fn report(&mut self, policy: &Policy, metrics: &Metrics) {
         let mut now = BTreeMap::new();
         for rule in policy.rules().rules() {
-            let Some(covered) = policy.serves(rule, |keyring| keyring.covers(&rule.pattern)) else {
+            let Some(coverage) = policy.coverage(rule) else {
                 continue;
             };
             let pattern = rule.pattern.as_str().to_string();
-            if !covered && self.last.get(&pattern) != Some(&false) {
-                tracing::warn!(rule = %pattern, secrets = ?rule.secrets, source = %rule.source,
-                    "the kubelet would not use this rule's Secrets for its images: none of their docker config keys matches the rule's registry (check --docker-server)");
+            if self.last.get(&pattern) != Some(&coverage) {
+                match &coverage {
+                    RuleCoverage::None => {
+                        tracing::warn!(rule = %pattern, secrets = ?rule.secrets, source = %rule.source,
+                        "the kubelet would not use this rule's Secrets for any of its images: none of their docker config keys matches the rule's registry (check --docker-server)")
+                    }
+                    RuleCoverage::Partial { served_by } => {
+                        tracing::info!(rule = %pattern, secrets = ?rule.secrets, source = %rule.source,
+                        served_by = %served_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        "partial coverage: this rule's Secrets serve some of its images (the registries their keys name); images elsewhere get a warning at admission")
+                    }
+                    RuleCoverage::Full => {}
+                }
             }
-            now.insert(pattern, covered);
+            now.insert(pattern, coverage);
         }
         for gone in self.last.keys().filter(|k| !now.contains_key(*k)) {
             metrics
                 .rule_credential_mismatch
                 .remove(&RuleLabels { rule: gone.clone() });
         }
-        for (rule, covered) in &now {
+        for (rule, coverage) in &now {
             metrics
                 .rule_credential_mismatch
                 .get_or_create(&RuleLabels { rule: rule.clone() })
-                .set(i64::from(!covered));
+                .set(i64::from(*coverage == RuleCoverage::None));
         }
         self.last = now;
     }
@@ -335,5 +348,55 @@ mod tests {
         discovery.read(&index, true);
         let bad = r#"source_secret_errors_total{kind="bad_scope"} 2"#;
         assert!(metrics.encode().contains(bad), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn the_mismatch_gauge_is_for_rules_their_secrets_serve_no_image_of() {
+        let config = crate::core::config::from_bytes(
+            std::path::Path::new("config.yaml"),
+            br#"
+rules:
+  - registry: "*.dkr.ecr.*.amazonaws.com"
+    secrets: [ecr]
+  - registry: ghcr.io/acme
+    secrets: [ghcr]
+  - registry: quay.io
+    secrets: [quay]
+  - registry: docker.io
+    secrets: [unknown]
+"#,
+        )
+        .expect("valid");
+        let keyring = |key: &str| crate::core::keyring::Keyring::new([key]);
+        let sources = Sources {
+            keyrings: [
+                ("ecr", "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+                ("ghcr", "https://ghcr.io"),
+                ("quay", "quay.io:5000"),
+            ]
+            .into_iter()
+            .map(|(name, key)| (name.to_string(), keyring(key)))
+            .collect(),
+            ..Sources::default()
+        };
+        let metrics = Metrics::default();
+        Coverage::default().report(&Policy::merged(&config, &sources), &metrics);
+        let text = metrics.encode();
+        // (rule, gauge): partial coverage and full coverage are 0, a mismatch 1, and a rule
+        // whose Secret is unknown has no series.
+        for (rule, want) in [
+            ("*.dkr.ecr.*.amazonaws.com", Some(0)),
+            ("ghcr.io/acme", Some(0)),
+            ("quay.io", Some(1)),
+            ("docker.io", None),
+        ] {
+            let line = format!("rule_credential_mismatch{{rule=\"{rule}\"}}");
+            let got = text
+                .lines()
+                .find(|l| l.contains(&line))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<i64>().ok());
+            assert_eq!(got, want, "{rule}: {text}");
+        }
     }
 }

@@ -159,8 +159,9 @@ impl ClusterFacts for Listed {
 /// `audit`: the report, rendered as `-o` asks.
 pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let config = config::load(&args.config)?;
-    let injector_namespace = args.cluster.own_namespace();
-    let client = cluster::client::client(&args.cluster).await?;
+    let cluster_args = args.cluster();
+    let injector_namespace = cluster_args.own_namespace();
+    let client = cluster::client::client(&cluster_args).await?;
     let list = |what| move |source| AuditError::List { what, source };
 
     let mut sources = Sources::default();

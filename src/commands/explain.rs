@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::cli::{ExplainArgs, ExplainFormat};
 use crate::commands::{
-    ManifestError, describe_scope, docker_config_secrets, effective_scope, read_documents,
+    ManifestError, Output, describe_scope, docker_config_secrets, effective_scope, read_all,
 };
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
@@ -71,6 +71,11 @@ pub struct Explanation {
     pub patch: Option<Value>,
     /// Things worth knowing that are not problems.
     pub notes: Vec<String>,
+    /// The rules' secrets the Pod lists itself: nothing to add for them.
+    pub already_listed: Vec<String>,
+    /// A workload's pod template: the patch is what each of its Pods gets at CREATE, not a
+    /// patch to the workload.
+    pub pod_template: bool,
 }
 
 /// Where a rule forces `imagePullPolicy: Always`: why that is rarely needed now.
@@ -93,6 +98,9 @@ pub struct ImageReport {
     pub error: Option<String>,
     /// The namespaces the matched rule serves ([`Scope::describe`]).
     pub scope: Option<String>,
+    /// The pull policy the Pod sets itself where the rule's `pullPolicy: Always` overrides it
+    /// (`IfNotPresent`, `Never`).
+    pub overrides_pull_policy: Option<String>,
     /// The most specific rule matching the image, when it does not serve the namespace (then
     /// a less specific rule in scope, or none, serves the image).
     pub out_of_scope: Option<OutOfScope>,
@@ -232,9 +240,9 @@ impl Unscoped {
 }
 
 /// `explain`: prints the explanation of every Pod and pod template in `-f`.
-pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
+pub fn run(args: &ExplainArgs) -> Result<Output, ExplainError> {
     let config = config::load(&args.config)?;
-    let docs = read_documents(&args.file)?;
+    let docs: Vec<Value> = read_all(&args.files)?.into_iter().map(|(_, d)| d).collect();
     let (targets, mut notes) = find_targets(&docs, &args.target_namespace);
     let facts = ExplainFacts {
         namespaces: find_namespaces(&docs),
@@ -255,13 +263,14 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
         }
     }
     let policy = Policy::merged(&config, &sources);
+    notes.extend(offline_note(&targets, &facts));
     notes.extend(unknown_labels_note(&targets, &policy, &facts));
     let unscoped = Unscoped::new(&policy);
     let explanations: Vec<_> = targets
         .iter()
         .map(|t| explain(t, &policy, &facts, &unscoped))
         .collect();
-    Ok(match args.output {
+    let report = match args.output {
         ExplainFormat::Text => render_text(&explanations, &notes),
         ExplainFormat::Json => {
             // Serialising plain strings, lists and JSON values cannot fail.
@@ -269,6 +278,10 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
             json.push('\n');
             json
         }
+    };
+    Ok(Output {
+        report,
+        warnings: policy.warnings(),
     })
 }
 
@@ -347,6 +360,23 @@ fn collect(
     }
 }
 
+/// What `explain` cannot know offline, said once: a namespace it has no labels for is taken as
+/// selected (unless excluded), as the webhook's namespaceSelector would have let the Pod
+/// through; whether Secrets exist is unknown.
+pub fn offline_note(targets: &[Target], facts: &ExplainFacts) -> Option<String> {
+    let unknown: BTreeSet<&str> = targets
+        .iter()
+        .map(|t| t.namespace.as_str())
+        .filter(|ns| !facts.knows(ns))
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "assumed (offline): namespace(s) {} are opted in unless excluded (no Namespace object in the input, no --namespace-labels), and no cluster facts are known (which Secrets exist)",
+            unknown.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
 /// The assumption `explain` makes, said once: namespaces whose labels it does not know are
 /// not served by rules with a `namespaceSelector` (as the injector does while its cache has not
 /// seen a namespace).
@@ -397,6 +427,8 @@ pub fn explain(
         warnings: Vec::new(),
         patch: None,
         notes: Vec::new(),
+        already_listed: Vec::new(),
+        pod_template: target.kind != "Pod",
     };
     // Round-trip through text so the webhook's borrowed Pod decoder is what reads it.
     let text = target.pod.to_string();
@@ -443,6 +475,7 @@ pub fn explain(
                 error: None,
                 scope: None,
                 out_of_scope: None,
+                overrides_pull_policy: None,
             };
             match &finding.outcome {
                 ImageOutcome::NoImage => report.error = Some("no image".into()),
@@ -471,6 +504,12 @@ pub fn explain(
                         .map(out_of_scope);
                 }
             }
+            if finding.set_pull_policy_always {
+                report.overrides_pull_policy =
+                    own_pull_policy(&target.pod, report.list, &report.name)
+                        .filter(|policy| *policy != "Always")
+                        .map(str::to_string);
+            }
             report
         })
         .collect();
@@ -483,6 +522,21 @@ pub fn explain(
         }
     }
     out.add = verdict.secrets.iter().map(|s| s.name.to_string()).collect();
+    let listed: BTreeSet<&str> = target
+        .pod
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("name").and_then(Value::as_str))
+        .collect();
+    let mut matched: Vec<String> = Vec::new();
+    for secret in out.images.iter().flat_map(|i| &i.secrets) {
+        if listed.contains(secret.as_str()) && !matched.contains(secret) {
+            matched.push(secret.clone());
+        }
+    }
+    out.already_listed = matched;
     out.warnings = verdict.warnings.iter().map(ToString::to_string).collect();
     out.patch = verdict
         .patch
@@ -491,15 +545,31 @@ pub fn explain(
     out
 }
 
+/// The pull policy a container (`imagePullPolicy`) or image volume (`image.pullPolicy`) of
+/// `pod` sets itself.
+fn own_pull_policy<'p>(pod: &'p Value, list: &str, name: &str) -> Option<&'p str> {
+    let item = pod
+        .pointer(&format!("/spec/{list}"))?
+        .as_array()?
+        .iter()
+        .find(|item| item.get("name").and_then(Value::as_str) == Some(name))?;
+    let field = if list == "volumes" {
+        "/image/pullPolicy"
+    } else {
+        "/imagePullPolicy"
+    };
+    item.pointer(field)?.as_str()
+}
+
 /// The `-o text` rendering, for people.
 pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     for e in explanations {
-        let what = if e.kind == "Pod" {
-            String::new()
+        let what = if e.pod_template {
+            " (pod template: the patch below is what each of its Pods gets at creation; the workload itself is not changed)".to_string()
         } else {
-            " (pod template)".to_string()
+            String::new()
         };
         let _ = writeln!(s, "{} {}/{}{what}", e.kind, e.namespace, e.name);
         if let Some(reason) = e.skipped {
@@ -540,10 +610,26 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
                         c.repository.as_deref().unwrap_or(""),
                         c.rule_source.as_deref().unwrap_or(""),
                         c.secrets.join(", "),
-                        if c.set_pull_policy_always {
-                            "; imagePullPolicy -> Always"
-                        } else {
-                            ""
+                        match (c.set_pull_policy_always, c.list) {
+                            (false, _) => String::new(),
+                            // An image volume's field is pullPolicy.
+                            (true, list) => format!(
+                                "; {} {}-> Always{}",
+                                if list == "volumes" {
+                                    "pullPolicy"
+                                } else {
+                                    "imagePullPolicy"
+                                },
+                                c.overrides_pull_policy
+                                    .as_deref()
+                                    .map(|p| format!("{p} "))
+                                    .unwrap_or_default(),
+                                if c.overrides_pull_policy.is_some() {
+                                    " (the rule's pullPolicy: Always overrides the Pod's)"
+                                } else {
+                                    ""
+                                }
+                            ),
                         },
                     );
                     if let Some(scope) = &c.scope {
@@ -565,10 +651,18 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
         } else {
             "adds"
         };
-        if e.add.is_empty() {
-            let _ = writeln!(s, "  imagePullSecrets: nothing to add");
+        let listed = if e.already_listed.is_empty() {
+            String::new()
         } else {
-            let _ = writeln!(s, "  imagePullSecrets: {verb} {}", e.add.join(", "));
+            format!(
+                " ({} already listed by the Pod)",
+                e.already_listed.join(", ")
+            )
+        };
+        if e.add.is_empty() {
+            let _ = writeln!(s, "  imagePullSecrets: nothing to add{listed}");
+        } else {
+            let _ = writeln!(s, "  imagePullSecrets: {verb} {}{listed}", e.add.join(", "));
         }
         for w in &e.warnings {
             let _ = writeln!(s, "  warning: {w}");

@@ -22,6 +22,14 @@ use crate::core::names::{
 use crate::core::rules::Rule;
 use crate::core::scope::Scope;
 
+/// What a command prints: its report on stdout, and warnings (each printed as
+/// `warning: ...` on stderr; they never change the exit code).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    pub report: String,
+    pub warnings: Vec<String>,
+}
+
 /// A manifest file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -49,10 +57,24 @@ pub fn read_documents(path: &Path) -> Result<Vec<Value>, ManifestError> {
     parse_documents(&shown, &text)
 }
 
+/// The documents of every file in `paths`, each with the file it came from.
+pub fn read_all(paths: &[std::path::PathBuf]) -> Result<Vec<(String, Value)>, ManifestError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let shown = path.display().to_string();
+        out.extend(
+            read_documents(path)?
+                .into_iter()
+                .map(|d| (shown.clone(), d)),
+        );
+    }
+    Ok(out)
+}
+
 pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Parse {
         path: name.to_string(),
-        message: e.to_string(),
+        message: crate::core::config::yaml_message(&e.to_string()),
     })?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
@@ -75,6 +97,30 @@ pub fn docker_config_secrets(docs: &[Value]) -> Vec<SourceSecret> {
                 }
             }
             _ => {}
+        }
+    }
+    out
+}
+
+/// The kinds of the documents among `docs` (descending into Lists) that are not Secrets, as
+/// `Kind name`, for commands that read Secrets only.
+pub fn non_secret_documents(docs: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let kind = doc.get("kind").and_then(Value::as_str);
+        match kind {
+            Some("List" | "SecretList") => {
+                let items = doc.get("items").and_then(Value::as_array);
+                out.extend(non_secret_documents(items.map_or(&[][..], Vec::as_slice)));
+            }
+            Some("Secret") => {}
+            _ => {
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("<unnamed>");
+                out.push(format!("{} {name}", kind.unwrap_or("object without kind")));
+            }
         }
     }
     out

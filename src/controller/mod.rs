@@ -79,8 +79,10 @@ pub async fn run(
     .await?;
     let settings = policy.load().settings().clone();
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         admin = %args.admin_listen,
         config = %args.config.display(),
+        mode = settings.mode.as_str(),
         identity = %identity,
         lease = %args.lease_name,
         sync = settings.sync,

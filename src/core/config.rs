@@ -167,13 +167,129 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     } else {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
             path: path.into(),
-            message: e.to_string(),
+            message: yaml_message(&e.to_string()),
         })?
     };
     validate(&tree).map_err(|errors| ConfigError::Invalid {
         path: path.into(),
         errors,
     })
+}
+
+/// What differs between two configurations, for the reload log line: each setting that
+/// changed (`mode: enforce -> audit`), and the rules (count, patterns added, removed or whose
+/// secrets, scope or pull policy changed). Empty when nothing that matters changed (a
+/// comment, the order of keys).
+pub fn changes(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&old.settings, &new.settings);
+    let mut out = Vec::new();
+    let mut differ = |key: &str, before: String, after: String| {
+        if before != after {
+            out.push(format!("{key}: {before} -> {after}"));
+        }
+    };
+    let selection = |s: Selection| match s {
+        Selection::OptIn => "opt-in".to_string(),
+        Selection::All => "all".to_string(),
+    };
+    differ("mode", a.mode.as_str().into(), b.mode.as_str().into());
+    differ(
+        "namespaces.selection",
+        selection(a.selection),
+        selection(b.selection),
+    );
+    differ(
+        "namespaces.exclude",
+        format!("[{}]", a.exclude.join(", ")),
+        format!("[{}]", b.exclude.join(", ")),
+    );
+    for (key, before, after) in [
+        ("discovery", a.discovery, b.discovery),
+        ("sync", a.sync, b.sync),
+        ("secretAwareness", a.secret_awareness, b.secret_awareness),
+        ("repair", a.repair, b.repair),
+        ("podOptOut", a.pod_opt_out, b.pod_opt_out),
+        ("requireScope", a.require_scope, b.require_scope),
+    ] {
+        differ(key, before.to_string(), after.to_string());
+    }
+    differ(
+        "revokeAfter",
+        format!("{:?}", a.revoke_after),
+        format!("{:?}", b.revoke_after),
+    );
+    // Rules by pattern; a rule "changed" when its secrets, scope or pull policy did.
+    let what = |rule: &Rule| {
+        (
+            rule.secrets.clone(),
+            rule.scope.describe(),
+            rule.pull_policy_always,
+        )
+    };
+    let find = |rules: &[Rule], pattern: &str| {
+        rules
+            .iter()
+            .find(|r| r.pattern.as_str() == pattern)
+            .map(what)
+    };
+    let patterns =
+        |rules: &[Rule]| -> Vec<String> { rules.iter().map(|r| r.pattern.to_string()).collect() };
+    let added: Vec<String> = patterns(&new.rules)
+        .into_iter()
+        .filter(|p| find(&old.rules, p).is_none())
+        .collect();
+    let removed: Vec<String> = patterns(&old.rules)
+        .into_iter()
+        .filter(|p| find(&new.rules, p).is_none())
+        .collect();
+    let changed: Vec<String> = new
+        .rules
+        .iter()
+        .filter(|r| find(&old.rules, r.pattern.as_str()).is_some_and(|w| w != what(r)))
+        .map(|r| r.pattern.to_string())
+        .collect();
+    let order_changed =
+        added.is_empty() && removed.is_empty() && patterns(&old.rules) != patterns(&new.rules);
+    if !added.is_empty() || !removed.is_empty() || !changed.is_empty() || order_changed {
+        let mut parts = Vec::new();
+        for (label, list) in [
+            ("added", &added),
+            ("removed", &removed),
+            ("changed", &changed),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{label} {}", list.join(", ")));
+            }
+        }
+        if order_changed {
+            parts.push("reordered".into());
+        }
+        out.push(format!(
+            "rules: {} -> {} ({})",
+            old.rules.len(),
+            new.rules.len(),
+            parts.join("; ")
+        ));
+    }
+    out
+}
+
+/// A YAML parser's error for people: the location and the cause (`line 2 column 1:
+/// duplicate mapping key: mode`), without what only the parser's own API explains: its name
+/// for the input (`<input>`; callers name the file), the source excerpt it draws, and advice
+/// on its options (`set DuplicateKeyPolicy in Options`).
+pub fn yaml_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    let first = first.strip_prefix("error:").unwrap_or(first).trim();
+    let hint = [", set ", "; set "]
+        .iter()
+        .filter_map(|sep| first.find(sep))
+        .min()
+        .filter(|at| first[*at..].contains("Options") || first[*at..].contains("Policy"));
+    match hint {
+        Some(at) => first[..at].to_string(),
+        None => first.to_string(),
+    }
 }
 
 /// Checks the whole tree, collecting every error rather than stopping at the first.
@@ -607,6 +723,68 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_name_each_setting_and_rule_that_changed() {
+        let load = |text: &str| from_bytes(Path::new("c.yaml"), text.as_bytes()).expect(text);
+        let old = load(
+            "rules:\n  - registry: docker.io\n    secrets: [hub]\n  - registry: ghcr.io\n    secrets: [gh]\n",
+        );
+        let cases = [
+            (
+                "rules:\n  - registry: docker.io\n    secrets: [hub]\n  - registry: ghcr.io\n    secrets: [gh]\n# a comment\n",
+                vec![],
+            ),
+            (
+                "mode: audit\nsync: true\nrevokeAfter: 5m\nrules:\n  - registry: docker.io\n    secrets: [hub]\n  - registry: ghcr.io\n    secrets: [gh]\n",
+                vec![
+                    "mode: enforce -> audit",
+                    "sync: false -> true",
+                    "revokeAfter: 600s -> 300s",
+                ],
+            ),
+            (
+                "namespaces: {selection: all, exclude: [x]}\nrules:\n  - registry: docker.io\n    secrets: [hub2]\n  - registry: quay.io\n    secrets: [q]\n",
+                vec![
+                    "namespaces.selection: opt-in -> all",
+                    "namespaces.exclude: [kube-system, kube-public, kube-node-lease] -> [x]",
+                    "rules: 2 -> 2 (added quay.io; removed ghcr.io; changed docker.io)",
+                ],
+            ),
+            (
+                "rules:\n  - registry: ghcr.io\n    secrets: [gh]\n  - registry: docker.io\n    secrets: [hub]\n",
+                vec!["rules: 2 -> 2 (reordered)"],
+            ),
+            (
+                "rules: []\n",
+                vec!["rules: 2 -> 0 (removed docker.io, ghcr.io)"],
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(changes(&old, &load(text)), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn yaml_errors_name_the_file_and_the_key_without_parser_advice() {
+        let path = Path::new("/etc/psi/config.yaml");
+        let cases = [
+            (
+                "mode: enforce\nmode: audit\n",
+                "config file /etc/psi/config.yaml is not valid YAML: line 2 column 1: duplicate mapping key: mode",
+            ),
+            (
+                "a: [\n",
+                "config file /etc/psi/config.yaml is not valid YAML: line 1 column 4: unclosed bracket '['",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = from_bytes(path, text.as_bytes())
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(got.as_deref(), Some(want), "{text:?}");
+        }
+    }
 
     fn errors(yaml: &str) -> Vec<String> {
         match from_bytes(Path::new("test.yaml"), yaml.as_bytes()) {

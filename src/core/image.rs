@@ -298,10 +298,20 @@ fn validate_digest(digest: &str) -> Result<(), ImageError> {
     let (algorithm, encoded) = digest
         .split_once(':')
         .ok_or(ImageError::Format("invalid digest"))?;
-    let length = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
+    // The message says what was expected: `sha256:abc` is short, not merely invalid.
+    let (length, expected) = match algorithm {
+        "sha256" => (
+            64,
+            "invalid digest: sha256 takes 64 lowercase hex characters",
+        ),
+        "sha384" => (
+            96,
+            "invalid digest: sha384 takes 96 lowercase hex characters",
+        ),
+        "sha512" => (
+            128,
+            "invalid digest: sha512 takes 128 lowercase hex characters",
+        ),
         _ => return Err(ImageError::Format("unsupported digest algorithm")),
     };
     let hex = encoded
@@ -310,7 +320,7 @@ fn validate_digest(digest: &str) -> Result<(), ImageError> {
     if encoded.len() == length && hex {
         Ok(())
     } else {
-        Err(ImageError::Format("invalid digest"))
+        Err(ImageError::Format(expected))
     }
 }
 
@@ -635,7 +645,10 @@ mod tests {
             ("nginx:", ImageError::Format("invalid tag")),
             ("nginx:-bad", ImageError::Format("invalid tag")),
             ("nginx:a b", ImageError::Format("invalid tag")),
-            ("nginx@sha256:abc", ImageError::Format("invalid digest")),
+            (
+                "nginx@sha256:abc",
+                ImageError::Format("invalid digest: sha256 takes 64 lowercase hex characters"),
+            ),
             ("nginx@", ImageError::Format("invalid digest")),
             ("nginx@md5", ImageError::Format("invalid digest")),
             // Only the algorithms distribution registers, each with its length.
@@ -651,8 +664,14 @@ mod tests {
                 "nginx@sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564",
                 ImageError::Format("unsupported digest algorithm"),
             ),
-            (&sha384_short, ImageError::Format("invalid digest")),
-            (&sha512_upper, ImageError::Format("invalid digest")),
+            (
+                &sha384_short,
+                ImageError::Format("invalid digest: sha384 takes 96 lowercase hex characters"),
+            ),
+            (
+                &sha512_upper,
+                ImageError::Format("invalid digest: sha512 takes 128 lowercase hex characters"),
+            ),
             (":tag", ImageError::Format("repository name is empty")),
             ("/nginx", ImageError::Format("invalid repository path")),
             ("nginx/", ImageError::Format("invalid repository path")),

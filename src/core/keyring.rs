@@ -18,8 +18,6 @@
 //!
 //! [`ImageRef::kubelet_name`]: crate::core::image::ImageRef::kubelet_name
 
-use crate::core::rules::RegistryPattern;
-
 /// The key the kubelet keeps when a docker config lists no host (Docker Hub's fallback).
 pub const DEFAULT_REGISTRY_HOST: &str = "index.docker.io";
 
@@ -50,13 +48,6 @@ impl Keyring {
         self.keys.iter().any(|key| urls_match(key, image))
             || (is_default_registry_match(image)
                 && self.keys.iter().any(|k| k == DEFAULT_REGISTRY_HOST))
-    }
-
-    /// Whether these credentials serve every image `pattern` matches: the pattern itself is
-    /// looked up as if it were an image (a glob label is matched literally, so only a key with
-    /// the same glob, or `*`, covers it).
-    pub fn covers(&self, pattern: &RegistryPattern) -> bool {
-        self.serves(&pattern.as_kubelet_target())
     }
 }
 
@@ -90,7 +81,7 @@ pub(crate) fn stored_key(location: &str) -> Option<String> {
 }
 
 /// `ParseSchemelessURL` then `SplitURL`: labels, port and path of `host[:port][/path]`.
-fn split(url: &str) -> (Vec<&str>, &str, &str) {
+pub(crate) fn split(url: &str) -> (Vec<&str>, &str, &str) {
     let host_end = url.find(['/', '?', '#']).unwrap_or(url.len());
     let (host, rest) = url.split_at(host_end);
     let path = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
@@ -144,7 +135,7 @@ fn is_default_registry_match(image: &str) -> bool {
 /// the kubelet treats as no match. Go's algorithm, so also its cost: the pattern is split at
 /// stars into star-free chunks, each matched at its leftmost place, so a lookup is at most
 /// (label length × pattern length), never exponential in the number of stars.
-fn filepath_match(pattern: &str, name: &str) -> Option<bool> {
+pub(crate) fn filepath_match(pattern: &str, name: &str) -> Option<bool> {
     let mut pattern = pattern;
     let mut name = name;
     'chunks: while !pattern.is_empty() {
@@ -182,6 +173,12 @@ fn filepath_match(pattern: &str, name: &str) -> Option<bool> {
         return Some(false);
     }
     Some(name.is_empty())
+}
+
+/// Whether Go's `filepath.Match` accepts `pattern` at all (a malformed one matches nothing).
+pub(crate) fn is_well_formed_glob(pattern: &str) -> bool {
+    // Go reads the whole pattern even after a mismatch, so any name finds a malformed part.
+    filepath_match(pattern, "").is_some()
 }
 
 /// Go's `scanChunk`: leading stars, then the pattern up to the next star outside a class.

@@ -8,6 +8,7 @@
 //! know about the cluster, [`dockercfg`] reads docker config Secrets.
 
 pub mod config;
+pub mod coverage;
 pub mod decision;
 pub mod dockercfg;
 pub mod facts;

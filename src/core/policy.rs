@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, Settings};
+use crate::core::coverage::{self, Coverage};
 use crate::core::keyring::Keyring;
 use crate::core::rules::{Rule, RuleSet, RuleSource};
 use crate::core::scope::Scope;
@@ -109,6 +110,29 @@ impl Policy {
         &self.unscoped
     }
 
+    /// What in the rules is most likely a mistake, for `check-config` and `explain` to warn
+    /// about: no rules at all, and rules that can never win ([`RuleSet::never_winning`]).
+    pub fn warnings(&self) -> Vec<String> {
+        let rules = self.rules.rules();
+        let mut out = Vec::new();
+        if rules.is_empty() {
+            out.push(if self.settings.discovery {
+                "no rules in the file: only rules discovered from source Secrets will add anything"
+                    .to_string()
+            } else {
+                "no rules: the injector adds nothing to any Pod".to_string()
+            });
+        }
+        for (later, earlier) in self.rules.never_winning() {
+            let (later, earlier) = (&rules[later], &rules[earlier]);
+            out.push(format!(
+                "{} ({}) can never win: {} ({}) names the same registry, comes first and serves every namespace",
+                later.source, later.pattern, earlier.source, earlier.pattern
+            ));
+        }
+        out
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -120,6 +144,17 @@ impl Policy {
     /// Whether any Secret's credentials are known (then images are checked against them).
     pub fn knows_credentials(&self) -> bool {
         !self.keyrings.is_empty()
+    }
+
+    /// How much of `rule`'s images the kubelet would pull with its Secrets together (all, some,
+    /// none): `None` when a Secret's credentials are unknown.
+    pub fn coverage(&self, rule: &Rule) -> Option<Coverage> {
+        let keyrings = rule
+            .secrets
+            .iter()
+            .map(|s| Some((s.as_str(), self.keyrings.get(s)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(coverage::of(&rule.pattern, keyrings))
     }
 
     /// Whether the kubelet would use one of `rule`'s Secrets for `target` (an image's kubelet

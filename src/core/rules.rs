@@ -148,6 +148,30 @@ impl RuleSet {
             .is_none_or(|scope| scope.allows(namespace, labels))
     }
 
+    /// The rules that can never win, each with the earlier rule that always wins instead
+    /// (indexes into [`Self::rules`]): the same registry as the matcher compares them (host
+    /// case, `index.docker.io` as `docker.io`, a trailing `/`), after a rule that serves every
+    /// namespace with every one of its Secrets. An earlier rule with a scope leaves the later
+    /// one the other namespaces, so it is not reported.
+    pub fn never_winning(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (later, rule) in self.rules.iter().enumerate() {
+            let same = self.rules[..later].iter().position(|earlier| {
+                earlier.pattern.canonical() == rule.pattern.canonical()
+                    && !earlier.scope.is_declared()
+                    && earlier.secrets.iter().all(|s| {
+                        self.source_scopes
+                            .get(s)
+                            .is_none_or(|scope| !scope.is_declared())
+                    })
+            });
+            if let Some(earlier) = same {
+                out.push((later, earlier));
+            }
+        }
+        out
+    }
+
     /// The secrets of `rule` (a rule [`Self::best_match`] returned for `namespace`) that may
     /// go to `namespace`, in the rule's order: each only where its own source scope allows.
     pub fn secrets_for<'r, 'n>(
@@ -304,29 +328,40 @@ impl RegistryPattern {
         }
     }
 
-    /// The pattern written as an image name for the kubelet's keyring ([`keyring`]): glob
-    /// labels as written, so only a key with the same glob covers them.
-    pub fn as_kubelet_target(&self) -> String {
-        let mut target = self
-            .labels
-            .iter()
-            .map(LabelPattern::as_str)
-            .collect::<Vec<_>>()
-            .join(".");
-        if let Some(port) = &self.port {
-            target.push(':');
-            target.push_str(port);
-        }
-        for segment in &self.path {
-            target.push('/');
-            target.push_str(segment);
-        }
-        target
-    }
-
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// The pattern as the matcher reads it (host lowercase, `index.docker.io` as `docker.io`,
+    /// no trailing `/`): two patterns with the same canonical form match the same images.
+    pub fn canonical(&self) -> String {
+        let mut out = join_labels(&self.labels);
+        if let Some(port) = &self.port {
+            out.push(':');
+            out.push_str(port);
+        }
+        for segment in &self.path {
+            out.push('/');
+            out.push_str(segment);
+        }
+        out
+    }
+
+    /// The host's labels (lowercase), each with whether it is a glob.
+    pub(crate) fn host_labels(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.labels
+            .iter()
+            .map(|l| (l.as_str(), matches!(l, LabelPattern::Glob(_))))
+    }
+
+    pub(crate) fn port(&self) -> Option<&str> {
+        self.port.as_deref()
+    }
+
+    /// The path prefix, as whole segments.
+    pub(crate) fn path(&self) -> &[String] {
+        &self.path
     }
 
     pub fn matches(&self, image: &ImageRef<'_>) -> bool {
@@ -602,6 +637,35 @@ mod tests {
             ["src"]
         );
         assert_eq!(set.secrets_for(src, "team-a", None).count(), 0);
+    }
+
+    #[test]
+    fn rules_that_can_never_win() {
+        let scoped = |pattern: &str, secret: &str, index: usize| Rule {
+            scope: Scope::from_annotations(Some("team-a"), None).expect("scope"),
+            ..rule(pattern, secret, index)
+        };
+        let set = RuleSet::with_source_scopes(
+            vec![
+                rule("docker.io", "hub", 0),
+                rule("DOCKER.IO", "hub-2", 1),
+                rule("index.docker.io/", "hub-3", 2),
+                scoped("ghcr.io/acme", "a", 3),
+                rule("ghcr.io/acme", "b", 4),
+                rule("quay.io", "scoped-source", 5),
+                rule("quay.io", "c", 6),
+                rule("*.example.com", "d", 7),
+                rule("*.EXAMPLE.com", "e", 8),
+                rule("a.example.com", "f", 9),
+            ],
+            HashMap::from([(
+                "scoped-source".to_string(),
+                Scope::from_annotations(Some("team-b"), None).expect("scope"),
+            )]),
+        );
+        // An earlier rule with a scope (its own or its Secret's) leaves the later one the
+        // other namespaces; a glob does not hide an exact host.
+        assert_eq!(set.never_winning(), [(1, 0), (2, 0), (8, 7)]);
     }
 
     #[test]

@@ -532,14 +532,22 @@ mod tests {
         );
         // Still injected: a reference costs nothing, and the warning says what to fix.
         assert_eq!(verdict.outcome, Outcome::Patched);
-        // The rule as a whole: the scoped key covers only part of ghcr.io/acme.
-        let covered: Vec<Option<bool>> = policy
+        // The rule as a whole: the scoped key covers only part of ghcr.io/acme, which is
+        // partial coverage, not a mismatch.
+        use crate::core::coverage::{Coverage, KeyOf};
+        let covered: Vec<Option<Coverage>> = policy
             .rules()
             .rules()
             .iter()
-            .map(|r| policy.serves(r, |k| k.covers(&r.pattern)))
+            .map(|r| policy.coverage(r))
             .collect();
-        assert_eq!(covered, [Some(false), Some(false), None]);
+        let partial = Coverage::Partial {
+            served_by: vec![KeyOf {
+                secret: "scoped".into(),
+                key: "ghcr.io/acme/api".into(),
+            }],
+        };
+        assert_eq!(covered, [Some(Coverage::None), Some(partial), None]);
     }
 
     #[test]

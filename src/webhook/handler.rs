@@ -253,23 +253,28 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
         response = response.with_patch(&json);
     }
     if let Some(annotation) = &verdict.annotation {
-        // Debug: at thousands of Pods a second an info line costs more than the decision;
-        // metrics and audit annotations carry the record.
-        tracing::debug!(secrets = %annotation.value, key = %annotation.key, "imagePullSecrets decided");
         response
             .audit_annotations
             .insert(annotation.key.clone(), annotation.value.clone());
     }
-    match verdict.outcome {
-        Outcome::Skipped(reason) => tracing::debug!(reason = reason.as_str(), "skipped"),
-        _ => {
-            if let Some(mode) = verdict.mode {
-                span.record("mode", mode.as_str());
-            }
-        }
-    }
+    // Mode and outcome are recorded before the line below, so it carries them (a span's fields
+    // show in the events that come after they are recorded). A skipped Pod is in the
+    // configuration's mode; audit and enforce Pods in the mode decided for them.
+    let mode = verdict.mode.unwrap_or(policy.settings().mode);
+    span.record("mode", tracing::field::display(mode.as_str()));
     let outcome = AdmissionOutcome::from(verdict.outcome);
     span.record("outcome", format_args!("{outcome:?}"));
+    // One debug line per admission. Debug: at thousands of Pods a second an info line costs
+    // more than the decision; metrics and audit annotations carry the record.
+    match (verdict.outcome, &verdict.annotation) {
+        (Outcome::Skipped(reason), _) => {
+            tracing::debug!(reason = reason.as_str(), "admission skipped")
+        }
+        (_, Some(annotation)) => {
+            tracing::debug!(secrets = %annotation.value, key = %annotation.key, "imagePullSecrets decided")
+        }
+        (_, None) => tracing::debug!("admission decided: nothing to add"),
+    }
     Answer {
         status: StatusCode::OK,
         body: review::encode_response(api_version, &response),

@@ -118,7 +118,11 @@ impl Server {
             config
         };
         let (pair, pair_bytes) = tls::load_pair(&args.tls_cert, &args.tls_key)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(if args.standalone {
+            Metrics::standalone()
+        } else {
+            Metrics::default()
+        });
         metrics.certificate_expiry.set(pair.not_after);
         let resolver = ReloadingResolver::new(&pair);
         let client_verifier = args
@@ -175,11 +179,15 @@ impl Server {
         let webhook_addr = local_addr(&webhook_listener, "--listen", args.listen)?;
         let admin_addr = local_addr(&admin_listener, "--admin-listen", args.admin_listen)?;
         readiness.set_tls_loaded();
+        let serving = policy.load();
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
             listen = %webhook_addr,
             admin = %admin_addr,
+            config = %args.config.display(),
+            mode = serving.settings().mode.as_str(),
             standalone = args.standalone,
-            rules = policy.load().rules().rules().len(),
+            rules = serving.rules().rules().len(),
             client_certificates = args.client_ca.is_some(),
             memory_budget = budget_limits.bytes,
             "pullsecret-injector serving"

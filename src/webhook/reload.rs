@@ -137,12 +137,26 @@ pub async fn watch_config(
             Ok(config)
         }
     };
+    // What the last good file said, to log what a reload changes.
+    let mut current = config::from_bytes(&path, &baseline).ok();
     poll_files(paths, vec![baseline], interval, |files| match parse(&files[0]) {
         Ok(config) => {
             let rules = config.rules.len();
+            let what = match &current {
+                Some(old) => {
+                    let changes = config::changes(old, &config);
+                    if changes.is_empty() {
+                        "nothing that matters (comments, formatting)".to_string()
+                    } else {
+                        changes.join("; ")
+                    }
+                }
+                None => "the startup file was not readable".to_string(),
+            };
+            current = Some(config.clone());
             store.set_config(config);
             Metrics::reload(&metrics.config_reloads, true);
-            tracing::info!(path = %path.display(), rules, "configuration reloaded");
+            tracing::info!(path = %path.display(), rules, changed = %what, "configuration reloaded");
             changed.notify_one();
         }
         Err(e) => {

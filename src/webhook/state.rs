@@ -67,7 +67,7 @@ impl App {
             policy: Arc::new(policy),
             facts: Arc::new(NothingKnown),
             own_namespace,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::standalone()),
             readiness: Arc::new(readiness),
         }
     }

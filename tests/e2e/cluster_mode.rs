@@ -261,7 +261,7 @@ pub async fn audit_cli(sc: Sc) -> Result<()> {
             &kubeconfig,
             "--config",
             &config,
-            "--namespace",
+            "--injector-namespace",
             &inst.ns,
         ]
         .iter()

@@ -153,7 +153,7 @@ pub async fn outage(sc: Sc) -> Result<()> {
             &kubeconfig,
             "--config",
             &config,
-            "--namespace",
+            "--injector-namespace",
             &inst.ns,
             "-n",
             &ns,
