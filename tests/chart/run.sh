@@ -86,12 +86,15 @@ if ! grep -q '^manifests: [0-9]* passed, 0 failed$' "$WORK/check.out"; then
 fi
 
 step "invalid values must fail the render"
+# Each bad file must fail for its own reason, not for the image the chart has no default for:
+# an image comes first, and the bad file's values override it (ci/bad/image-missing.yaml).
+printf 'image:\n  repository: registry.example.com/platform/pullsecret-injector\n' >"$WORK/image-values.yaml"
 for f in "${BAD[@]}"; do
   want=$(sed -n 's/^# expect: //p' "$f")
   want_raw=$(sed -n 's/^# expect-without-schema: //p' "$f")
   read -r -a extra <<<"$(sed -n 's/^# args: //p' "$f")"
   if [ -z "$want" ]; then fail "$(basename "$f") has no '# expect:' line"; continue; fi
-  if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" >/dev/null 2>"$WORK/bad.err"; then
+  if helm template "$RELEASE" "$CHART" -n "$NS" -f "$WORK/image-values.yaml" -f "$f" "${extra[@]}" >/dev/null 2>"$WORK/bad.err"; then
     fail "$(basename "$f") rendered, expected failure: $want"
   elif grep -qF -- "$want" "$WORK/bad.err"; then
     pass "$(basename "$f") fails: $want"
@@ -100,7 +103,7 @@ for f in "${BAD[@]}"; do
   fi
   # The template's own checks too, for when schema validation is skipped.
   if [ -n "$want_raw" ]; then
-    if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" --skip-schema-validation \
+    if helm template "$RELEASE" "$CHART" -n "$NS" -f "$WORK/image-values.yaml" -f "$f" "${extra[@]}" --skip-schema-validation \
         >/dev/null 2>"$WORK/bad.err"; then
       fail "$(basename "$f") rendered without schema, expected: $want_raw"
     elif grep -qF -- "$want_raw" "$WORK/bad.err"; then
@@ -110,6 +113,15 @@ for f in "${BAD[@]}"; do
     fi
   fi
 done
+
+# The chart's own defaults name no image: the render stops with how to get one.
+if helm template "$RELEASE" "$CHART" -n "$NS" >/dev/null 2>"$WORK/bad.err"; then
+  fail "the chart's defaults rendered without an image"
+elif grep -qF 'image.repository is required: build the injector'"'"'s image with scripts/build-image.sh' "$WORK/bad.err"; then
+  pass "the chart's defaults alone fail: image.repository is required (scripts/build-image.sh)"
+else
+  fail "the chart's defaults failed without the image.repository message"; show "$WORK/bad.err"
+fi
 
 step "e2e helpers (render.sh, to_loopback.py)"
 if tests/chart/render.sh -k 1.20.2 "$CHART/ci/sync-discovery-values.yaml" "$WORK/e2e" >"$WORK/e2e.out" 2>&1 \
