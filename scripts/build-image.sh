@@ -24,14 +24,14 @@
 #                        machine can read a command line: prefer `skopeo login --password-stdin`
 #   --cert-dir DIR       trust the CA certificates (*.crt) in DIR for this registry
 #   --tls-verify=false   push over plain HTTP, or without verifying the registry's certificate
-#                        (default true; a registry on localhost is plain HTTP to skopeo anyway)
+#                        (default: HTTPS, certificate verified)
 # Env:   DOCKERFILE (./Dockerfile)
 # Prints REGISTRY/REPOSITORY:TAG@sha256:DIGEST on stdout (the reference to put in the chart:
 # image.repository, image.digest); what it did on stderr. Credentials are never printed.
 # Needs: umoci, skopeo, python3, readelf (Debian: apt-get install umoci skopeo python3 binutils).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 die() { echo "build-image.sh: $*" >&2; exit 1; }
 
 BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/pullsecret-injector
@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
     --cert-dir=*) AUTH+=(--dest-cert-dir "${1#*=}"); INSPECT_AUTH+=(--cert-dir "${1#*=}") ;;
     --tls-verify=true | --tls-verify=false) AUTH+=("--dest-${1#--}"); INSPECT_AUTH+=("$1") ;;
     --tls-verify) AUTH+=(--dest-tls-verify="${2:?--tls-verify true|false}"); INSPECT_AUTH+=(--tls-verify="$2"); shift ;;
-    -h | --help) usage ;;
+    -h | --help) usage 0 ;;
     -*) echo "build-image.sh: unknown option $1" >&2; usage ;;
     *) [ -z "$IMAGE" ] || { echo "build-image.sh: one image reference only" >&2; usage; }; IMAGE=$1 ;;
   esac
