@@ -27,10 +27,10 @@ TAG=${INJECTOR_TAG:-$(sha256sum "$BIN" | cut -c1-12)}
 IMG=$REG/${INJECTOR_REPO:-private/pullsecret-injector}:$TAG
 W=$DIR/injector-image/$TAG
 rm -rf "$W" && mkdir -p "$W" && chmod 0700 "$W"
+trap 'rm -f "$W/auth.json"' EXIT
 skopeo login --authfile "$W/auth.json" --cert-dir "$DIR/registry/certs" -u "$REG_USER" --password-stdin "$REG" \
   <<<"$REG_PASS" >/dev/null
 ref=$("$ROOT/scripts/build-image.sh" --binary "$BIN" --oci "$W/oci" --authfile "$W/auth.json" \
   --cert-dir "$DIR/registry/certs" "${labels[@]}" "$IMG")
-rm -f "$W/auth.json"
 echo "injector-image.sh: $ref" >&2
 echo "$IMG"
