@@ -64,7 +64,9 @@ echo "--- render"
 mkdir -p "$WORK/render"
 render() {  # render NAME RELEASE NAMESPACE HELM_ARGS...
   local name=$1 release=$2 ns=$3; shift 3
-  if "$HELM" template "$release" "$CHART" -n "$ns" --kube-version 1.33.0 "$@" >"$WORK/render/$name.yaml" 2>"$WORK/render.err"; then
+  # The chart has no default image: every render here gets the same one.
+  if "$HELM" template "$release" "$CHART" -n "$ns" --kube-version 1.33.0 \
+      --set image.repository=registry.example.com/platform/pullsecret-injector "$@" >"$WORK/render/$name.yaml" 2>"$WORK/render.err"; then
     pass "helm template $name ($release in $ns $*)"
   else
     fail "helm template $name"; show "$WORK/render.err"; return 1

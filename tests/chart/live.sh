@@ -195,10 +195,12 @@ PY
 done
 
 # Upgrade keeps the Helm-generated CA (lookup), and with it the Pods (checksum/tls).
+# --reuse-values: an upgrade given only --set starts again from the chart's defaults, and those
+# have no image (docs/install.md, Upgrade).
 ca() { k get mutatingwebhookconfiguration defaults-pullsecret-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | sha256sum; }
 sum() { k get deploy -n live-defaults defaults-pullsecret-injector -o jsonpath='{.spec.template.metadata.annotations.checksum/tls}'; }
 ca1=$(ca) sum1=$(sum)
-if "$HELM" upgrade defaults "$CHART" -n live-defaults --set logLevel=debug >"$DIR/upgrade.out" 2>&1 \
+if "$HELM" upgrade defaults "$CHART" -n live-defaults --reuse-values --set logLevel=debug >"$DIR/upgrade.out" 2>&1 \
    && [ "$(ca)" = "$ca1" ] && [ "$(sum)" = "$sum1" ] && [ -n "$sum1" ]; then
   pass "defaults: helm upgrade reuses the generated CA and serving certificate"
 else

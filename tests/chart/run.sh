@@ -9,7 +9,7 @@
 # its '# expect:' message; render.sh/to_loopback.py; live install on a real kube-apiserver when
 # one is on the machine (live.sh); the built binary (if any) with the rendered config and the
 # Deployment's args (binary_smoke.py); certs/make-certs.sh; values/docs agreement; yamllint,
-# then shellcheck, hadolint and checkov.
+# then shellcheck, hadolint, actionlint (.github/workflows) and checkov.
 # Prints one PASS/FAIL line per check and exits non-zero on any failure.
 set -euo pipefail
 
@@ -86,12 +86,15 @@ if ! grep -q '^manifests: [0-9]* passed, 0 failed$' "$WORK/check.out"; then
 fi
 
 step "invalid values must fail the render"
+# Each bad file must fail for its own reason, not for the image the chart has no default for:
+# an image comes first, and the bad file's values override it (ci/bad/image-missing.yaml).
+printf 'image:\n  repository: registry.example.com/platform/pullsecret-injector\n' >"$WORK/image-values.yaml"
 for f in "${BAD[@]}"; do
   want=$(sed -n 's/^# expect: //p' "$f")
   want_raw=$(sed -n 's/^# expect-without-schema: //p' "$f")
   read -r -a extra <<<"$(sed -n 's/^# args: //p' "$f")"
   if [ -z "$want" ]; then fail "$(basename "$f") has no '# expect:' line"; continue; fi
-  if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" >/dev/null 2>"$WORK/bad.err"; then
+  if helm template "$RELEASE" "$CHART" -n "$NS" -f "$WORK/image-values.yaml" -f "$f" "${extra[@]}" >/dev/null 2>"$WORK/bad.err"; then
     fail "$(basename "$f") rendered, expected failure: $want"
   elif grep -qF -- "$want" "$WORK/bad.err"; then
     pass "$(basename "$f") fails: $want"
@@ -100,7 +103,7 @@ for f in "${BAD[@]}"; do
   fi
   # The template's own checks too, for when schema validation is skipped.
   if [ -n "$want_raw" ]; then
-    if helm template "$RELEASE" "$CHART" -n "$NS" -f "$f" "${extra[@]}" --skip-schema-validation \
+    if helm template "$RELEASE" "$CHART" -n "$NS" -f "$WORK/image-values.yaml" -f "$f" "${extra[@]}" --skip-schema-validation \
         >/dev/null 2>"$WORK/bad.err"; then
       fail "$(basename "$f") rendered without schema, expected: $want_raw"
     elif grep -qF -- "$want_raw" "$WORK/bad.err"; then
@@ -110,6 +113,15 @@ for f in "${BAD[@]}"; do
     fi
   fi
 done
+
+# The chart's own defaults name no image: the render stops with how to get one.
+if helm template "$RELEASE" "$CHART" -n "$NS" >/dev/null 2>"$WORK/bad.err"; then
+  fail "the chart's defaults rendered without an image"
+elif grep -qF 'image.repository is required: build the injector'"'"'s image with scripts/build-image.sh' "$WORK/bad.err"; then
+  pass "the chart's defaults alone fail: image.repository is required (scripts/build-image.sh)"
+else
+  fail "the chart's defaults failed without the image.repository message"; show "$WORK/bad.err"
+fi
 
 step "e2e helpers (render.sh, to_loopback.py)"
 if tests/chart/render.sh -k 1.20.2 "$CHART/ci/sync-discovery-values.yaml" "$WORK/e2e" >"$WORK/e2e.out" 2>&1 \
@@ -193,15 +205,15 @@ grep -qE '^(PASS|FAIL) ' "$WORK/docs.out" || { fail "check_values_docs.py"; show
 
 step "yamllint"
 if "$TOOLS/venv/bin/yamllint" -s -c tests/chart/yamllint.yaml "$CHART/Chart.yaml" "$CHART/values.yaml" \
-    "$CHART"/ci/*.yaml "$CHART"/ci/bad/*.yaml tests/chart/checkov.yaml >"$WORK/yamllint.out" 2>&1; then
-  pass "yamllint values.yaml, Chart.yaml, ci/*.yaml, ci/bad/*.yaml"
+    "$CHART"/ci/*.yaml "$CHART"/ci/bad/*.yaml tests/chart/checkov.yaml .github/workflows/*.yaml >"$WORK/yamllint.out" 2>&1; then
+  pass "yamllint values.yaml, Chart.yaml, ci/*.yaml, ci/bad/*.yaml, .github/workflows/*.yaml"
 else
   fail "yamllint"; show "$WORK/yamllint.out"
 fi
 
 step "shellcheck"
-if "$TOOLS/venv/bin/shellcheck" -x tests/chart/*.sh certs/make-certs.sh >"$WORK/shellcheck.out" 2>&1; then
-  pass "shellcheck tests/chart/*.sh certs/make-certs.sh"
+if "$TOOLS/venv/bin/shellcheck" -x tests/chart/*.sh certs/make-certs.sh scripts/*.sh >"$WORK/shellcheck.out" 2>&1; then
+  pass "shellcheck tests/chart/*.sh certs/make-certs.sh scripts/*.sh"
 else
   fail "shellcheck"; show "$WORK/shellcheck.out"
 fi
@@ -211,6 +223,29 @@ if "$TOOLS/venv/bin/hadolint" Dockerfile >"$WORK/hadolint.out" 2>&1; then
   pass "hadolint Dockerfile"
 else
   fail "hadolint Dockerfile"; show "$WORK/hadolint.out"
+fi
+
+step "actionlint (.github/workflows; shellcheck on their run: scripts)"
+# The release workflow is never run here: it is checked statically, and the linter must be able
+# to fail (a copy with an undefined step output and an action input that does not exist).
+mapfile -t WORKFLOWS < <(find .github/workflows -maxdepth 1 -name '*.y*ml' | sort)
+if [ "${#WORKFLOWS[@]}" = 0 ]; then
+  fail "no workflow in .github/workflows"
+elif PATH="$TOOLS/venv/bin:$PATH" "$TOOLS/venv/bin/actionlint" -color=false "${WORKFLOWS[@]}" >"$WORK/actionlint.out" 2>&1; then
+  pass "actionlint ${WORKFLOWS[*]} ($("$TOOLS/venv/bin/actionlint" --version | head -n 1))"
+else
+  fail "actionlint"; show "$WORK/actionlint.out"
+fi
+mkdir -p "$WORK/actionlint/.github/workflows"
+sed -e 's/steps\.build\.outputs\.digest/steps.biuld.outputs.digest/' -e 's/^\( *\)sbom: true$/\1sbomx: true/' \
+  .github/workflows/release.yaml >"$WORK/actionlint/.github/workflows/release.yaml"
+if (cd "$WORK/actionlint" && PATH="$TOOLS/venv/bin:$PATH" "$TOOLS/venv/bin/actionlint" -color=false .github/workflows/release.yaml) \
+    >"$WORK/actionlint-bad.out" 2>&1; then
+  fail "actionlint accepted a release workflow with an undefined step output and an unknown input"
+elif grep -q 'property "biuld" is not defined' "$WORK/actionlint-bad.out" && grep -q 'input "sbomx" is not defined' "$WORK/actionlint-bad.out"; then
+  pass "actionlint rejects a broken copy of release.yaml (undefined step output, unknown action input)"
+else
+  fail "actionlint failed on the broken copy without the expected errors"; show "$WORK/actionlint-bad.out"
 fi
 
 if [ "${SKIP_CHECKOV:-}" = 1 ]; then

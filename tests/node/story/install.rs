@@ -218,7 +218,8 @@ pub async fn controller_pods(client: &kube::Client) -> Result<Vec<InjectorPod>> 
     pods_selected(client, CONTROLLER_SELECTOR).await
 }
 
-async fn pods_selected(client: &kube::Client, selector: &str) -> Result<Vec<InjectorPod>> {
+/// Injector Pods (not being deleted) whose labels match `selector`, in the release namespace.
+pub async fn pods_selected(client: &kube::Client, selector: &str) -> Result<Vec<InjectorPod>> {
     let list = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
         .list(&ListParams::default().labels(selector))
         .await?;
@@ -255,10 +256,21 @@ pub async fn await_ready(
     replicas: usize,
     except: &[String],
 ) -> Result<Vec<InjectorPod>> {
+    await_ready_selected(client, SELECTOR, replicas, except).await
+}
+
+/// `await_ready` for the Pods `selector` matches (another release, or webhook and controller
+/// Pods together).
+pub async fn await_ready_selected(
+    client: &kube::Client,
+    selector: &str,
+    replicas: usize,
+    except: &[String],
+) -> Result<Vec<InjectorPod>> {
     let started = Instant::now();
     let mut last = Vec::new();
     while started.elapsed() < Duration::from_secs(180) {
-        let all = pods(client).await?;
+        let all = pods_selected(client, selector).await?;
         for p in &all {
             let hopeless = matches!(&p.state, kubelet::State::Waiting(r)
                 if ["CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"].contains(&r.as_str()));
@@ -287,7 +299,7 @@ pub async fn await_ready(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!(
-        "not {replicas} injector Pod(s) Running and Ready within 180 s: {:?}",
+        "not {replicas} injector Pod(s) ({selector}) Running and Ready within 180 s: {:?}",
         last.iter()
             .map(|p| format!("{} {:?} ready={}", p.name, p.state, p.ready))
             .collect::<Vec<_>>()

@@ -19,6 +19,7 @@ mod install;
 mod journal;
 mod kubelet;
 mod latency;
+mod lifecycle;
 mod operations;
 mod story;
 mod tenancy;
@@ -93,4 +94,11 @@ scenario!(
     s9_uninstall,
     "helm uninstall leaves no webhook behind; Pod creation keeps working",
     operations::uninstall
+);
+
+// Issue 18.2: a release's whole Helm lifecycle, after the story's release is gone.
+scenario!(
+    s9b_helm_lifecycle,
+    "helm install, upgrade to a new image, rollback, uninstall: Pods created throughout all get their secret and run; no webhook left",
+    lifecycle::helm_lifecycle
 );
