@@ -858,3 +858,50 @@ fn explain_says_why_for_listed_secrets_templates_overrides_volumes_and_digests()
     assert_eq!(json[0]["images"][1]["overridesPullPolicy"], "IfNotPresent");
     assert_eq!(json[0]["add"], serde_json::json!(["ghcr-acme"]));
 }
+
+#[test]
+fn explain_names_the_nearest_rule_and_what_differs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: ghcr.io/acme\n    secrets: [ghcr]\n  - registry: registry.internal.example.com:5000\n    secrets: [internal]\n",
+    )
+    .expect("write");
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: team-a}\nspec:\n  containers:\n    - {name: a, image: ghcr.io/acme-evil/report:1}\n    - {name: b, image: registry.internal.example.com/team/app}\n    - {name: c, image: quay.io/x/y}\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run_bin(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "-f".as_ref(),
+        pod.as_os_str(),
+        "-o".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let images = json
+        .pointer("/0/images")
+        .or_else(|| json.pointer("/items/0/images"))
+        .or_else(|| json.pointer("/pods/0/images"))
+        .unwrap_or_else(|| panic!("no images in {json}"));
+    assert_eq!(
+        images[0]["nearest"],
+        serde_json::json!({"rule": "ghcr.io/acme", "reason": "path segment 1: the rule needs 'acme', the image has 'acme-evil' (paths match whole segments, not prefixes)"})
+    );
+    assert_eq!(images[1]["nearest"]["rule"], "registry.internal.example.com:5000");
+    assert!(
+        images[1]["nearest"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("the port differs")),
+        "{}",
+        images[1]
+    );
+    // Nothing near: no field at all.
+    assert!(images[2].get("nearest").is_none(), "{}", images[2]);
+}

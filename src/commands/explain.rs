@@ -28,7 +28,7 @@ use crate::core::names::INJECT_LABEL;
 use crate::core::policy::Policy;
 use crate::core::policy::Sources;
 use crate::core::review::Pod;
-use crate::core::rules::{Rule, RuleSet};
+use crate::core::rules::{NearMiss, Rule, RuleSet};
 use crate::core::scope::Scope;
 use crate::core::verdict::{self, Outcome};
 
@@ -104,6 +104,33 @@ pub struct ImageReport {
     /// The most specific rule matching the image, when it does not serve the namespace (then
     /// a less specific rule in scope, or none, serves the image).
     pub out_of_scope: Option<OutOfScope>,
+    /// When no rule matches: the rule that nearly does, and the one thing that differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nearest: Option<Nearest>,
+}
+
+/// A rule that nearly matches an image no rule matches ([`RegistryPattern::near_miss`]).
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Nearest {
+    pub rule: String,
+    pub reason: String,
+}
+
+/// The rule nearest to `image`: one whose host matches (a port or path segment differs) before
+/// one a host label away; the first in the file among equals.
+fn nearest_rule(rules: &[Rule], image: &crate::core::image::ImageRef<'_>) -> Option<Nearest> {
+    let misses = rules
+        .iter()
+        .filter_map(|rule| Some((rule, rule.pattern.near_miss(image)?)));
+    let (rule, reason) = misses.min_by_key(|(_, miss)| match miss {
+        NearMiss::HostLabel { .. } => 1,
+        _ => 0,
+    })?;
+    Some(Nearest {
+        rule: rule.pattern.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 /// A rule that matches an image but does not serve the Pod's namespace.
@@ -476,6 +503,7 @@ pub fn explain(
                 scope: None,
                 out_of_scope: None,
                 overrides_pull_policy: None,
+                nearest: None,
             };
             match &finding.outcome {
                 ImageOutcome::NoImage => report.error = Some("no image".into()),
@@ -487,6 +515,9 @@ pub fn explain(
                         .best(policy, image)
                         .filter(|best| !serves(best))
                         .map(out_of_scope);
+                    if report.out_of_scope.is_none() {
+                        report.nearest = nearest_rule(policy.rules().rules(), image);
+                    }
                 }
                 ImageOutcome::Matched { image, rule } => {
                     report.registry = Some(image.registry());
@@ -597,9 +628,14 @@ pub fn render_text(explanations: &[Explanation], notes: &[String]) -> String {
                         "\n    registry {registry}, repository {}: {}",
                         c.repository.as_deref().unwrap_or(""),
                         if c.out_of_scope.is_some() {
-                            "no rule serves this namespace"
+                            "no rule serves this namespace".to_string()
+                        } else if let Some(near) = &c.nearest {
+                            format!(
+                                "no rule matches; nearest: rule {}: {}",
+                                near.rule, near.reason
+                            )
                         } else {
-                            "no rule matches"
+                            "no rule matches".to_string()
                         }
                     );
                 }

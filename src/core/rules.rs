@@ -243,6 +243,65 @@ impl LabelPattern {
     }
 }
 
+/// The one difference between a pattern and an image it nearly matches
+/// ([`RegistryPattern::near_miss`]); its text completes "rule X does not match: ...".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NearMiss {
+    Port {
+        rule: Option<String>,
+        image: Option<String>,
+    },
+    /// 1-based segment of the repository path.
+    PathSegment {
+        index: usize,
+        rule: String,
+        image: Option<String>,
+    },
+    /// 1-based label of the host, from the left.
+    HostLabel {
+        index: usize,
+        rule: String,
+        image: String,
+    },
+}
+
+impl std::fmt::Display for NearMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let port = |p: &Option<String>| {
+            p.as_ref()
+                .map_or("no port".to_string(), |p| format!("port {p}"))
+        };
+        match self {
+            NearMiss::Port { rule, image } => write!(
+                f,
+                "the port differs: the rule has {}, the image {} (ports must be equal)",
+                port(rule),
+                port(image)
+            ),
+            NearMiss::PathSegment {
+                index,
+                rule,
+                image: None,
+            } => write!(
+                f,
+                "path segment {index}: the rule needs '{rule}', the image's path ends before it"
+            ),
+            NearMiss::PathSegment {
+                index,
+                rule,
+                image: Some(image),
+            } => write!(
+                f,
+                "path segment {index}: the rule needs '{rule}', the image has '{image}' (paths match whole segments, not prefixes)"
+            ),
+            NearMiss::HostLabel { index, rule, image } => write!(
+                f,
+                "host label {index}: the rule has '{rule}', the image '{image}'"
+            ),
+        }
+    }
+}
+
 /// Why a pattern was rejected; the text completes "'X' is not a valid registry pattern: ...".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
@@ -398,6 +457,56 @@ impl RegistryPattern {
         self.path
             .iter()
             .all(|want| segments.next() == Some(want.as_str()))
+    }
+
+    /// When this pattern nearly matches `image`, the one thing that differs: the host matches
+    /// but the port or a path segment does not, or the port matches and exactly one host label
+    /// of three or more differs. (Case never makes a miss: hosts compare ignoring case, paths are lowercase.)
+    /// `None` when it matches, or differs in more than that.
+    pub fn near_miss(&self, image: &ImageRef<'_>) -> Option<NearMiss> {
+        if self.matches(image) {
+            return None;
+        }
+        let host_labels: Vec<&str> = image.host.split('.').collect();
+        let differing: Vec<usize> = if host_labels.len() == self.labels.len() {
+            (0..self.labels.len())
+                .filter(|&i| !self.labels[i].matches(host_labels[i]))
+                .collect()
+        } else {
+            return None;
+        };
+        if differing.is_empty() {
+            if self.port.as_deref() != image.port {
+                return Some(NearMiss::Port {
+                    rule: self.port.clone(),
+                    image: image.port.map(str::to_string),
+                });
+            }
+            let mut segments = image.path_segments();
+            for (index, want) in self.path.iter().enumerate() {
+                let got = segments.next().filter(|s| !s.is_empty());
+                if got != Some(want.as_str()) {
+                    return Some(NearMiss::PathSegment {
+                        index: index + 1,
+                        rule: want.clone(),
+                        image: got.map(str::to_string),
+                    });
+                }
+            }
+            return None;
+        }
+        // One label off among at least three (two agree): `eu.gcr.io` for `us.gcr.io`, not
+        // `quay.io` for `ghcr.io`.
+        match differing.as_slice() {
+            [index] if self.port.as_deref() == image.port && host_labels.len() >= 3 => {
+                Some(NearMiss::HostLabel {
+                    index: index + 1,
+                    rule: self.labels[*index].as_str().to_string(),
+                    image: host_labels[*index].to_string(),
+                })
+            }
+            _ => None,
+        }
     }
 
     fn specificity(&self) -> Specificity {
@@ -686,6 +795,62 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(RegistryPattern::parse(input).err(), Some(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn near_misses_name_the_one_difference() {
+        // (rule, image, the reason's text, or None for a match or more than one difference)
+        let table: &[(&str, &str, Option<&str>)] = &[
+            (
+                "ghcr.io/acme",
+                "ghcr.io/acme-evil/report",
+                Some(
+                    "path segment 1: the rule needs 'acme', the image has 'acme-evil' (paths match whole segments, not prefixes)",
+                ),
+            ),
+            (
+                "ghcr.io/acme/team",
+                "ghcr.io/acme",
+                Some("path segment 2: the rule needs 'team', the image's path ends before it"),
+            ),
+            // Case never makes a miss: hosts compare ignoring case, and paths are lowercase in
+            // both (a pattern or image with capitals in its path is refused when parsed).
+            ("GHCR.io/acme", "ghcr.io/acme/app", None),
+            (
+                "registry.internal.example.com:5000",
+                "registry.internal.example.com/team/app",
+                Some(
+                    "the port differs: the rule has port 5000, the image no port (ports must be equal)",
+                ),
+            ),
+            (
+                "registry.local",
+                "registry.local:5000/app",
+                Some(
+                    "the port differs: the rule has no port, the image port 5000 (ports must be equal)",
+                ),
+            ),
+            (
+                "eu.gcr.io",
+                "us.gcr.io/p/app",
+                Some("host label 1: the rule has 'eu', the image 'us'"),
+            ),
+            (
+                "*.dkr.ecr.eu-west-1.amazonaws.com",
+                "1.dkr.ecr.us-east-1.amazonaws.com/app",
+                Some("host label 4: the rule has 'eu-west-1', the image 'us-east-1'"),
+            ),
+            ("ghcr.io/acme", "ghcr.io/acme/app", None),
+            ("quay.io", "ghcr.io/acme/app", None),
+            ("a.example.com:5000", "b.example.com/app", None),
+            ("example.com", "registry.example.com/app", None),
+        ];
+        for (rule, image_ref, want) in table {
+            let pattern = RegistryPattern::parse(rule).expect(rule);
+            let image = image::parse(image_ref).expect(image_ref);
+            let got = pattern.near_miss(&image).map(|m| m.to_string());
+            assert_eq!(got.as_deref(), *want, "{rule} vs {image_ref}");
         }
     }
 
