@@ -894,7 +894,10 @@ fn explain_names_the_nearest_rule_and_what_differs() {
         images[0]["nearest"],
         serde_json::json!({"rule": "ghcr.io/acme", "reason": "path segment 1: the rule needs 'acme', the image has 'acme-evil' (paths match whole segments, not prefixes)"})
     );
-    assert_eq!(images[1]["nearest"]["rule"], "registry.internal.example.com:5000");
+    assert_eq!(
+        images[1]["nearest"]["rule"],
+        "registry.internal.example.com:5000"
+    );
     assert!(
         images[1]["nearest"]["reason"]
             .as_str()
