@@ -320,7 +320,13 @@ mod tests {
         let late = jwt(&json!({"exp": 2_000}));
         let auth_only = B64.encode(format!("AWS:{}", jwt(&json!({"exp": 500}))));
         // (annotations, auths, expected (at, origin) or None, problems)
-        let cases: Vec<(Vec<(&str, &str)>, Value, Option<(i64, String)>, usize)> = vec![
+        type Case = (
+            Vec<(&'static str, &'static str)>,
+            Value,
+            Option<(i64, String)>,
+            usize,
+        );
+        let cases: Vec<Case> = vec![
             (
                 vec![
                     (EXPIRES_AT_ANNOTATION, "1970-01-01T00:50:00Z"),
