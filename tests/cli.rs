@@ -908,3 +908,77 @@ fn explain_names_the_nearest_rule_and_what_differs() {
     // Nothing near: no field at all.
     assert!(images[2].get("nearest").is_none(), "{}", images[2]);
 }
+
+/// A docker config Secret for `server` with `password`, and `annotations` (YAML flow map).
+fn secret_with(name: &str, server: &str, password: &str, annotations: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config =
+        format!(r#"{{"auths":{{"{server}":{{"username":"u","password":"{password}"}}}}}}"#);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  annotations: {annotations}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+        b64(&config)
+    )
+}
+
+/// A JWT whose payload is `claims`, with a dummy signature.
+fn jwt(claims: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.c2ln", b64(r#"{"alg":"none"}"#), b64(claims))
+}
+
+#[test]
+fn check_config_shows_each_secrets_expiry_and_warns_about_expired_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n  - registry: quay.io\n    secrets: [quay]\n  - registry: docker.io\n    secrets: [hub]\n",
+    )
+    .expect("write");
+    let token = jwt(r#"{"exp":1000000000,"sub":"robot-s3cret"}"#);
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "{}---\n{}---\n{}",
+            secret_with(
+                "ghcr",
+                "ghcr.io",
+                "p",
+                "{pullsecret-injector/expires-at: '2099-01-01T02:00:00+02:00'}"
+            ),
+            secret_with("quay", "quay.io", &token, "{}"),
+            secret_with("hub", "docker.io", "p", "{expiresAt: 'next week'}"),
+        ),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run_bin(&[
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "-f".as_ref(),
+        secrets.as_os_str(),
+    ]);
+    // Expiry is a warning: the exit code is the rules' answer.
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        "Secret ghcr: expires at 2099-01-01T00:00:00Z (annotation pullsecret-injector/expires-at)",
+        "Secret quay: expired at 2001-09-09T01:46:40Z (JWT exp in password of quay.io)",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+    assert!(!stdout.contains("Secret hub:"), "{stdout}");
+    for line in [
+        "has expired: pulls with it fail until it is renewed",
+        "Secret hub: annotation expiresAt: \"next week\" is neither RFC 3339 nor Unix seconds; ignored",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in {stderr}");
+    }
+    let printed = format!("{stdout}{stderr}");
+    assert!(
+        !printed.contains(&token) && !printed.contains("s3cret"),
+        "{printed}"
+    );
+}
