@@ -151,7 +151,13 @@ impl Discovery {
             if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
                 out.keyrings.insert(name.clone(), keyring);
             }
-            if let Some(expiry) = &source.expiry.expiry {
+            // Only pull credentials expire as far as Pods are concerned.
+            if let Some(expiry) = source
+                .expiry
+                .expiry
+                .as_ref()
+                .filter(|_| source.is_pull_credential())
+            {
                 out.expiries.insert(name.clone(), expiry.clone());
             }
             out.scopes.insert(name.clone(), source.scope);
@@ -486,6 +492,10 @@ rules:
         ));
         put(annotated("bad", &[(EXPIRES_AT_ANNOTATION, "someday")], "1"));
         put(annotated("plain", &[], "1"));
+        let mut opaque = secret("opaque", json!({"type": "Opaque", "data": {"a": "eA=="}}));
+        opaque.metadata.annotations =
+            Some([(EXPIRES_AT_ANNOTATION.to_string(), "1796612400".to_string())].into());
+        put(opaque);
         let mut discovery = Discovery::new(metrics.clone());
         let mut expiries = Expiries::default();
         let gauge = |secret: &str| {
@@ -503,6 +513,8 @@ rules:
             ("gh", Some("1796616000")),
             ("bad", None),
             ("plain", None),
+            // Not a pull credential: its expiry concerns no Pod.
+            ("opaque", None),
         ] {
             assert_eq!(
                 gauge(secret).as_deref(),
