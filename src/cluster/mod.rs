@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 
 pub use client::ClusterError;
 use index::{ClusterIndex, Index, NamespaceEntry, SecretEntry};
-use sources::{Coverage, Discovery};
+use sources::{Coverage, Discovery, Expiries};
 pub use supervisor::Role;
 use supervisor::Supervisor;
 use watch::Watches;
@@ -108,6 +108,7 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         watches,
         sources_changed: Arc::new(Notify::new()),
         coverage: Coverage::default(),
+        expiries: Expiries::default(),
         secrets: None,
         sources: None,
         lease: None,

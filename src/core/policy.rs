@@ -28,17 +28,20 @@ use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, Settings};
 use crate::core::coverage::{self, Coverage};
+use crate::core::expiry::Expiry;
 use crate::core::keyring::Keyring;
 use crate::core::rules::{Rule, RuleSet, RuleSource};
 use crate::core::scope::Scope;
 
-/// What the source Secrets contribute: discovered rules, and by Secret name, the keyrings and
-/// the scopes (from each source's annotations; nowhere when unparsable).
+/// What the source Secrets contribute: discovered rules, and by Secret name, the keyrings,
+/// the scopes (from each source's annotations; nowhere when unparsable) and the expiries of
+/// those whose expiry is known ([`crate::core::expiry`]).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub rules: Vec<Rule>,
     pub keyrings: HashMap<String, Keyring>,
     pub scopes: HashMap<String, Scope>,
+    pub expiries: HashMap<String, Expiry>,
 }
 
 /// A consistent snapshot: settings, rules and known credentials.
@@ -49,6 +52,8 @@ pub struct Policy {
     /// sources' scopes.
     rules: RuleSet,
     keyrings: HashMap<String, Keyring>,
+    /// When each source Secret whose expiry is known stops working.
+    expiries: HashMap<String, Expiry>,
     /// `requireScope`: the rules and source Secrets that declare no scope (so serve nowhere).
     unscoped: Vec<String>,
 }
@@ -99,6 +104,7 @@ impl Policy {
             settings: config.settings.clone(),
             rules: RuleSet::with_source_scopes(rules, scopes),
             keyrings: sources.keyrings.clone(),
+            expiries: sources.expiries.clone(),
             unscoped,
         }
     }
@@ -139,6 +145,11 @@ impl Policy {
 
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// When the source Secret `secret` stops working, if known.
+    pub fn expiry(&self, secret: &str) -> Option<&Expiry> {
+        self.expiries.get(secret)
     }
 
     /// Whether any Secret's credentials are known (then images are checked against them).
@@ -268,6 +279,7 @@ mod tests {
             )],
             keyrings: HashMap::new(),
             scopes: HashMap::new(),
+            expiries: HashMap::new(),
         });
         store.set_config(config("from-new-file"));
         let policy = store.load();
