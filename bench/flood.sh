@@ -84,7 +84,7 @@ start_injector() {
   echo "flood.sh: the injector did not become ready" >&2; tail -n 5 "$W/injector.log" >&2; return 1
 }
 start_injector
-grep -o '"memory_budget":[0-9]*\|memory_budget=[0-9]*' "$W/injector.log" | head -1 | sed 's/^/injector: /'
+{ grep -o 'memory_budget["=:]*[0-9]*' "$W/injector.log" || echo 'memory_budget not logged'; } | head -1 | sed 's/^/injector: /'
 
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1
