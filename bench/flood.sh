@@ -104,7 +104,7 @@ webhooks:
 EOF
 
 failed_calls() { grep -c 'failed calling webhook "inject.pullsecret-injector.io"' "$DIR/apiserver.log" || true; }
-metric() { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN/metrics" | awk -v s="$1" 'index($0, s) == 1 { sum += $NF } END { print sum + 0 }'; }
+metric() { { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN/metrics" || true; } | awk -v s="$1" 'index($0, s) == 1 { sum += $NF } END { print sum + 0 }'; }
 [ -f "$OUT/flood.tsv" ] || printf 'date\tcommit\tflood\trate\tduration_s\tpods\tmissing\terrors\tfailed_calls\tp50_ms\tp99_ms\tmax_ms\tpeak_cgroup_mib\tvmhwm_mib\trefused\tflood_opened\tflood_answered\n' >"$OUT/flood.tsv"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 bad=0
