@@ -433,7 +433,7 @@ spec: {template: {spec: {containers: [{name: c, image: nginx}]}}}
         json!({
             "list": list, "name": name, "image": image, "registry": registry, "repository": repository,
             "rule": rule, "ruleSource": source, "secrets": secrets, "setPullPolicyAlways": false, "error": error,
-            "scope": scope, "outOfScope": null,
+            "scope": scope, "outOfScope": null, "overridesPullPolicy": null,
         })
     };
     let nginx = |list: &str, name: &str| {
@@ -461,7 +461,7 @@ spec: {template: {spec: {containers: [{name: c, image: nginx}]}}}
             "add": ["ghcr-acme", "dockerhub"],
             "warnings": ["pullsecret-injector: container bad image \"UPPER\" not matched: invalid reference format: repository name must be lowercase"],
             "patch": [{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "ghcr-acme"}, {"name": "dockerhub"}]}],
-            "notes": [],
+            "notes": [], "alreadyListed": [], "expiries": [], "podTemplate": false,
         },
         {
             "kind": "Pod", "name": "audited", "namespace": "team-a", "outcome": "audited", "skipped": null, "mode": "audit",
@@ -469,12 +469,12 @@ spec: {template: {spec: {containers: [{name: c, image: nginx}]}}}
             "add": ["dockerhub"],
             "warnings": ["pullsecret-injector (audit): would add imagePullSecret dockerhub for nginx (rule docker.io)"],
             "patch": null,
-            "notes": [],
+            "notes": [], "alreadyListed": [], "expiries": [], "podTemplate": false,
         },
         {
             "kind": "Deployment", "name": "sys", "namespace": "kube-system", "outcome": "skipped",
             "skipped": "namespace excluded by configuration", "mode": null, "images": [], "add": [], "warnings": [], "patch": null,
-            "notes": [],
+            "notes": [], "alreadyListed": [], "expiries": [], "podTemplate": true,
         },
     ]);
     ensure!(got == want, "explain -o json:\n{got:#}\nwant:\n{want:#}");
