@@ -1,0 +1,750 @@
+//! The credential probe's decisions (`credentialProbe: true`, run by `controller`): which
+//! registry hosts a source Secret's credentials serve, how a registry's `WWW-Authenticate`
+//! challenge is answered, and what its answers mean. Pure: no I/O; the HTTP client is
+//! `cluster/probe.rs`.
+//!
+//! The conversation, as the distribution registry and every OCI registry speak it:
+//! 1. `GET /v2/` without credentials. A 401 names the challenge.
+//! 2. `Basic realm=...` → `GET /v2/` again with `Authorization: Basic`.
+//!    `Bearer realm=...,service=...[,scope=...]` → `GET realm?service=...&scope=...` with
+//!    `Authorization: Basic` (the distribution token spec); the JSON answer's `token` (or
+//!    `access_token`) → `GET /v2/` with `Authorization: Bearer`.
+//! 3. 2xx at the end: accepted. 401 or 403 after the credential was presented: rejected.
+//!    Everything else (no challenge, an odd answer, 5xx, transport errors) is neither:
+//!    [`Outcome::Inconclusive`] with a stable reason.
+//!
+//! Nothing here keeps, prints or puts in an error a credential: [`Credential`]'s `Debug` names
+//! the username's length only.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::core::dockercfg::SourceSecret;
+use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
+
+/// A username and password from a docker config entry. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(REDACTED)")
+    }
+}
+
+impl Credential {
+    /// The `Authorization` header value for Basic authentication.
+    pub fn basic_header(&self) -> String {
+        let pair = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+}
+
+/// One registry host to ask about one Secret's credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The source Secret's name (the metric's `secret` label).
+    pub secret: String,
+    /// `host[:port]` as the docker config key names it, lower-cased (the `registry` label).
+    pub registry: String,
+    /// Where `/v2/` is asked: `registry`, except Docker Hub's keys, whose API is served by
+    /// `registry-1.docker.io` (as containerd and the docker CLI resolve them).
+    pub api_host: String,
+    /// `http` only for a key written with `http://`; `https` otherwise.
+    pub plain_http: bool,
+    pub credential: Credential,
+}
+
+impl Target {
+    /// The registry's API base check URL.
+    pub fn v2_url(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}/v2/", self.api_host)
+    }
+}
+
+/// The hosts Docker Hub's keys name, whose API lives at [`DOCKER_HUB_API_HOST`].
+const DOCKER_HUB_KEYS: [&str; 2] = ["docker.io", "index.docker.io"];
+pub const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";
+
+/// Why a docker config key is not probed (reported, never with a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skipped {
+    /// `*.example.com`: no one host to ask.
+    Glob(String),
+    /// No `auth`, no `username`/`password` (an `identitytoken` or `registrytoken` only).
+    NoPassword(String),
+    /// Not `host[:port]` after the scheme.
+    BadHost(String),
+}
+
+/// The probe targets of one source Secret: one per concrete host (the first key of that host
+/// in key order wins; the path of a key does not matter to `/v2/`), and what was skipped.
+pub fn targets(secret: &SourceSecret) -> (Vec<Target>, Vec<Skipped>) {
+    let mut out: Vec<Target> = Vec::new();
+    let mut skipped = Vec::new();
+    let Some(auths) = auths_of(secret) else {
+        return (out, skipped);
+    };
+    let mut keys: Vec<(&String, &Value)> = auths.iter().collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, entry) in keys {
+        let (plain_http, host) = match host_of(key) {
+            Ok(found) => found,
+            Err(()) => {
+                skipped.push(Skipped::BadHost(
+                    crate::core::dockercfg::without_userinfo(key).into_owned(),
+                ));
+                continue;
+            }
+        };
+        if host.contains(['*', '?', '[']) {
+            skipped.push(Skipped::Glob(host));
+            continue;
+        }
+        let Some(credential) = credential_of(entry) else {
+            skipped.push(Skipped::NoPassword(host));
+            continue;
+        };
+        if out.iter().any(|t| t.registry == host) {
+            continue;
+        }
+        let api_host = if DOCKER_HUB_KEYS.contains(&host.as_str()) {
+            DOCKER_HUB_API_HOST.to_string()
+        } else {
+            host.clone()
+        };
+        out.push(Target {
+            secret: secret.name.clone(),
+            registry: host,
+            api_host,
+            plain_http,
+            credential,
+        });
+    }
+    (out, skipped)
+}
+
+fn auths_of(secret: &SourceSecret) -> Option<serde_json::Map<String, Value>> {
+    let field = match secret.kind.as_str() {
+        DOCKER_CONFIG_JSON => ".dockerconfigjson",
+        DOCKER_CFG => ".dockercfg",
+        _ => return None,
+    };
+    let encoded = secret.data.get(field)?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let config: Value = serde_json::from_slice(&bytes).ok()?;
+    let auths = if secret.kind == DOCKER_CONFIG_JSON {
+        config.get("auths")?
+    } else {
+        &config
+    };
+    auths.as_object().cloned()
+}
+
+/// `(plain_http, host[:port])` of a docker config key: scheme, userinfo and path dropped.
+fn host_of(key: &str) -> Result<(bool, String), ()> {
+    let (plain_http, rest) = if let Some(rest) = key.strip_prefix("http://") {
+        (true, rest)
+    } else {
+        (false, key.strip_prefix("https://").unwrap_or(key))
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let valid = !host.is_empty()
+        && host.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*' | '?' | '[' | ']')
+        });
+    if valid {
+        Ok((plain_http, host.to_ascii_lowercase()))
+    } else {
+        Err(())
+    }
+}
+
+/// `auth` (base64 `user:password`) first, as the kubelet reads it, else `username` and
+/// `password`.
+fn credential_of(entry: &Value) -> Option<Credential> {
+    if let Some(auth) = entry
+        .get("auth")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (username, password) = text.split_once(':')?;
+        return Some(Credential {
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+    }
+    let username = entry.get("username")?.as_str()?;
+    let password = entry.get("password")?.as_str()?;
+    if username.is_empty() && password.is_empty() {
+        return None;
+    }
+    Some(Credential {
+        username: username.to_string(),
+        password: password.to_string(),
+    })
+}
+
+/// One challenge of a `WWW-Authenticate` header (RFC 9110 §11.6.1): the scheme, lower-cased,
+/// and its parameters (names lower-cased, values unquoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a `WWW-Authenticate` value into its challenges (one header may carry several:
+/// `Basic realm="r", Bearer realm="t",service="s"`). Malformed parts are dropped.
+pub fn parse_challenges(header: &str) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
+    let mut rest = header.trim_start();
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches([',', ' ', '\t']);
+        let token_end = rest
+            .find(|c: char| c == ' ' || c == '\t' || c == ',' || c == '=')
+            .unwrap_or(rest.len());
+        let token = &rest[..token_end];
+        if token.is_empty() {
+            // A stray '=' or quote: skip one character so the loop always advances.
+            let skip = rest.chars().next().map_or(0, char::len_utf8);
+            rest = &rest[skip..];
+            continue;
+        }
+        let after = rest[token_end..].trim_start_matches([' ', '\t']);
+        if let Some(value_start) = after.strip_prefix('=')
+            && !value_start.starts_with('=')
+        {
+            // An auth-param of the current challenge.
+            let value_start = value_start.trim_start_matches([' ', '\t']);
+            let (value, remaining) = read_value(value_start);
+            if let Some(current) = out.last_mut() {
+                current.params.push((token.to_ascii_lowercase(), value));
+            }
+            rest = remaining;
+        } else {
+            // A new challenge's scheme (a token68 after it is ignored: not used by registries).
+            out.push(Challenge {
+                scheme: token.to_ascii_lowercase(),
+                params: Vec::new(),
+            });
+            rest = &rest[token_end..];
+        }
+    }
+    out
+}
+
+/// A quoted string (with `\` escapes) or a token; returns the value and what follows it.
+fn read_value(input: &str) -> (String, &str) {
+    if let Some(quoted) = input.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(escaped);
+                    }
+                }
+                '"' => return (value, &quoted[i + 1..]),
+                other => value.push(other),
+            }
+        }
+        (value, "")
+    } else {
+        let end = input.find([',', ' ', '\t']).unwrap_or(input.len());
+        (input[..end].to_string(), &input[end..])
+    }
+}
+
+/// Why a probe answered neither accepted nor rejected. Stable labels for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inconclusive {
+    /// `/v2/` answered 2xx without credentials: nothing to check.
+    NoChallenge,
+    /// A 401 whose challenge is neither Basic nor a Bearer with a realm.
+    BadChallenge,
+    /// The token endpoint's answer had no `token` or `access_token`.
+    BadTokenResponse,
+    /// 5xx, or 429 (rate limited).
+    ServerError,
+    /// Any other status (404: not a registry API, 3xx, ...).
+    UnexpectedStatus,
+    /// A request took longer than its timeout.
+    Timeout,
+    /// DNS, TCP or TLS failed, or the connection broke.
+    Transport,
+}
+
+impl Inconclusive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inconclusive::NoChallenge => "no_challenge",
+            Inconclusive::BadChallenge => "bad_challenge",
+            Inconclusive::BadTokenResponse => "bad_token_response",
+            Inconclusive::ServerError => "server_error",
+            Inconclusive::UnexpectedStatus => "unexpected_status",
+            Inconclusive::Timeout => "timeout",
+            Inconclusive::Transport => "transport",
+        }
+    }
+}
+
+/// What a probe found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Rejected,
+    Inconclusive(Inconclusive),
+}
+
+/// What to do after the anonymous `GET /v2/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// `GET /v2/` again with Basic authentication.
+    Basic,
+    /// `GET` this token URL with Basic authentication, then `/v2/` with the token.
+    Token {
+        url: String,
+    },
+    Done(Outcome),
+}
+
+/// Pure: the step after the anonymous `GET /v2/` answered `status` with these
+/// `WWW-Authenticate` values. Bearer is preferred when both are offered (it is what the
+/// registry's clients use).
+pub fn after_anonymous(status: u16, www_authenticate: &[&str]) -> Next {
+    match status {
+        200..=299 => Next::Done(Outcome::Inconclusive(Inconclusive::NoChallenge)),
+        401 => {
+            let challenges: Vec<Challenge> = www_authenticate
+                .iter()
+                .flat_map(|h| parse_challenges(h))
+                .collect();
+            if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer")
+                && let Some(url) = token_url(bearer)
+            {
+                return Next::Token { url };
+            }
+            if challenges.iter().any(|c| c.scheme == "basic") {
+                return Next::Basic;
+            }
+            Next::Done(Outcome::Inconclusive(Inconclusive::BadChallenge))
+        }
+        other => Next::Done(Outcome::Inconclusive(status_inconclusive(other))),
+    }
+}
+
+/// Pure: the outcome of a request that presented the credential (Basic `/v2/`, the token
+/// request, or the Bearer `/v2/`): `None` means go on (2xx of the token request).
+pub fn after_credential(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Accepted,
+        401 | 403 => Outcome::Rejected,
+        other => Outcome::Inconclusive(status_inconclusive(other)),
+    }
+}
+
+fn status_inconclusive(status: u16) -> Inconclusive {
+    if status >= 500 || status == 429 {
+        Inconclusive::ServerError
+    } else {
+        Inconclusive::UnexpectedStatus
+    }
+}
+
+/// The token request URL of a Bearer challenge: `realm?service=...&scope=...` (each
+/// percent-encoded; `&` when the realm has a query already). `None` without an http(s) realm.
+pub fn token_url(challenge: &Challenge) -> Option<String> {
+    let realm = challenge.param("realm")?;
+    if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+        return None;
+    }
+    let mut url = realm.to_string();
+    let mut separator = if realm.contains('?') { '&' } else { '?' };
+    for name in ["service", "scope"] {
+        if let Some(value) = challenge.param(name) {
+            // A scope may hold several, space-separated: each is its own `scope=` parameter.
+            let values: Vec<&str> = if name == "scope" {
+                value.split(' ').filter(|s| !s.is_empty()).collect()
+            } else {
+                vec![value]
+            };
+            for value in values {
+                url.push(separator);
+                url.push_str(name);
+                url.push('=');
+                url.push_str(&percent_encode(value));
+                separator = '&';
+            }
+        }
+    }
+    Some(url)
+}
+
+/// RFC 3986 query-component encoding: unreserved characters kept, all else `%XX`.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The token of a token endpoint's JSON answer: `token`, else `access_token` (OAuth 2).
+pub fn token_from_json(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    ["token", "access_token"]
+        .iter()
+        .filter_map(|k| value.get(k).and_then(Value::as_str))
+        .find(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// The value of the annotation the controller writes on a source Secret whose credential a
+/// registry rejected (`rejected <registry> <RFC 3339 time>`); the webhook reads it.
+pub fn rejection_annotation(registry: &str, at_rfc3339: &str) -> String {
+    format!("rejected {registry} {at_rfc3339}")
+}
+
+/// The registries a probe annotation names as rejected (the value may list several,
+/// separated by `; `).
+pub fn rejected_registries(annotation: &str) -> Vec<&str> {
+    annotation
+        .split(';')
+        .filter_map(|part| {
+            let mut words = part.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("rejected"), Some(registry)) => Some(registry),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(config: &str) -> SourceSecret {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(config);
+        SourceSecret::from_body(
+            "pull",
+            &serde_json::json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": encoded}}),
+        )
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn targets_one_per_concrete_host_skipping_globs_and_tokens() {
+        let config = serde_json::json!({"auths": {
+            "https://registry.example.com:5000/v1/": {"auth": b64("alice:s3cret")},
+            "registry.example.com:5000/team": {"auth": b64("bob:other")},
+            "*.dkr.ecr.us-east-1.amazonaws.com": {"auth": b64("AWS:tok")},
+            "http://LOCAL.test:5000": {"username": "u", "password": "p:with:colons"},
+            "docker.io": {"auth": b64("hub:pw")},
+            "ghcr.io": {"identitytoken": "x"},
+            "bad host": {"auth": b64("a:b")},
+        }});
+        let (targets, skipped) = targets(&secret(&config.to_string()));
+        let summary: Vec<(&str, &str, bool, &str, &str)> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.registry.as_str(),
+                    t.api_host.as_str(),
+                    t.plain_http,
+                    t.credential.username.as_str(),
+                    t.credential.password.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("docker.io", "registry-1.docker.io", false, "hub", "pw"),
+                (
+                    "local.test:5000",
+                    "local.test:5000",
+                    true,
+                    "u",
+                    "p:with:colons"
+                ),
+                (
+                    "registry.example.com:5000",
+                    "registry.example.com:5000",
+                    false,
+                    "alice",
+                    "s3cret"
+                ),
+            ]
+        );
+        assert_eq!(targets[1].v2_url(), "http://local.test:5000/v2/");
+        assert_eq!(targets[2].v2_url(), "https://registry.example.com:5000/v2/");
+        assert_eq!(
+            skipped,
+            vec![
+                Skipped::Glob("*.dkr.ecr.us-east-1.amazonaws.com".into()),
+                Skipped::BadHost("bad host".into()),
+                Skipped::NoPassword("ghcr.io".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn targets_of_garbage_are_none() {
+        for data in ["not base64!", &b64("not json"), &b64(r#"{"auths": 3}"#)] {
+            let s = SourceSecret::from_body(
+                "x",
+                &serde_json::json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": data}}),
+            );
+            assert_eq!(targets(&s), (vec![], vec![]), "{data}");
+        }
+        let opaque = SourceSecret::from_body("x", &serde_json::json!({"type": "Opaque"}));
+        assert_eq!(targets(&opaque).0, vec![]);
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = Credential {
+            username: "alice".into(),
+            password: "hunter2".into(),
+        };
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("alice") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+        assert_eq!(c.basic_header(), format!("Basic {}", b64("alice:hunter2")));
+    }
+
+    #[test]
+    fn challenges_parse_like_registries_send_them() {
+        let cases: Vec<(&str, Vec<(&str, Vec<(&str, &str)>)>)> = vec![
+            (
+                r#"Basic realm="Registry Realm""#,
+                vec![("basic", vec![("realm", "Registry Realm")])],
+            ),
+            (
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#,
+                vec![(
+                    "bearer",
+                    vec![
+                        ("realm", "https://auth.docker.io/token"),
+                        ("service", "registry.docker.io"),
+                    ],
+                )],
+            ),
+            (
+                r#"bearer Realm = "https://t/x", Service=reg , scope="repository:a/b:pull,push""#,
+                vec![(
+                    "bearer",
+                    vec![
+                        ("realm", "https://t/x"),
+                        ("service", "reg"),
+                        ("scope", "repository:a/b:pull,push"),
+                    ],
+                )],
+            ),
+            (
+                r#"Basic realm="a\"b", Bearer realm="https://t""#,
+                vec![
+                    ("basic", vec![("realm", "a\"b")]),
+                    ("bearer", vec![("realm", "https://t")]),
+                ],
+            ),
+            ("Negotiate", vec![("negotiate", vec![])]),
+            ("", vec![]),
+            (r#"=,"=""#, vec![]),
+            (
+                r#"Bearer realm="unterminated"#,
+                vec![("bearer", vec![("realm", "unterminated")])],
+            ),
+        ];
+        for (header, want) in cases {
+            let got: Vec<(String, Vec<(String, String)>)> = parse_challenges(header)
+                .into_iter()
+                .map(|c| (c.scheme, c.params))
+                .collect();
+            let want: Vec<(String, Vec<(String, String)>)> = want
+                .into_iter()
+                .map(|(s, ps)| {
+                    (
+                        s.to_string(),
+                        ps.into_iter()
+                            .map(|(n, v)| (n.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{header}");
+        }
+    }
+
+    #[test]
+    fn token_urls() {
+        let cases = [
+            (
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#,
+                Some("https://auth.docker.io/token?service=registry.docker.io"),
+            ),
+            (
+                r#"Bearer realm="https://t/auth?x=1",service="my reg",scope="repository:a/b:pull repository:c:pull""#,
+                Some(
+                    "https://t/auth?x=1&service=my%20reg&scope=repository%3Aa%2Fb%3Apull&scope=repository%3Ac%3Apull",
+                ),
+            ),
+            (r#"Bearer realm="https://t""#, Some("https://t")),
+            (r#"Bearer service="s""#, None),
+            (r#"Bearer realm="file:///etc/passwd""#, None),
+        ];
+        for (header, want) in cases {
+            let challenge = &parse_challenges(header)[0];
+            assert_eq!(token_url(challenge).as_deref(), want, "{header}");
+        }
+    }
+
+    #[test]
+    fn next_step_after_the_anonymous_answer() {
+        let bearer = r#"Bearer realm="https://t/token",service="s""#;
+        let cases: Vec<(u16, Vec<&str>, Next)> = vec![
+            (401, vec![r#"Basic realm="r""#], Next::Basic),
+            (
+                401,
+                vec![bearer],
+                Next::Token {
+                    url: "https://t/token?service=s".into(),
+                },
+            ),
+            (
+                401,
+                vec![r#"Basic realm="r""#, bearer],
+                Next::Token {
+                    url: "https://t/token?service=s".into(),
+                },
+            ),
+            (
+                401,
+                vec![r#"Bearer service="s""#, r#"Basic realm="r""#],
+                Next::Basic,
+            ),
+            (
+                401,
+                vec![],
+                Next::Done(Outcome::Inconclusive(Inconclusive::BadChallenge)),
+            ),
+            (
+                401,
+                vec!["Negotiate"],
+                Next::Done(Outcome::Inconclusive(Inconclusive::BadChallenge)),
+            ),
+            (
+                200,
+                vec![],
+                Next::Done(Outcome::Inconclusive(Inconclusive::NoChallenge)),
+            ),
+            (
+                404,
+                vec![],
+                Next::Done(Outcome::Inconclusive(Inconclusive::UnexpectedStatus)),
+            ),
+            (
+                503,
+                vec![],
+                Next::Done(Outcome::Inconclusive(Inconclusive::ServerError)),
+            ),
+            (
+                429,
+                vec![],
+                Next::Done(Outcome::Inconclusive(Inconclusive::ServerError)),
+            ),
+        ];
+        for (status, headers, want) in cases {
+            assert_eq!(
+                after_anonymous(status, &headers),
+                want,
+                "{status} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn outcome_after_presenting_the_credential() {
+        let cases = [
+            (200, Outcome::Accepted),
+            (204, Outcome::Accepted),
+            (401, Outcome::Rejected),
+            (403, Outcome::Rejected),
+            (404, Outcome::Inconclusive(Inconclusive::UnexpectedStatus)),
+            (500, Outcome::Inconclusive(Inconclusive::ServerError)),
+            (302, Outcome::Inconclusive(Inconclusive::UnexpectedStatus)),
+        ];
+        for (status, want) in cases {
+            assert_eq!(after_credential(status), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn tokens_from_json() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (br#"{"token":"abc","expires_in":300}"#, Some("abc")),
+            (br#"{"access_token":"xyz"}"#, Some("xyz")),
+            (br#"{"token":"","access_token":"xyz"}"#, Some("xyz")),
+            (br#"{"token":3}"#, None),
+            (b"not json", None),
+            (b"{}", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(token_from_json(body).as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn rejection_annotations_round_trip() {
+        let one = rejection_annotation("registry.example.com:5000", "2026-12-07T03:00:00Z");
+        assert_eq!(
+            one,
+            "rejected registry.example.com:5000 2026-12-07T03:00:00Z"
+        );
+        assert_eq!(rejected_registries(&one), vec!["registry.example.com:5000"]);
+        let two = format!(
+            "{one}; {}",
+            rejection_annotation("ghcr.io", "2026-12-07T03:00:01Z")
+        );
+        assert_eq!(
+            rejected_registries(&two),
+            vec!["registry.example.com:5000", "ghcr.io"]
+        );
+        assert_eq!(rejected_registries("accepted"), Vec::<&str>::new());
+        assert_eq!(rejected_registries(""), Vec::<&str>::new());
+    }
+}
