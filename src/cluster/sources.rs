@@ -19,7 +19,7 @@ use crate::core::coverage::Coverage as RuleCoverage;
 use crate::core::dockercfg::{self, SourceError, SourceSecret};
 use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
-    SOURCE_LABEL,
+    PROBE_ANNOTATION, SOURCE_LABEL,
 };
 use crate::core::policy::{Policy, Sources};
 use crate::core::scope::Scope;
@@ -35,6 +35,9 @@ pub struct Source {
     pub scope: Scope,
     /// Why its scope annotations could not be parsed; then `scope` is nowhere.
     pub scope_error: Option<String>,
+    /// `pullsecret-injector/probe`: the registries that rejected its credential, as the
+    /// controller's probe last wrote them (`credentialProbe`).
+    pub probe_annotation: Option<String>,
 }
 
 impl Source {
@@ -82,6 +85,7 @@ fn entry(object: &DynamicObject) -> Option<Source> {
         secret: SourceSecret::from_body(name, &object.data),
         scope,
         scope_error,
+        probe_annotation: annotation(PROBE_ANNOTATION).map(str::to_string),
     })
 }
 

@@ -579,6 +579,7 @@ mod tests {
             },
             scope: Default::default(),
             scope_error: None,
+            probe_annotation: None,
         };
         sources.apply("psi", "regcred", source.clone());
         let secrets = Index::new("secrets", metrics.clone());

@@ -16,6 +16,10 @@
 //! Nothing here keeps, prints or puts in an error a credential: [`Credential`]'s `Debug` names
 //! the username's length only.
 
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use serde_json::Value;
 
@@ -448,6 +452,139 @@ pub fn rejected_registries(annotation: &str) -> Vec<&str> {
         .collect()
 }
 
+/// How often each credential is asked again while the registry accepted it: often enough to
+/// see a revoked robot account or an expired token well before the next Pod needs it, rarely
+/// enough that one source costs a registry a few requests an hour.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// How often a rejected credential is asked again (unless its Secret changes, which probes at
+/// once): registries that lock an account after failed logins (Harbor, Artifactory, Nexus,
+/// LDAP-backed ones) must not see one every five minutes from us.
+pub const REJECTED_RECHECK: Duration = Duration::from_secs(30 * 60);
+/// After an inconclusive probe (timeout, TLS, DNS, 5xx), the first retry; each further one
+/// waits twice as long, up to [`MAX_BACKOFF`].
+pub const FIRST_RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between probes of a registry that keeps failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+/// At most this many probes start per minute, all registries together (one probe is up to
+/// three requests): a namespace full of sources, or a burst of Secret changes, stays a
+/// trickle no registry's rate limit (Docker Hub's included) notices.
+pub const MAX_PROBES_PER_MINUTE: u32 = 30;
+
+/// `(secret, registry)`: one series of `credential_accepted`.
+pub type TargetKey = (String, String);
+
+/// When each target is probed next. Pure: the caller passes the time.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    entries: BTreeMap<TargetKey, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// A digest of what is probed (host, scheme, credential): a change probes at once, an
+    /// unrelated update of the Secret (our own annotation) does not.
+    fingerprint: u64,
+    next: Instant,
+    failures: u32,
+}
+
+/// A digest of a target's probed parts; kept in memory only, never shown.
+pub fn fingerprint(target: &Target) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        &target.api_host,
+        target.plain_http,
+        &target.credential.username,
+        &target.credential.password,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Schedule {
+    /// Makes the schedule follow `current` (every target the sources now hold, with its
+    /// [`fingerprint`]): new and changed targets are due at once; the keys of targets that
+    /// are gone are returned (their series must go too).
+    pub fn follow(&mut self, current: &[(TargetKey, u64)], now: Instant) -> Vec<TargetKey> {
+        let wanted: BTreeMap<&TargetKey, u64> = current.iter().map(|(k, f)| (k, *f)).collect();
+        let gone: Vec<TargetKey> = self
+            .entries
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.entries.remove(key);
+        }
+        for (key, fingerprint) in wanted {
+            match self.entries.get_mut(key) {
+                Some(entry) if entry.fingerprint == fingerprint => {}
+                Some(entry) => {
+                    *entry = Entry {
+                        fingerprint,
+                        next: now,
+                        failures: 0,
+                    }
+                }
+                None => {
+                    self.entries.insert(
+                        key.clone(),
+                        Entry {
+                            fingerprint,
+                            next: now,
+                            failures: 0,
+                        },
+                    );
+                }
+            }
+        }
+        gone
+    }
+
+    /// The targets due at `now`, the longest-waiting first.
+    pub fn due(&self, now: Instant) -> Vec<TargetKey> {
+        let mut due: Vec<(&Instant, &TargetKey)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.next <= now)
+            .map(|(k, e)| (&e.next, k))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+
+    /// When the next target is due (`None`: nothing to probe).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.next).min()
+    }
+
+    /// Records a probe's outcome: accepted → [`PROBE_INTERVAL`], rejected →
+    /// [`REJECTED_RECHECK`], inconclusive → [`FIRST_RETRY`] doubling up to [`MAX_BACKOFF`].
+    pub fn record(&mut self, key: &TargetKey, outcome: Outcome, now: Instant) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let wait = match outcome {
+            Outcome::Accepted => {
+                entry.failures = 0;
+                PROBE_INTERVAL
+            }
+            Outcome::Rejected => {
+                entry.failures = 0;
+                REJECTED_RECHECK
+            }
+            Outcome::Inconclusive(_) => {
+                let wait = FIRST_RETRY
+                    .saturating_mul(1u32 << entry.failures.min(16))
+                    .min(MAX_BACKOFF);
+                entry.failures = entry.failures.saturating_add(1);
+                wait
+            }
+        };
+        entry.next = now + wait;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +883,70 @@ mod tests {
         );
         assert_eq!(rejected_registries("accepted"), Vec::<&str>::new());
         assert_eq!(rejected_registries(""), Vec::<&str>::new());
+    }
+
+    fn key(secret: &str, registry: &str) -> TargetKey {
+        (secret.to_string(), registry.to_string())
+    }
+
+    #[test]
+    fn schedule_probes_new_and_changed_targets_at_once_and_backs_off() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::default();
+        let a = key("pull", "a.example");
+        let b = key("pull", "b.example");
+        assert_eq!(
+            schedule.follow(&[(a.clone(), 1), (b.clone(), 2)], t0),
+            Vec::<TargetKey>::new()
+        );
+        assert_eq!(schedule.due(t0), vec![a.clone(), b.clone()]);
+        schedule.record(&a, Outcome::Accepted, t0);
+        schedule.record(&b, Outcome::Rejected, t0);
+        assert_eq!(schedule.due(t0), Vec::<TargetKey>::new());
+        assert_eq!(schedule.next_due(), Some(t0 + PROBE_INTERVAL));
+        assert_eq!(schedule.due(t0 + PROBE_INTERVAL), vec![a.clone()]);
+        assert_eq!(
+            schedule.due(t0 + REJECTED_RECHECK),
+            vec![a.clone(), b.clone()]
+        );
+        // The same credential again (our own annotation changed the Secret): nothing due.
+        assert!(
+            schedule
+                .follow(&[(a.clone(), 1), (b.clone(), 2)], t0)
+                .is_empty()
+        );
+        assert_eq!(schedule.due(t0), Vec::<TargetKey>::new());
+        // b's password changed: due at once; a is gone.
+        assert_eq!(schedule.follow(&[(b.clone(), 3)], t0), vec![a.clone()]);
+        assert_eq!(schedule.due(t0), vec![b.clone()]);
+        // Errors back off: 30 s, 60 s, 120 s, ... capped.
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            schedule.record(&b, Outcome::Inconclusive(Inconclusive::Timeout), now);
+            let next = schedule.next_due().expect("due");
+            waits.push((next - now).as_secs());
+            now = next;
+        }
+        assert_eq!(waits, vec![30, 60, 120, 240, 480, 960, 1800, 1800]);
+        // A conclusive answer resets the backoff.
+        schedule.record(&b, Outcome::Accepted, now);
+        schedule.record(&b, Outcome::Inconclusive(Inconclusive::Transport), now);
+        assert_eq!(schedule.next_due(), Some(now + FIRST_RETRY));
+        // Recording an unknown target changes nothing.
+        schedule.record(&a, Outcome::Accepted, now);
+        assert_eq!(schedule.due(now + MAX_BACKOFF), vec![b]);
+    }
+
+    #[test]
+    fn fingerprints_follow_the_credential() {
+        let (found, _) = targets(&secret(
+            &serde_json::json!({"auths": {"r.example": {"auth": b64("u:p")}}}).to_string(),
+        ));
+        let (other, _) = targets(&secret(
+            &serde_json::json!({"auths": {"r.example": {"auth": b64("u:q")}}}).to_string(),
+        ));
+        assert_eq!(fingerprint(&found[0]), fingerprint(&found[0].clone()));
+        assert_ne!(fingerprint(&found[0]), fingerprint(&other[0]));
     }
 }
