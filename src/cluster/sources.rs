@@ -137,6 +137,15 @@ impl Discovery {
             if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
                 out.keyrings.insert(name.clone(), keyring);
             }
+            if let Some(annotation) = &source.probe_annotation {
+                let registries: Vec<String> = crate::core::probe::rejected_registries(annotation)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                if !registries.is_empty() {
+                    out.rejected.insert(name.clone(), registries);
+                }
+            }
             out.scopes.insert(name.clone(), source.scope);
             if !errors.is_empty() && self.reported.insert((name, source.resource_version)) {
                 for error in &errors {
@@ -352,6 +361,43 @@ mod tests {
         discovery.read(&index, true);
         let bad = r#"source_secret_errors_total{kind="bad_scope"} 2"#;
         assert!(metrics.encode().contains(bad), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn the_probe_annotation_becomes_the_rejected_registries() {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
+        let metrics = Arc::new(Metrics::default());
+        let index = Index::new("source_secrets", metrics.clone());
+        index.start_list();
+        for (name, annotation) in [
+            (
+                "rejected",
+                Some(
+                    "rejected ghcr.io 2026-12-07T03:00:00Z; rejected quay.io 2026-12-07T03:00:01Z",
+                ),
+            ),
+            ("garbled", Some("accepted")),
+            ("plain", None),
+        ] {
+            let mut object = secret(name, body.clone());
+            object.metadata.annotations =
+                annotation.map(|a| [(PROBE_ANNOTATION.to_string(), a.to_string())].into());
+            if let Some(source) = entry(&object) {
+                index.apply_listed("psi", name, source);
+            }
+        }
+        index.finish_list();
+        let read = Discovery::new(metrics).read(&index, true);
+        assert_eq!(
+            read.rejected,
+            [(
+                "rejected".to_string(),
+                vec!["ghcr.io".to_string(), "quay.io".to_string()]
+            )]
+            .into()
+        );
     }
 
     #[test]

@@ -227,9 +227,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut rest = header.trim_start();
     while !rest.is_empty() {
         rest = rest.trim_start_matches([',', ' ', '\t']);
-        let token_end = rest
-            .find(|c: char| c == ' ' || c == '\t' || c == ',' || c == '=')
-            .unwrap_or(rest.len());
+        let token_end = rest.find([' ', '\t', ',', '=']).unwrap_or(rest.len());
         let token = &rest[..token_end];
         if token.is_empty() {
             // A stray '=' or quote: skip one character so the loop always advances.
@@ -429,6 +427,18 @@ pub fn token_from_json(body: &[u8]) -> Option<String> {
         .filter_map(|k| value.get(k).and_then(Value::as_str))
         .find(|t| !t.is_empty())
         .map(str::to_string)
+}
+
+/// Whether a probed registry (a docker config key's host) is an image's registry
+/// (`ImageRef::registry`, where Docker Hub is `docker.io`): equal ignoring case, Docker Hub's
+/// names all being one.
+pub fn same_registry(probed: &str, image_registry: &str) -> bool {
+    let hub = |h: &str| DOCKER_HUB_KEYS.contains(&h) || h == DOCKER_HUB_API_HOST;
+    let (probed, image) = (
+        probed.to_ascii_lowercase(),
+        image_registry.to_ascii_lowercase(),
+    );
+    probed == image || (hub(&probed) && hub(&image))
 }
 
 /// The value of the annotation the controller writes on a source Secret whose credential a
@@ -686,7 +696,8 @@ mod tests {
 
     #[test]
     fn challenges_parse_like_registries_send_them() {
-        let cases: Vec<(&str, Vec<(&str, Vec<(&str, &str)>)>)> = vec![
+        type Expected<'a> = Vec<(&'a str, Vec<(&'a str, &'a str)>)>;
+        let cases: Vec<(&str, Expected)> = vec![
             (
                 r#"Basic realm="Registry Realm""#,
                 vec![("basic", vec![("realm", "Registry Realm")])],
@@ -862,6 +873,26 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(token_from_json(body).as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn registries_compare_like_images_name_them() {
+        let cases = [
+            (
+                "registry.example.com:5000",
+                "registry.example.com:5000",
+                true,
+            ),
+            ("Registry.Example.com", "registry.example.com", true),
+            ("registry.example.com", "registry.example.com:5000", false),
+            ("index.docker.io", "docker.io", true),
+            ("docker.io", "docker.io", true),
+            ("registry-1.docker.io", "docker.io", true),
+            ("ghcr.io", "docker.io", false),
+        ];
+        for (probed, image, want) in cases {
+            assert_eq!(same_registry(probed, image), want, "{probed} {image}");
         }
     }
 
