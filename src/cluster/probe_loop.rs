@@ -57,6 +57,14 @@ impl ProbeLoop {
         let stopped = stop.wait();
         tokio::pin!(stopped);
         loop {
+            if !leadership.is_open() {
+                // Another replica probes now: this one's answers would only grow stale (and
+                // keep an alert firing after the new leader found the credential renewed).
+                self.metrics.credential_accepted.clear();
+                schedule = Schedule::default();
+                rejected.clear();
+                concluded.clear();
+            }
             tokio::select! {
                 () = leadership.until_leader() => {}
                 () = &mut stopped => return,
