@@ -1,4 +1,9 @@
-//! The credential probe against the real distribution registry (`docker-registry`), started by
+//! The credential probe's client.
+//!
+//! Always run: a registry double on loopback (plain HTTP, so the key is written `http://`)
+//! answering each challenge kind, its errors, and a redirect.
+//!
+//! Against the real distribution registry (`docker-registry`), started by
 //! `tests/probe/run.sh`: `#[ignore]`d, run with `--ignored` and these variables set:
 //!
 //! - `PROBE_REGISTRY`: `host:port` of the registry (TLS; its CA in `SSL_CERT_FILE`).
@@ -43,6 +48,159 @@ fn source_secret(registry: &str, username: &str, password: &str) -> SourceSecret
             "data": {".dockerconfigjson": b64.encode(config.to_string())},
         }),
     )
+}
+
+/// How the double answers `/v2/` and `/token`.
+#[derive(Clone, Copy)]
+enum Double {
+    Basic,
+    Bearer,
+    /// Bearer whose token endpoint answers JSON without a token.
+    BearerNoToken,
+    Open,
+    ServerError,
+    Redirect,
+    NoChallenge401,
+}
+
+const GOOD: &str = "alice:s3cret";
+
+async fn start_double(kind: Double) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let base = format!("http://{addr}");
+    let realm = format!("{base}/token");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let realm = realm.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let response = double_answer(kind, &realm, &request);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
+fn double_answer(kind: Double, realm: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let auth = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let basic_ok = auth == format!("Basic {}", b64.encode(GOOD));
+    let reply = |status: u16, headers: &[(&str, String)], body: &str| {
+        let mut builder = Response::builder().status(status);
+        for (k, v) in headers {
+            builder = builder.header(*k, v);
+        }
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("response")
+    };
+    let challenge = |value: String| [("www-authenticate", value)];
+    match (kind, request.uri().path()) {
+        (Double::Basic, "/v2/") if basic_ok => reply(200, &[], "{}"),
+        (Double::Basic, "/v2/") => reply(401, &challenge(r#"Basic realm="double""#.into()), ""),
+        (Double::Bearer | Double::BearerNoToken, "/v2/") if auth == "Bearer tok-123" => {
+            reply(200, &[], "{}")
+        }
+        (Double::Bearer | Double::BearerNoToken, "/v2/") => reply(
+            401,
+            &challenge(format!(
+                r#"Bearer realm="{realm}",service="double",scope="registry:catalog:*""#
+            )),
+            "",
+        ),
+        (Double::Bearer, "/token") if basic_ok => reply(200, &[], r#"{"token":"tok-123"}"#),
+        (Double::BearerNoToken, "/token") if basic_ok => reply(200, &[], r#"{"expires_in":60}"#),
+        (Double::Bearer | Double::BearerNoToken, "/token") => reply(401, &[], "{}"),
+        (Double::Open, _) => reply(200, &[], "{}"),
+        (Double::ServerError, _) => reply(503, &[], ""),
+        (Double::Redirect, _) => reply(307, &[("location", "http://127.0.0.1:1/v2/".into())], ""),
+        (Double::NoChallenge401, _) => reply(401, &[], ""),
+        _ => reply(404, &[], ""),
+    }
+}
+
+#[tokio::test]
+async fn the_client_follows_each_challenge_and_names_what_went_wrong() {
+    use pullsecret_injector::core::probe::Inconclusive;
+    let prober = Prober::new(rustls::RootCertStore::empty()).expect("prober");
+    let cases = [
+        (Double::Basic, GOOD, Outcome::Accepted),
+        (Double::Basic, "alice:wrong", Outcome::Rejected),
+        (Double::Bearer, GOOD, Outcome::Accepted),
+        (Double::Bearer, "alice:wrong", Outcome::Rejected),
+        (
+            Double::BearerNoToken,
+            GOOD,
+            Outcome::Inconclusive(Inconclusive::BadTokenResponse),
+        ),
+        (
+            Double::Open,
+            GOOD,
+            Outcome::Inconclusive(Inconclusive::NoChallenge),
+        ),
+        (
+            Double::ServerError,
+            GOOD,
+            Outcome::Inconclusive(Inconclusive::ServerError),
+        ),
+        (
+            Double::Redirect,
+            GOOD,
+            Outcome::Inconclusive(Inconclusive::UnexpectedStatus),
+        ),
+        (
+            Double::NoChallenge401,
+            GOOD,
+            Outcome::Inconclusive(Inconclusive::BadChallenge),
+        ),
+    ];
+    for (kind, credential, want) in cases {
+        let base = start_double(kind).await;
+        let (username, password) = credential.split_once(':').expect("pair");
+        let (found, _) = targets(&source_secret(&base, username, password));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].plain_http, "{base}");
+        assert_eq!(
+            prober.probe(&found[0]).await,
+            want,
+            "{credential} at {base}"
+        );
+    }
+    // Nothing listening: a transport error, not a rejection.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let (found, _) = targets(&source_secret(&format!("http://{addr}"), "alice", "s3cret"));
+    assert_eq!(
+        prober.probe(&found[0]).await,
+        Outcome::Inconclusive(Inconclusive::Transport)
+    );
+    // A key without http:// is asked over HTTPS, never in plain text: the double speaks plain
+    // HTTP, so the TLS handshake fails (a transport error) and no credential crosses in clear.
+    let base = start_double(Double::Basic).await;
+    let (found, _) = targets(&source_secret(
+        base.trim_start_matches("http://"),
+        "alice",
+        "s3cret",
+    ));
+    assert!(!found[0].plain_http);
+    assert_eq!(
+        prober.probe(&found[0]).await,
+        Outcome::Inconclusive(Inconclusive::Transport)
+    );
 }
 
 #[tokio::test]
