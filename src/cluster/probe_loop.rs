@@ -25,9 +25,7 @@ use super::index::Index;
 use super::lease::Leadership;
 use super::sources::Source;
 use crate::core::names::PROBE_ANNOTATION;
-use crate::core::probe::{
-    self, MAX_PROBES_PER_MINUTE, Outcome, Schedule, Target, TargetKey, rejection_annotation,
-};
+use crate::core::probe::{self, MAX_PROBES_PER_MINUTE, Outcome, Schedule, Target, TargetKey};
 use crate::metrics::{CredentialLabels, Metrics, OutcomeLabels};
 use crate::probe::Prober;
 use crate::shutdown::Trigger;
@@ -198,28 +196,16 @@ impl ProbeLoop {
         concluded: &BTreeSet<TargetKey>,
         rejected: &BTreeMap<TargetKey, String>,
     ) {
-        let undecided: BTreeSet<&str> = targets
-            .keys()
-            .filter(|key| !concluded.contains(*key))
-            .map(|(secret, _)| secret.as_str())
-            .collect();
-        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for ((secret, registry), at) in rejected {
-            wanted
-                .entry(secret.clone())
-                .or_default()
-                .push(rejection_annotation(registry, at));
-        }
-        let mut changes: Vec<(String, Option<String>)> = Vec::new();
+        let mut current: Vec<(String, Option<String>)> = Vec::new();
         self.sources.for_each(|_, name, source| {
-            if undecided.contains(name) {
-                return;
-            }
-            let want = wanted.get(name).map(|parts| parts.join("; "));
-            if want != source.probe_annotation {
-                changes.push((name.to_string(), want));
-            }
+            current.push((name.to_string(), source.probe_annotation.clone()));
         });
+        let changes = probe::annotation_updates(
+            current.iter().map(|(n, a)| (n.as_str(), a.as_deref())),
+            targets.keys(),
+            concluded,
+            rejected,
+        );
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.own_namespace);
         for (name, value) in changes {
             let patch = serde_json::json!({"metadata": {"annotations": {PROBE_ANNOTATION: value}}});

@@ -447,6 +447,43 @@ pub fn rejection_annotation(registry: &str, at_rfc3339: &str) -> String {
     format!("rejected {registry} {at_rfc3339}")
 }
 
+/// Pure: the `pullsecret-injector/probe` annotations to write, as `(secret, value)` (`None`:
+/// remove it), for `sources` (each source's name and current annotation), given the targets
+/// `rejected` at their last conclusive probe (with the time first seen rejected). A source
+/// with a target not yet `concluded` in this process is left alone (a restarted controller
+/// does not clear a rejection before it asked again); the rest get exactly their rejections.
+pub fn annotation_updates<'a>(
+    sources: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    targets: impl IntoIterator<Item = &'a TargetKey>,
+    concluded: &std::collections::BTreeSet<TargetKey>,
+    rejected: &BTreeMap<TargetKey, String>,
+) -> Vec<(String, Option<String>)> {
+    let undecided: std::collections::BTreeSet<&str> = targets
+        .into_iter()
+        .filter(|key| !concluded.contains(*key))
+        .map(|(secret, _)| secret.as_str())
+        .collect();
+    let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((secret, registry), at) in rejected {
+        wanted
+            .entry(secret.as_str())
+            .or_default()
+            .push(rejection_annotation(registry, at));
+    }
+    let mut out = Vec::new();
+    for (name, current) in sources {
+        if undecided.contains(name) {
+            continue;
+        }
+        let want = wanted.get(name).map(|parts| parts.join("; "));
+        if want.as_deref() != current {
+            out.push((name.to_string(), want));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The registries a probe annotation names as rejected (the value may list several,
 /// separated by `; `).
 pub fn rejected_registries(annotation: &str) -> Vec<&str> {
@@ -893,6 +930,57 @@ mod tests {
         ];
         for (probed, image, want) in cases {
             assert_eq!(same_registry(probed, image), want, "{probed} {image}");
+        }
+    }
+
+    #[test]
+    fn annotations_follow_the_conclusive_answers_only() {
+        use std::collections::BTreeSet;
+        let at = "2026-12-07T03:00:00Z".to_string();
+        let a_ghcr = key("a", "ghcr.io");
+        let a_quay = key("a", "quay.io");
+        let b_ghcr = key("b", "ghcr.io");
+        let c_ghcr = key("c", "ghcr.io");
+        let targets = [
+            a_ghcr.clone(),
+            a_quay.clone(),
+            b_ghcr.clone(),
+            c_ghcr.clone(),
+        ];
+        let all: BTreeSet<TargetKey> = targets.iter().cloned().collect();
+        let rejected: BTreeMap<TargetKey, String> =
+            [(a_ghcr.clone(), at.clone()), (a_quay.clone(), at.clone())].into();
+        let old = "rejected ghcr.io 2026-12-01T00:00:00Z";
+        let both = "rejected ghcr.io 2026-12-07T03:00:00Z; rejected quay.io 2026-12-07T03:00:00Z";
+        // (sources with their annotation, concluded) → updates
+        type Sources<'a> = Vec<(&'a str, Option<&'a str>)>;
+        type Updates = Vec<(String, Option<String>)>;
+        let cases: Vec<(Sources, BTreeSet<TargetKey>, Updates)> = vec![
+            // Everything concluded: a gets both rejections, b (accepted) loses its stale one,
+            // c is already right, d (no concrete host left) loses its annotation.
+            (
+                vec![("a", None), ("b", Some(old)), ("c", None), ("d", Some(old))],
+                all.clone(),
+                vec![
+                    ("a".into(), Some(both.into())),
+                    ("b".into(), None),
+                    ("d".into(), None),
+                ],
+            ),
+            // Already written: nothing to do.
+            (vec![("a", Some(both)), ("c", None)], all.clone(), vec![]),
+            // Just restarted, nothing concluded: no source with targets is touched.
+            (vec![("a", None), ("b", Some(old))], BTreeSet::new(), vec![]),
+            // a half concluded: left alone; b concluded: cleared.
+            (
+                vec![("a", None), ("b", Some(old))],
+                [a_ghcr.clone(), b_ghcr.clone()].into(),
+                vec![("b".into(), None)],
+            ),
+        ];
+        for (sources, concluded, want) in cases {
+            let got = annotation_updates(sources.clone(), &targets, &concluded, &rejected);
+            assert_eq!(got, want, "{sources:?}");
         }
     }
 
