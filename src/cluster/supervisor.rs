@@ -228,6 +228,11 @@ impl Supervisor {
             ("discovery", old.discovery, new.discovery),
             ("sync", old.sync, new.sync),
             ("repair", old.repair, new.repair),
+            (
+                "credentialProbe",
+                old.credential_probe,
+                new.credential_probe,
+            ),
         ] {
             if before != after {
                 tracing::info!(
