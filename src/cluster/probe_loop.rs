@@ -226,3 +226,168 @@ fn labels((secret, registry): &TargetKey) -> CredentialLabels {
         registry: registry.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One pass of the loop, for real over sockets: a loopback registry that accepts one
+    //! password, a fake API server that records the annotation patches.
+
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use base64::Engine;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::core::dockercfg::SourceSecret;
+    use crate::core::names::DOCKER_CONFIG_JSON;
+
+    const GOOD: &str = "alice:s3cret";
+
+    async fn basic_registry() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|request: Request<Incoming>| {
+                        let want = format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(GOOD)
+                        );
+                        let ok = request
+                            .headers()
+                            .get(hyper::header::AUTHORIZATION)
+                            .is_some_and(|v| v.as_bytes() == want.as_bytes());
+                        let response = if ok {
+                            Response::new(Full::new(Bytes::from_static(b"{}")))
+                        } else {
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                            r.headers_mut().insert(
+                                hyper::header::WWW_AUTHENTICATE,
+                                hyper::header::HeaderValue::from_static("Basic realm=\"t\""),
+                            );
+                            r
+                        };
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn source(name: &str, registry: &str, credential: &str) -> Source {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let config = serde_json::json!({"auths": {registry: {"auth": b64.encode(credential)}}});
+        Source {
+            resource_version: "1".into(),
+            secret: SourceSecret::from_body(
+                name,
+                &serde_json::json!({
+                    "type": DOCKER_CONFIG_JSON,
+                    "data": {".dockerconfigjson": b64.encode(config.to_string())},
+                }),
+            ),
+            scope: Default::default(),
+            scope_error: None,
+            probe_annotation: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_sets_the_gauge_and_annotates_only_the_rejected_source() {
+        let registry = basic_registry().await;
+        let host = registry.trim_start_matches("http://").to_string();
+        let patches: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+        let recorded = patches.clone();
+        let api = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let recorded = recorded.clone();
+            async move {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                if let Ok(mut all) = recorded.lock() {
+                    all.push((method, path, body));
+                }
+                let secret = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(secret))))
+            }
+        });
+        let client = kube::Client::new(api, "psi");
+        let metrics = Arc::new(Metrics::default());
+        let sources = Arc::new(Index::new("source_secrets", metrics.clone()));
+        sources.start_list();
+        sources.apply_listed("psi", "good", source("good", &registry, GOOD));
+        sources.apply_listed("psi", "revoked", source("revoked", &registry, "alice:old"));
+        sources.apply_listed(
+            "psi",
+            "ecr",
+            source("ecr", "*.dkr.ecr.*.amazonaws.com", GOOD),
+        );
+        sources.finish_list();
+        sources.health.resumed();
+        let (renewed, renewals) = tokio::sync::watch::channel(Some(tokio::time::Instant::now()));
+        let leadership = Leadership::new(renewals, vec![sources.clone()]);
+        let probe_loop = ProbeLoop {
+            client,
+            own_namespace: "psi".into(),
+            sources: sources.clone(),
+            metrics: metrics.clone(),
+            changed: Arc::new(Notify::new()),
+            prober: Prober::new(rustls::RootCertStore::empty()).expect("prober"),
+        };
+        let stop = Trigger::default();
+        let task = tokio::spawn(probe_loop.run(leadership, stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while patches.lock().map(|p| p.is_empty()).unwrap_or(true) && Instant::now() < deadline {
+            let _ = renewed.send(Some(tokio::time::Instant::now()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.fire();
+        let _ = task.await;
+
+        let text = metrics.encode();
+        let gauge = |secret: &str| {
+            format!("credential_accepted{{secret=\"{secret}\",registry=\"{host}\"}}")
+        };
+        assert!(text.contains(&format!("{} 1", gauge("good"))), "{text}");
+        assert!(text.contains(&format!("{} 0", gauge("revoked"))), "{text}");
+        assert!(
+            !text.contains("amazonaws"),
+            "glob keys are never probed: {text}"
+        );
+        assert!(
+            text.contains(r#"credential_probes_total{outcome="accepted"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credential_probes_total{outcome="rejected"} 1"#),
+            "{text}"
+        );
+        // One patch: the rejected source's annotation, nothing for the others; no credential.
+        let patches = patches.lock().map(|p| p.clone()).unwrap_or_default();
+        assert_eq!(patches.len(), 1, "{patches:?}");
+        let (method, path, body) = &patches[0];
+        assert_eq!(method, "PATCH");
+        assert_eq!(path, "/api/v1/namespaces/psi/secrets/revoked");
+        assert!(body.contains(&format!("rejected {host} ")), "{body}");
+        assert!(body.contains(PROBE_ANNOTATION), "{body}");
+        assert!(
+            !body.contains("alice") && !body.contains("s3cret"),
+            "{body}"
+        );
+    }
+}
