@@ -17,6 +17,7 @@
 #
 # Usage: bench/flood.sh [BINARY]   (default target/x86_64-unknown-linux-gnu/release/pullsecret-injector)
 # Env: RATE (20), DURATION (60), TRICKLE (300), HALF_OPEN (200), MEMORY_LIMIT (134217728),
+#      CHUNKED (0; 1: the trickled bodies declare no length, so each is charged as it arrives),
 #      OUT (bench/out), DIR (/tmp/psi-flood), API_PORT (56443), ETCD_PORT (63790),
 #      ETCD_PEER_PORT (63800), PORT (57443), ADMIN (57081). Needs root for the memory cgroup
 #      (cgroup v1 or v2); without one it runs with --memory-budget and reports VmHWM only.
@@ -37,11 +38,13 @@ source "$ROOT/tests/e2e/lib-proc.sh"
 "$ROOT/tests/e2e/kube-build.sh" >/dev/null
 CGROUP=""
 cleanup() {
-  [ -f "$W/injector.pid" ] && kill "$(cat "$W/injector.pid")" 2>/dev/null
   [ -f "$W/flood.pid" ] && kill "$(cat "$W/flood.pid")" 2>/dev/null
+  proc_stop "$W/injector.pid" "serve --standalone" 5 || true
   "$ROOT/tests/e2e/kube-down.sh" >/dev/null 2>&1 || true
-  sleep 0.5
-  [ -n "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null
+  # The cgroup can be removed once its last process has gone.
+  if [ -n "$CGROUP" ]; then
+    for _ in $(seq 1 50); do rmdir "$CGROUP" 2>/dev/null && break; sleep 0.1; done
+  fi
   true
 }
 trap cleanup EXIT
@@ -81,7 +84,7 @@ start_injector() {
   echo "flood.sh: the injector did not become ready" >&2; tail -n 5 "$W/injector.log" >&2; return 1
 }
 start_injector
-grep -o '"memory_budget":[0-9]*\|memory_budget=[0-9]*' "$W/injector.log" | head -1 | sed 's/^/injector: /'
+{ grep -o 'memory_budget["=:]*[0-9]*' "$W/injector.log" || echo 'memory_budget not logged'; } | head -1 | sed 's/^/injector: /'
 
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1
@@ -101,7 +104,7 @@ webhooks:
 EOF
 
 failed_calls() { grep -c 'failed calling webhook "inject.pullsecret-injector.io"' "$DIR/apiserver.log" || true; }
-metric() { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN/metrics" | awk -v s="$1" 'index($0, s) == 1 { sum += $NF } END { print sum + 0 }'; }
+metric() { { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN/metrics" || true; } | awk -v s="$1" 'index($0, s) == 1 { sum += $NF } END { print sum + 0 }'; }
 [ -f "$OUT/flood.tsv" ] || printf 'date\tcommit\tflood\trate\tduration_s\tpods\tmissing\terrors\tfailed_calls\tp50_ms\tp99_ms\tmax_ms\tpeak_cgroup_mib\tvmhwm_mib\trefused\tflood_opened\tflood_answered\n' >"$OUT/flood.tsv"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 bad=0
@@ -118,8 +121,9 @@ for flood in off on; do
   [ -n "$CGROUP" ] && echo 0 >"$peak_file" 2>/dev/null || true
   before=$(failed_calls) refused_before=$(metric pullsecret_injector_requests_refused_total)
   if [ "$flood" = on ]; then
+    chunked=(); [ "${CHUNKED:-0}" = 1 ] && chunked=(--chunked)
     python3 "$ROOT/bench/flood.py" --port "$PORT" --ca "$W/tls/ca.crt" --source 127.0.0.2 \
-      --trickle "$TRICKLE" --half-open "$HALF_OPEN" --duration $((DURATION + 10)) >"$W/flood.json" 2>"$W/flood.err" &
+      --trickle "$TRICKLE" --half-open "$HALF_OPEN" --duration $((DURATION + 10)) "${chunked[@]}" >"$W/flood.json" 2>"$W/flood.err" &
     echo $! >"$W/flood.pid"
     sleep 10 # the flood at full strength before the first Pod
   fi
@@ -133,11 +137,11 @@ for flood in off on; do
   fi
   failed=$(($(failed_calls) - before))
   refused=$(( $(metric pullsecret_injector_requests_refused_total) - refused_before ))
-  alive=1; proc_alive "$W/injector.pid" pullsecret-inj || alive=0
+  alive=1; proc_alive "$W/injector.pid" "serve --standalone" || alive=0
   peak=-1; [ -n "$CGROUP" ] && peak=$(( $(cat "$peak_file") / 1048576 ))
   hwm=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$(cat "$W/injector.pid")/status" 2>/dev/null || echo -1)
   read -r pods missing errors p50 p99 max < <(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['count'], d['missing'], d['errors'], d['p50_ms'], d['p99_ms'], d['max_ms'])" "$W/load-$flood.json")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$commit" "$flood" "$RATE" "$DURATION" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$commit" "$flood$([ "$flood" = on ] && [ "${CHUNKED:-0}" = 1 ] && echo -chunked)" "$RATE" "$DURATION" \
     "$pods" "$missing" "$errors" "$failed" "$p50" "$p99" "$max" "$peak" "$hwm" "$refused" "$flood_opened" "$flood_answered" >>"$OUT/flood.tsv"
   echo "flood $flood: $pods Pods, $missing without their secret, $errors create errors, $failed failed webhook calls;" \
     "create p50 ${p50} ms, p99 ${p99} ms, max ${max} ms; injector peak ${peak} MiB (cgroup), VmHWM ${hwm} MiB," \

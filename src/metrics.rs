@@ -120,6 +120,13 @@ pub struct CredentialLabels {
     pub registry: String,
 }
 
+/// A source Secret of the injector's namespace, by name: bounded by the sources an operator
+/// labels there.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub secret: String,
+}
+
 /// The version label of `build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
@@ -153,6 +160,9 @@ pub struct Metrics {
     pub leader: Gauge,
     pub repairs: Family<OutcomeLabels, Counter>,
     pub rule_credential_mismatch: Family<RuleLabels, Gauge>,
+    /// When each source Secret's credential expires (Unix seconds), for those whose expiry is
+    /// known ([`crate::core::expiry`]).
+    pub credential_expiry: Family<SecretLabels, Gauge>,
     /// `requireScope: true`: rules and source Secrets that declare no scope (serving nowhere).
     pub rules_without_scope: Gauge,
     /// `credentialProbe`: 1 when the registry accepted the credential, 0 when it rejected it;
@@ -210,6 +220,7 @@ impl Metrics {
             leader: Gauge::default(),
             repairs: Family::default(),
             rule_credential_mismatch: Family::default(),
+            credential_expiry: Family::default(),
             rules_without_scope: Gauge::default(),
             credential_accepted: Family::default(),
             credential_probes: Family::default(),
@@ -316,6 +327,11 @@ impl Metrics {
                 "rule_credential_mismatch",
                 "1 for a rule whose Secrets (readable sources) hold no docker config key the kubelet would use for the rule's images, 0 when they do",
                 metrics.rule_credential_mismatch.clone(),
+            );
+            registry.register(
+                "credential_expiry_timestamp_seconds",
+                "When a source Secret's credential expires (Unix seconds), from its pullsecret-injector/expires-at or expiresAt annotation or a JWT exp in its docker config; no series when unknown",
+                metrics.credential_expiry.clone(),
             );
             registry.register(
                 "watch_healthy",

@@ -908,3 +908,195 @@ fn explain_names_the_nearest_rule_and_what_differs() {
     // Nothing near: no field at all.
     assert!(images[2].get("nearest").is_none(), "{}", images[2]);
 }
+
+/// A docker config Secret for `server` with `password`, and `annotations` (YAML flow map).
+fn secret_with(name: &str, server: &str, password: &str, annotations: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config =
+        format!(r#"{{"auths":{{"{server}":{{"username":"u","password":"{password}"}}}}}}"#);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  annotations: {annotations}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+        b64(&config)
+    )
+}
+
+/// A JWT whose payload is `claims`, with a dummy signature.
+fn jwt(claims: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.c2ln", b64(r#"{"alg":"none"}"#), b64(claims))
+}
+
+#[test]
+fn check_config_shows_each_secrets_expiry_and_warns_about_expired_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n  - registry: quay.io\n    secrets: [quay]\n  - registry: docker.io\n    secrets: [hub]\n",
+    )
+    .expect("write");
+    let token = jwt(r#"{"exp":1000000000,"sub":"robot-s3cret"}"#);
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "{}---\n{}---\n{}",
+            secret_with(
+                "ghcr",
+                "ghcr.io",
+                "p",
+                "{pullsecret-injector/expires-at: '2099-01-01T02:00:00+02:00'}"
+            ),
+            secret_with("quay", "quay.io", &token, "{}"),
+            secret_with("hub", "docker.io", "p", "{expiresAt: 'next week'}"),
+        ),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run_bin(&[
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "-f".as_ref(),
+        secrets.as_os_str(),
+    ]);
+    // Expiry is a warning: the exit code is the rules' answer.
+    assert_eq!(code, Some(0), "{stderr}");
+    for line in [
+        "Secret ghcr: expires at 2099-01-01T00:00:00Z (annotation pullsecret-injector/expires-at)",
+        "Secret quay: expired at 2001-09-09T01:46:40Z (JWT exp in password of quay.io)",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+    assert!(!stdout.contains("Secret hub:"), "{stdout}");
+    for line in [
+        "has expired: pulls with it fail until it is renewed",
+        "Secret hub: annotation expiresAt: \"next week\" is neither RFC 3339 nor Unix seconds; ignored",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in {stderr}");
+    }
+    let printed = format!("{stdout}{stderr}");
+    assert!(
+        !printed.contains(&token) && !printed.contains("s3cret"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn explain_shows_the_expiry_of_secrets_in_its_input_and_still_adds_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n  - registry: quay.io\n    secrets: [quay]\n  - registry: docker.io\n    secrets: [hub]\n",
+    )
+    .expect("write");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // ghcr: within the hour; quay: a JWT long expired; hub: a year away.
+    let soon = now + 1800;
+    let far = now + 365 * 86_400;
+    let input = dir.path().join("input.yaml");
+    std::fs::write(
+        &input,
+        format!(
+            "{}---\n{}---\n{}---\n{}",
+            secret_with(
+                "ghcr",
+                "ghcr.io",
+                "p",
+                &format!("{{pullsecret-injector/expires-at: '{soon}'}}")
+            ),
+            secret_with("quay", "quay.io", &jwt(r#"{"exp":1000000000}"#), "{}"),
+            secret_with("hub", "docker.io", "p", &format!("{{expiresAt: '{far}'}}")),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team-a}\nspec:\n  containers:\n    - {name: a, image: ghcr.io/acme/a}\n    - {name: b, image: quay.io/acme/b}\n    - {name: c, image: nginx}\n",
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .arg("-f")
+        .arg(&input)
+        .args(["-o", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pod = &json[0];
+    // Never fewer secrets.
+    assert_eq!(
+        pod["add"],
+        serde_json::json!(["ghcr", "quay", "hub"]),
+        "{pod}"
+    );
+    let statuses: Vec<(&str, &str)> = pod["expiries"]
+        .as_array()
+        .expect("expiries")
+        .iter()
+        .map(|e| {
+            (
+                e["secret"].as_str().unwrap_or(""),
+                e["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("ghcr", "expiresSoon"),
+            ("quay", "expired"),
+            ("hub", "valid")
+        ]
+    );
+    assert_eq!(pod["expiries"][1]["expiresAt"], "2001-09-09T01:46:40Z");
+    let warnings: Vec<&str> = pod["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Secret ghcr (rule ghcr.io) expires at")
+                && w.contains("within the hour")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Secret quay (rule quay.io) expired at 2001-09-09T01:46:40Z")),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w.contains("Secret hub")),
+        "{warnings:?}"
+    );
+    // Text: the expiry of each Secret in the input, as a note.
+    let out = bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .arg("-f")
+        .arg(&input)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "Secret quay: expired at 2001-09-09T01:46:40Z (JWT exp in password of quay.io)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Secret hub: expires at "), "{text}");
+}

@@ -403,3 +403,64 @@ fn the_debug_line_of_each_admission_carries_mode_and_outcome() {
         }
     }
 }
+
+/// Issue 17: a source whose credential has expired, or expires within the hour, is still
+/// added, and the review's warnings say so; one with a day left is not warned about. The
+/// handler judges expiries by the clock (core reads none).
+#[tokio::test]
+async fn expired_and_expiring_sources_are_added_with_a_warning() {
+    use pullsecret_injector::core::expiry::{Expiry, Origin};
+    use pullsecret_injector::core::policy::Sources;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let expiry = |at: i64| Expiry {
+        at,
+        origin: Origin::Annotation("pullsecret-injector/expires-at"),
+    };
+    // (ghcr-acme's expiry, dockerhub's, warnings naming a Secret)
+    let cases = [
+        (
+            now - 600,
+            now + 86_400,
+            vec!["Secret ghcr-acme (rule ghcr.io/acme) expired at"],
+        ),
+        (
+            now + 86_400,
+            now + 1200,
+            vec!["Secret dockerhub (rule docker.io) expires at"],
+        ),
+        (now + 86_400, now + 86_400, vec![]),
+    ];
+    for (i, (ghcr, hub, want)) in cases.into_iter().enumerate() {
+        let app = app();
+        app.policy.set_sources(Sources {
+            expiries: [
+                ("ghcr-acme".to_string(), expiry(ghcr)),
+                ("dockerhub".to_string(), expiry(hub)),
+            ]
+            .into(),
+            ..Sources::default()
+        });
+        let (status, bytes) = post(app, "/mutate", fixture("pod-create.json")).await;
+        assert_eq!(status, StatusCode::OK, "case {i}");
+        let reply = Reply::parse(&bytes);
+        // Never fewer secrets.
+        assert_eq!(
+            reply.patch.as_ref().map(|p| p[0]["value"].clone()),
+            Some(json!([{"name": "ghcr-acme"}, {"name": "dockerhub"}])),
+            "case {i}"
+        );
+        let warnings: Vec<String> = reply.review["response"]["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.as_str().map(str::to_string))
+            .collect();
+        assert_eq!(warnings.len(), want.len(), "case {i}: {warnings:?}");
+        for (got, want) in warnings.iter().zip(&want) {
+            assert!(got.contains(want), "case {i}: {got:?} lacks {want:?}");
+        }
+    }
+}

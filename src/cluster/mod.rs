@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 pub use client::ClusterError;
 use index::{ClusterIndex, Index, NamespaceEntry, SecretEntry};
-use sources::{Coverage, Discovery};
+use sources::{Coverage, Discovery, Expiries};
 pub use supervisor::Role;
 use supervisor::Supervisor;
 use watch::Watches;
@@ -110,6 +110,7 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         watches,
         sources_changed: Arc::new(Notify::new()),
         coverage: Coverage::default(),
+        expiries: Expiries::default(),
         secrets: None,
         sources: None,
         lease: None,

@@ -299,6 +299,7 @@ mod tests {
             scope: Default::default(),
             scope_error: None,
             probe_annotation: None,
+            expiry: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! own TLS key among them) are never read, let alone held or copied. Objects are read untyped,
 //! so one odd Secret is skipped and counted instead of stopping the watch.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -17,13 +17,14 @@ use crate::cluster::index::Index;
 use crate::cluster::watch::{Running, Watches};
 use crate::core::coverage::Coverage as RuleCoverage;
 use crate::core::dockercfg::{self, SourceError, SourceSecret};
+use crate::core::expiry;
 use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
     PROBE_ANNOTATION, SOURCE_LABEL,
 };
 use crate::core::policy::{Policy, Sources};
 use crate::core::scope::Scope;
-use crate::metrics::{KindLabels, Metrics, RuleLabels};
+use crate::metrics::{KindLabels, Metrics, RuleLabels, SecretLabels};
 
 /// A source Secret as sync and discovery need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct Source {
     /// `pullsecret-injector/probe`: the registries that rejected its credential, as the
     /// controller's probe last wrote them (`credentialProbe`).
     pub probe_annotation: Option<String>,
+    /// When its credential stops working, if its annotations or tokens say
+    /// ([`crate::core::expiry`]), and the expiry annotations that could not be parsed.
+    pub expiry: expiry::Reading,
 }
 
 impl Source {
@@ -80,12 +84,16 @@ fn entry(object: &DynamicObject) -> Option<Source> {
         Ok(scope) => (scope, None),
         Err(e) => (Scope::nowhere(), Some(e)),
     };
+    let secret = SourceSecret::from_body(name, &object.data);
+    // Read once per version, here: the index keeps the expiry, not a second copy of tokens.
+    let expiry = expiry::read(annotation, &secret);
     Some(Source {
         resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
-        secret: SourceSecret::from_body(name, &object.data),
+        secret,
         scope,
         scope_error,
         probe_annotation: annotation(PROBE_ANNOTATION).map(str::to_string),
+        expiry,
     })
 }
 
@@ -134,6 +142,16 @@ impl Discovery {
                     reason: reason.clone(),
                 });
             }
+            errors.extend(
+                source
+                    .expiry
+                    .problems
+                    .iter()
+                    .map(|problem| SourceError::BadExpiry {
+                        secret: name.clone(),
+                        reason: problem.to_string(),
+                    }),
+            );
             if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
                 out.keyrings.insert(name.clone(), keyring);
             }
@@ -145,6 +163,15 @@ impl Discovery {
                 if !registries.is_empty() {
                     out.rejected.insert(name.clone(), registries);
                 }
+            }
+            // Only pull credentials expire as far as Pods are concerned.
+            if let Some(expiry) = source
+                .expiry
+                .expiry
+                .as_ref()
+                .filter(|_| source.is_pull_credential())
+            {
+                out.expiries.insert(name.clone(), expiry.clone());
             }
             out.scopes.insert(name.clone(), source.scope);
             if !errors.is_empty() && self.reported.insert((name, source.resource_version)) {
@@ -208,6 +235,34 @@ impl Coverage {
                 .set(i64::from(*coverage == RuleCoverage::None));
         }
         self.last = now;
+    }
+}
+
+/// `pullsecret_injector_credential_expiry_timestamp_seconds{secret}`: one series per source
+/// Secret whose expiry is known; a series goes when its Secret does, or no longer has an
+/// expiry, or sources are no longer read.
+#[derive(Default)]
+pub struct Expiries {
+    exported: BTreeSet<String>,
+}
+
+impl Expiries {
+    pub fn report(&mut self, sources: &Sources, metrics: &Metrics) {
+        let now: BTreeSet<String> = sources.expiries.keys().cloned().collect();
+        for gone in self.exported.difference(&now) {
+            metrics.credential_expiry.remove(&SecretLabels {
+                secret: gone.clone(),
+            });
+        }
+        for (secret, expiry) in &sources.expiries {
+            metrics
+                .credential_expiry
+                .get_or_create(&SecretLabels {
+                    secret: secret.clone(),
+                })
+                .set(expiry.at);
+        }
+        self.exported = now;
     }
 }
 
@@ -448,5 +503,96 @@ rules:
                 .and_then(|v| v.parse::<i64>().ok());
             assert_eq!(got, want, "{rule}: {text}");
         }
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_the_sources_and_a_bad_annotation_is_counted() {
+        use crate::core::names::{EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION};
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
+        let annotated = |name: &str, annotations: &[(&str, &str)], version: &str| {
+            let mut object = secret(name, body.clone());
+            object.metadata.resource_version = Some(version.into());
+            object.metadata.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            object
+        };
+        let metrics = Arc::new(Metrics::default());
+        let index = Index::new("source_secrets", metrics.clone());
+        let put = |object: DynamicObject| {
+            let value = entry(&object).expect("named");
+            index.apply("psi", object.metadata.name.as_deref().unwrap_or(""), value);
+        };
+        index.start_list();
+        index.finish_list();
+        put(annotated(
+            "ecr",
+            &[(EXPIRES_AT_ANNOTATION, "2026-12-07T05:00:00+02:00")],
+            "1",
+        ));
+        put(annotated(
+            "gh",
+            &[(EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION, "1796616000")],
+            "1",
+        ));
+        put(annotated("bad", &[(EXPIRES_AT_ANNOTATION, "someday")], "1"));
+        put(annotated("plain", &[], "1"));
+        let mut opaque = secret("opaque", json!({"type": "Opaque", "data": {"a": "eA=="}}));
+        opaque.metadata.annotations =
+            Some([(EXPIRES_AT_ANNOTATION.to_string(), "1796612400".to_string())].into());
+        put(opaque);
+        let mut discovery = Discovery::new(metrics.clone());
+        let mut expiries = Expiries::default();
+        let gauge = |secret: &str| {
+            let line = format!("credential_expiry_timestamp_seconds{{secret=\"{secret}\"}} ");
+            metrics.encode().lines().find_map(|l| {
+                l.strip_prefix(&format!("pullsecret_injector_{line}"))
+                    .map(str::to_string)
+            })
+        };
+        let read = discovery.read(&index, true);
+        expiries.report(&read, &metrics);
+        // (secret, gauge)
+        for (secret, want) in [
+            ("ecr", Some("1796612400")),
+            ("gh", Some("1796616000")),
+            ("bad", None),
+            ("plain", None),
+            // Not a pull credential: its expiry concerns no Pod.
+            ("opaque", None),
+        ] {
+            assert_eq!(
+                gauge(secret).as_deref(),
+                want,
+                "{secret}: {}",
+                metrics.encode()
+            );
+        }
+        // The bad annotation: counted once per version, the Secret still serves.
+        assert!(read.keyrings.contains_key("bad"));
+        let counted = r#"source_secret_errors_total{kind="bad_expiry"} 1"#;
+        assert!(metrics.encode().contains(counted), "{}", metrics.encode());
+        // A Secret deleted, another rotated without an expiry: their series go.
+        index.delete("psi", "ecr");
+        put(annotated("gh", &[], "2"));
+        put(annotated(
+            "plain",
+            &[(EXPIRES_AT_ANNOTATION, "1796620000")],
+            "2",
+        ));
+        let read = discovery.read(&index, true);
+        expiries.report(&read, &metrics);
+        assert_eq!(gauge("ecr"), None);
+        assert_eq!(gauge("gh"), None);
+        assert_eq!(gauge("plain").as_deref(), Some("1796620000"));
+        assert!(metrics.encode().contains(counted), "{}", metrics.encode());
+        // Sources no longer read at all: nothing left.
+        expiries.report(&Sources::default(), &metrics);
+        assert_eq!(gauge("plain"), None);
     }
 }

@@ -28,7 +28,7 @@ use super::lease::{Fresh, KubeLease, Lease};
 use super::probe_loop::ProbeLoop;
 use super::repair::RepairLoop;
 use super::secret_entry;
-use super::sources::{self, Coverage, Discovery, Source};
+use super::sources::{self, Coverage, Discovery, Expiries, Source};
 use super::sync_loop::SyncLoop;
 use super::watch::{Running, Watches};
 use crate::core::config::Settings;
@@ -152,6 +152,7 @@ pub(super) struct Supervisor {
     pub(super) reader: Discovery,
     /// Which rules their Secrets' credentials cover, as last reported.
     pub(super) coverage: Coverage,
+    pub(super) expiries: Expiries,
     pub(super) secrets: Option<SecretWatches>,
     pub(super) sources: Option<SourceWatch>,
     /// Contended for while sync or repair is on (controller only).
@@ -343,6 +344,7 @@ impl Supervisor {
             Some(sources) => self.reader.read(&sources.index, discovery),
             None => Sources::default(),
         };
+        self.expiries.report(&sources, &self.metrics);
         self.policy.set_sources(sources);
         self.coverage.report(&self.policy.load(), &self.metrics);
         self.watches.changed.notify_one();

@@ -699,6 +699,7 @@ mod tests {
                 scope,
                 scope_error: None,
                 probe_annotation: None,
+                expiry: Default::default(),
             },
         )
     }

@@ -580,6 +580,7 @@ mod tests {
             scope: Default::default(),
             scope_error: None,
             probe_annotation: None,
+            expiry: Default::default(),
         };
         sources.apply("psi", "regcred", source.clone());
         let secrets = Index::new("secrets", metrics.clone());

@@ -20,10 +20,12 @@ use serde::Serialize;
 
 use crate::cli::{AuditArgs, AuditFormat};
 use crate::cluster::{self, ClusterError};
+use crate::commands::explain::SecretExpiry;
 use crate::commands::{describe_scope, effective_scope, source_scope};
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg::{self, SourceSecret};
+use crate::core::expiry::{self, Status};
 use crate::core::facts::{ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::core::names::{INJECT_LABEL, SOURCE_LABEL};
 use crate::core::policy::{Policy, Sources};
@@ -119,6 +121,9 @@ pub struct SecretReport {
     /// The namespaces the rule serves.
     pub scope: String,
     pub images: Vec<String>,
+    /// When its credential expires, for a source Secret whose expiry is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<SecretExpiry>,
 }
 
 /// What the API returned: namespace labels and the Secrets that exist. Complete lists, so
@@ -164,8 +169,11 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let client = cluster::client::client(&cluster_args).await?;
     let list = |what| move |source| AuditError::List { what, source };
 
+    let now = crate::metrics::unix_now();
     let mut sources = Sources::default();
     let mut source_problems = Vec::new();
+    // `source Secret X: expires at ...`, for the table's header.
+    let mut source_expiries = Vec::new();
     if (config.settings.discovery || config.settings.sync)
         && let Some(ns) = &injector_namespace
     {
@@ -179,6 +187,19 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
             if let Some(source) = SourceSecret::from_json(&json) {
                 if let Ok(keyring) = dockercfg::keyring_of(&source) {
                     sources.keyrings.insert(source.name.clone(), keyring);
+                }
+                let reading = expiry::read_json(&json, &source);
+                for problem in &reading.problems {
+                    source_problems.push(format!("source Secret {}: {problem}", source.name));
+                }
+                if let Some(expiry) = reading.expiry {
+                    let line = format!("source Secret {}: {}", source.name, expiry.describe(now));
+                    if expiry.status(now) == Status::Valid {
+                        source_expiries.push(line);
+                    } else {
+                        source_problems.push(line);
+                    }
+                    sources.expiries.insert(source.name.clone(), expiry);
                 }
                 // The safe side is nowhere: a scope that cannot be read serves no namespace.
                 let scope = source_scope(&json).unwrap_or_else(|e| {
@@ -262,6 +283,7 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
             &policy,
             &listed,
             injector_namespace.as_deref(),
+            now,
         )?);
     }
     Ok(match args.output {
@@ -275,7 +297,7 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
             json
         }
         AuditFormat::Table => {
-            let mut out = render_rules(&policy, &source_problems);
+            let mut out = render_rules(&policy, &source_expiries, &source_problems);
             out.push_str(&render_table(&reports));
             out
         }
@@ -289,11 +311,14 @@ pub fn report(
     policy: &Policy,
     facts: &dyn ClusterFacts,
     injector_namespace: Option<&str>,
+    now: i64,
 ) -> Result<PodReport, AuditError> {
     let pod: review::Pod<'_> = serde_json::from_str(pod_json)?;
     let state: PodState<'_> = serde_json::from_str(pod_json)?;
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let ctx = Context::new(policy, facts).own_namespace(injector_namespace);
+    let ctx = Context::new(policy, facts)
+        .own_namespace(injector_namespace)
+        .now(now);
     let verdict = verdict::for_pod(&pod, namespace, &ctx);
     let repair = repair::assess(&verdict, &state).map(|a| a.action.as_str());
     let running = state
@@ -343,16 +368,23 @@ pub fn report(
                 rule: s.rule.pattern.to_string(),
                 scope: describe_scope(s.rule, policy.settings()),
                 images: s.images.iter().map(|i| i.to_string()).collect(),
+                expiry: s.expiry.map(|e| SecretExpiry::of(s.name, e, now)),
             })
             .collect(),
         repair,
         cache_risk,
-        // The report lists findings itself; warnings are the problems.
+        // The report lists findings itself; warnings are the problems. Presence and expiry
+        // are in `secrets` (and expiry once per source in the header), not once per Pod.
         warnings: verdict
             .warnings
             .iter()
             .filter(|w| {
-                !w.is_audit_finding() && !matches!(w, verdict::Warning::SecretNotSeen { .. })
+                !w.is_audit_finding()
+                    && !matches!(
+                        w,
+                        verdict::Warning::SecretNotSeen { .. }
+                            | verdict::Warning::CredentialExpiring { .. }
+                    )
             })
             .map(ToString::to_string)
             .collect(),
@@ -398,7 +430,6 @@ pub fn out_of_scope(
     out
 }
 
-/// The rules and the namespaces each serves, then the sources whose scope cannot be read.
 /// Rows as columns padded to their widest cell, two spaces apart, one line each.
 fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
@@ -417,7 +448,9 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
+/// The rules and the namespaces each serves, the sources' expiries (`notes`), then the
+/// sources' problems (unreadable scope, expired or expiring credential) as warnings.
+pub fn render_rules(policy: &Policy, notes: &[String], source_problems: &[String]) -> String {
     let mut rows = vec![[
         "RULE".to_string(),
         "FROM".into(),
@@ -429,6 +462,10 @@ pub fn render_rules(policy: &Policy, source_problems: &[String]) -> String {
         rows.push([r.rule, r.source, r.secrets.join(","), r.scope]);
     }
     let mut out = aligned(&rows);
+    for note in notes {
+        out.push_str(note);
+        out.push('\n');
+    }
     for problem in source_problems {
         out.push_str("warning: ");
         out.push_str(problem);
@@ -562,7 +599,7 @@ mod tests {
                 r#"{{"metadata":{{"name":"web","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"a","image":"nginx"}},{{"name":"b","image":"ghcr.io/x/y"}},{{"name":"c","image":"UPPER"}}]}}}}"#
             )
         };
-        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi"), 0).expect("report");
         assert_eq!(
             r,
             PodReport {
@@ -577,6 +614,7 @@ mod tests {
                         rule: "docker.io".into(),
                         scope: "everywhere".into(),
                         images: vec!["nginx".into()],
+                        expiry: None,
                     },
                     SecretReport {
                         name: "ghcr".into(),
@@ -584,6 +622,7 @@ mod tests {
                         rule: "ghcr.io".into(),
                         scope: "everywhere".into(),
                         images: vec!["ghcr.io/x/y".into()],
+                        expiry: None,
                     },
                 ],
                 repair: None,
@@ -604,7 +643,7 @@ mod tests {
         let running = r#"{"metadata":{"name":"old","namespace":"team-a"},"spec":{"containers":[
             {"name":"a","image":"ghcr.io/x/y","imagePullPolicy":"IfNotPresent"},
             {"name":"b","image":"nginx","imagePullPolicy":"Always"}]},"status":{"phase":"Running"}}"#;
-        let r = report(running, &policy, &listed, Some("psi")).expect("report");
+        let r = report(running, &policy, &listed, Some("psi"), 0).expect("report");
         assert_eq!(
             r.cache_risk,
             [CacheRisk {
@@ -618,7 +657,7 @@ mod tests {
             render_table(&[r]).contains("team-a/old container a image ghcr.io/x/y (IfNotPresent): runs from the node's cache without ghcr"),
         );
 
-        let skipped = report(&pod("team-b"), &policy, &listed, Some("psi")).expect("report");
+        let skipped = report(&pod("team-b"), &policy, &listed, Some("psi"), 0).expect("report");
         assert_eq!(
             skipped.skipped,
             Some("namespace not labelled pullsecret-injector/inject=enabled")
@@ -662,14 +701,14 @@ rules:
         // team-a holds team-b's credential; team-b holds team-a's; a namespace whose labels
         // are unknown (not listed) is served by no selector.
         let names = |ns: &str| -> Vec<String> {
-            let r = report(&pod(ns), &policy, &listed, Some("psi")).expect("report");
+            let r = report(&pod(ns), &policy, &listed, Some("psi"), 0).expect("report");
             r.out_of_scope.into_iter().map(|o| o.secret).collect()
         };
         assert_eq!(names("team-a"), ["team-b-pull"]);
         assert_eq!(names("team-b"), ["team-a-pull"]);
         assert_eq!(names("team-c"), ["team-a-pull", "team-b-pull"]);
 
-        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi"), 0).expect("report");
         assert_eq!(
             r.out_of_scope[0].rules,
             [RuleScope {
@@ -684,7 +723,7 @@ rules:
             table.contains("team-a/web lists Secret team-b-pull, which only rule ghcr.io/acme/team-b (labels team=b) name"),
             "{table}"
         );
-        let rules = render_rules(&policy, &["source Secret x: bad".into()]);
+        let rules = render_rules(&policy, &[], &["source Secret x: bad".into()]);
         assert!(
             rules.contains("ghcr.io/acme/team-a  config rules[0]  team-a-pull  namespaces team-a"),
             "{rules}"
@@ -698,11 +737,63 @@ rules:
         )
         .expect("valid");
         let policy = Policy::from_config(&config);
-        let r = report(&pod("team-a"), &policy, &listed, Some("psi")).expect("report");
+        let r = report(&pod("team-a"), &policy, &listed, Some("psi"), 0).expect("report");
         assert_eq!(r.out_of_scope[0].secret, "dockerhub");
         assert_eq!(
             r.out_of_scope[0].rules[0].scope,
             "nowhere (requireScope: no scope declared)"
+        );
+    }
+
+    #[test]
+    fn source_expiries_are_reported_per_secret_and_in_the_header() {
+        use crate::core::expiry::{Expiry, Origin};
+        let config = config::from_bytes(
+            std::path::Path::new("t"),
+            b"rules:\n  - registry: docker.io\n    secrets: [dockerhub]\n  - registry: ghcr.io\n    secrets: [ghcr]\n",
+        )
+        .expect("valid");
+        let now = 1_796_612_400;
+        let sources = Sources {
+            expiries: [(
+                "ghcr".to_string(),
+                Expiry {
+                    at: now - 60,
+                    origin: Origin::Annotation(crate::core::names::EXPIRES_AT_ANNOTATION),
+                },
+            )]
+            .into(),
+            ..Sources::default()
+        };
+        let policy = Policy::merged(&config, &sources);
+        let listed = Listed {
+            labels: [("team-a".to_string(), NamespaceLabel::Enabled)].into(),
+            namespace_labels: BTreeMap::new(),
+            secrets: BTreeSet::new(),
+        };
+        let pod = r#"{"metadata":{"name":"p","namespace":"team-a"},"spec":{"containers":[{"name":"a","image":"nginx"},{"name":"b","image":"ghcr.io/acme/b"}]}}"#;
+        let r = report(pod, &policy, &listed, Some("psi"), now).expect("report");
+        // Both still added; only the source with a known expiry carries one.
+        let got: Vec<(&str, Option<&str>)> = r
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.expiry.as_ref().map(|e| e.status)))
+            .collect();
+        assert_eq!(got, [("dockerhub", None), ("ghcr", Some("expired"))]);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let json = serde_json::to_value(&r.secrets).expect("json");
+        assert_eq!(json[1]["expiry"]["expiresAt"], "2026-12-07T02:59:00Z");
+        assert!(json[0].get("expiry").is_none(), "{json}");
+        let header = render_rules(
+            &policy,
+            &["source Secret hub: expires at X".into()],
+            &["source Secret ghcr: expired at Y".into()],
+        );
+        assert!(
+            header.contains(
+                "source Secret hub: expires at X\nwarning: source Secret ghcr: expired at Y\n"
+            ),
+            "{header}"
         );
     }
 }

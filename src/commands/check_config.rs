@@ -15,6 +15,10 @@
 //! rule names, an empty rule set, rules that can never win, and, with `requireScope: true`,
 //! rules and sources that declare no scope (that is what `requireScope` is for, and a file
 //! that turns it on before the scopes are written is valid).
+//!
+//! Each docker config Secret's expiry, when known ([`crate::core::expiry`]), is shown as
+//! `expires at ...` or `expired at ...`; an expired one, or one expiring within the hour, and an
+//! expiry annotation that is not a time are warnings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -29,6 +33,7 @@ use crate::commands::{
 use crate::core::config::{self, ConfigError};
 use crate::core::coverage::{self, Coverage};
 use crate::core::dockercfg::{self, SourceSecret};
+use crate::core::expiry::{self, Expiry, Status};
 use crate::core::keyring::Keyring;
 use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
 use crate::core::policy::{Policy, Sources};
@@ -63,6 +68,7 @@ struct Found<'a> {
     file: &'a str,
     kind: String,
     keyring: Option<Keyring>,
+    expiry: Option<Expiry>,
 }
 
 /// The report for a valid file, or the error listing every problem.
@@ -136,12 +142,23 @@ pub fn run(args: &CheckConfigArgs) -> Result<Output, CheckError> {
                     .keyrings
                     .insert(source.name.clone(), keyring.clone());
             }
+            let reading = if is_docker_config(&source.kind) {
+                expiry::read_json(secret, &source)
+            } else {
+                expiry::Reading::default()
+            };
+            for problem in &reading.problems {
+                output
+                    .warnings
+                    .push(format!("{file}: Secret {}: {problem}", source.name));
+            }
             secrets.insert(
                 source.name.clone(),
                 Found {
                     file,
                     kind: source.kind.clone(),
                     keyring,
+                    expiry: reading.expiry,
                 },
             );
         }
@@ -177,6 +194,7 @@ pub fn run(args: &CheckConfigArgs) -> Result<Output, CheckError> {
                     file,
                     kind,
                     keyring: None,
+                    ..
                 }) if !is_docker_config(kind) => {
                     problems.push(format!(
                         "{name}: Secret {secret} ({file}) is of type {kind}: the kubelet uses only {DOCKER_CONFIG_JSON} (or {DOCKER_CFG}) Secrets as pull secrets"
@@ -236,7 +254,23 @@ pub fn run(args: &CheckConfigArgs) -> Result<Output, CheckError> {
             }
         }
     }
+    let now = crate::metrics::unix_now();
     for (secret, found) in &secrets {
+        if let Some(expiry) = &found.expiry {
+            let _ = writeln!(output.report, "Secret {secret}: {}", expiry.describe(now));
+            match expiry.status(now) {
+                Status::Valid => {}
+                Status::ExpiresSoon => output.warnings.push(format!(
+                    "Secret {secret} ({}) expires within the hour: renew it, or pulls with it fail from {}",
+                    found.file,
+                    expiry.rfc3339()
+                )),
+                Status::Expired => output.warnings.push(format!(
+                    "Secret {secret} ({}) has expired: pulls with it fail until it is renewed",
+                    found.file
+                )),
+            }
+        }
         let named = config.rules.iter().any(|r| r.secrets.contains(secret));
         let discovered = config.settings.discovery
             && is_docker_config(&found.kind)

@@ -22,6 +22,7 @@ use crate::commands::{
 use crate::core::config::{self, ConfigError};
 use crate::core::decision::{Context, ImageOutcome};
 use crate::core::dockercfg;
+use crate::core::expiry::{self, Expiry, Status};
 use crate::core::facts::{ClusterFacts, Labels, NamespaceCache, NamespaceLabel, SecretPresence};
 use crate::core::image::ImageRef;
 use crate::core::names::INJECT_LABEL;
@@ -76,6 +77,36 @@ pub struct Explanation {
     /// A workload's pod template: the patch is what each of its Pods gets at CREATE, not a
     /// patch to the workload.
     pub pod_template: bool,
+    /// The expiries of the Secrets in `add` whose expiry is known (Secrets in the input).
+    pub expiries: Vec<SecretExpiry>,
+}
+
+/// When a Secret's credential expires, as `explain -o json` and `audit` show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretExpiry {
+    pub secret: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+    /// `valid`, `expiresSoon` (within the hour) or `expired`.
+    pub status: &'static str,
+    /// Where it was read: `annotation NAME` or `JWT exp in FIELD of KEY`.
+    pub from: String,
+}
+
+impl SecretExpiry {
+    pub fn of(secret: &str, expiry: &Expiry, now: i64) -> Self {
+        Self {
+            secret: secret.to_string(),
+            expires_at: expiry.rfc3339(),
+            status: match expiry.status(now) {
+                Status::Valid => "valid",
+                Status::ExpiresSoon => "expiresSoon",
+                Status::Expired => "expired",
+            },
+            from: expiry.origin.to_string(),
+        }
+    }
 }
 
 /// Where a rule forces `imagePullPolicy: Always`: why that is rarely needed now.
@@ -275,9 +306,19 @@ pub fn run(args: &ExplainArgs) -> Result<Output, ExplainError> {
         namespaces: find_namespaces(&docs),
         default: args.namespace_labels.clone(),
     };
-    // Docker config Secrets in the same input: their keys are checked as the kubelet would.
+    // Docker config Secrets in the same input: their keys are checked as the kubelet would,
+    // and their expiries judged now.
+    let now = crate::metrics::unix_now();
     let mut sources = Sources::default();
-    for secret in docker_config_secrets(&docs) {
+    for (doc, secret) in docker_config_secrets(&docs) {
+        let reading = expiry::read_json(doc, &secret);
+        for problem in &reading.problems {
+            notes.push(format!("Secret {}: {problem}", secret.name));
+        }
+        if let Some(expiry) = reading.expiry {
+            notes.push(format!("Secret {}: {}", secret.name, expiry.describe(now)));
+            sources.expiries.insert(secret.name.clone(), expiry);
+        }
         match dockercfg::keyring_of(&secret) {
             Ok(keyring) => {
                 notes.push(format!(
@@ -295,7 +336,7 @@ pub fn run(args: &ExplainArgs) -> Result<Output, ExplainError> {
     let unscoped = Unscoped::new(&policy);
     let explanations: Vec<_> = targets
         .iter()
-        .map(|t| explain(t, &policy, &facts, &unscoped))
+        .map(|t| explain(t, &policy, &facts, &unscoped, now))
         .collect();
     let report = match args.output {
         ExplainFormat::Text => render_text(&explanations, &notes),
@@ -441,6 +482,7 @@ pub fn explain(
     policy: &Policy,
     facts: &ExplainFacts,
     unscoped: &Unscoped,
+    now: i64,
 ) -> Explanation {
     let mut out = Explanation {
         kind: target.kind.clone(),
@@ -456,6 +498,7 @@ pub fn explain(
         notes: Vec::new(),
         already_listed: Vec::new(),
         pod_template: target.kind != "Pod",
+        expiries: Vec::new(),
     };
     // Round-trip through text so the webhook's borrowed Pod decoder is what reads it.
     let text = target.pod.to_string();
@@ -467,7 +510,7 @@ pub fn explain(
             return out;
         }
     };
-    let ctx = Context::new(policy, facts);
+    let ctx = Context::new(policy, facts).now(now);
     let verdict = verdict::for_pod(&pod, &target.namespace, &ctx);
     let labels = facts.namespace_labels(&target.namespace);
     let serves = |rule: &Rule| {
@@ -553,6 +596,11 @@ pub fn explain(
         }
     }
     out.add = verdict.secrets.iter().map(|s| s.name.to_string()).collect();
+    out.expiries = verdict
+        .secrets
+        .iter()
+        .filter_map(|s| Some(SecretExpiry::of(s.name, s.expiry?, now)))
+        .collect();
     let listed: BTreeSet<&str> = target
         .pod
         .pointer("/spec/imagePullSecrets")

@@ -80,8 +80,9 @@ pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Value>, ManifestErr
 }
 
 /// The docker config Secrets among `docs` (descending into Lists), as `kubectl create secret
-/// docker-registry --dry-run=client -o yaml` writes them.
-pub fn docker_config_secrets(docs: &[Value]) -> Vec<SourceSecret> {
+/// docker-registry --dry-run=client -o yaml` writes them, each with its document (for its
+/// annotations).
+pub fn docker_config_secrets(docs: &[Value]) -> Vec<(&Value, SourceSecret)> {
     let mut out = Vec::new();
     for doc in docs {
         match doc.get("kind").and_then(Value::as_str) {
@@ -93,7 +94,7 @@ pub fn docker_config_secrets(docs: &[Value]) -> Vec<SourceSecret> {
                 if let Some(secret) = SourceSecret::from_json(doc)
                     && matches!(secret.kind.as_str(), DOCKER_CONFIG_JSON | DOCKER_CFG)
                 {
-                    out.push(secret);
+                    out.push((doc, secret));
                 }
             }
             _ => {}

@@ -11,6 +11,7 @@
 //! into the answer.
 
 use crate::core::config::{Mode, Selection, Settings};
+use crate::core::expiry::Expiry;
 use crate::core::facts::{ClusterFacts, Labels, NamespaceLabel, SecretPresence};
 use crate::core::image::{self, ImageError, ImageRef};
 use crate::core::names::{INJECT_AUDIT, INJECT_DISABLED};
@@ -44,6 +45,9 @@ pub struct Context<'a> {
     pub endpoint: Endpoint,
     /// The injector's own namespace, always excluded.
     pub own_namespace: Option<&'a str>,
+    /// The time, Unix seconds, against which credential expiries are judged; `None` (the
+    /// default: core reads no clock) judges none. See [`Self::now`].
+    pub now: Option<i64>,
 }
 
 impl<'a> Context<'a> {
@@ -55,6 +59,16 @@ impl<'a> Context<'a> {
             facts,
             endpoint: Endpoint::Mutate,
             own_namespace: None,
+            now: None,
+        }
+    }
+
+    /// Judge credential expiries at `now` (Unix seconds): an expired or soon-expiring Secret
+    /// is still added, with a warning.
+    pub fn now(self, now: i64) -> Self {
+        Self {
+            now: Some(now),
+            ..self
         }
     }
 
@@ -172,6 +186,9 @@ pub struct SecretToAdd<'a> {
     /// Whether the injector has seen it in the Pod's namespace. It is added regardless: a
     /// reference to a Secret created a moment later still serves the Pod, a missing one never.
     pub presence: SecretPresence,
+    /// When its credential stops working, if it is a source whose expiry is known. It is
+    /// added whatever the expiry: a rotated credential serves the Pod from the next pull on.
+    pub expiry: Option<&'a Expiry>,
 }
 
 /// The decision for a Pod in scope.
@@ -185,6 +202,8 @@ pub struct Plan<'a> {
     pub has_pull_secret_list: bool,
     /// How many entries that list has.
     pub existing_pull_secrets: usize,
+    /// [`Context::now`]: the time expiries are judged at.
+    pub now: Option<i64>,
 }
 
 impl Plan<'_> {
@@ -297,6 +316,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
         secrets: Vec::new(),
         has_pull_secret_list: false,
         existing_pull_secrets: 0,
+        now: ctx.now,
     };
     let Some(spec) = &pod.spec else {
         return Decision::Plan(plan);
@@ -370,6 +390,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
                         rule,
                         images: vec![image_text],
                         presence: ctx.facts.secret_presence(namespace, secret),
+                        expiry: ctx.policy.expiry(secret),
                     }),
                 }
             }
@@ -861,6 +882,7 @@ pub(crate) mod tests {
         let sources = crate::core::policy::Sources {
             rules: vec![discovered],
             keyrings: HashMap::new(),
+            expiries: HashMap::new(),
             scopes: HashMap::from([
                 ("quay-a".to_string(), scope(Some("team-a"), None)),
                 ("quay-b".to_string(), scope(None, Some("team=b"))),

@@ -36,6 +36,10 @@ pub enum SourceError {
     /// Its scope annotations cannot be parsed: it serves no namespace.
     #[error("Secret {secret}: {reason}; it serves no namespace until fixed")]
     BadScope { secret: String, reason: String },
+    /// An expiry annotation that is not a time (annotations are not secret: its value may be
+    /// quoted). The Secret still serves; its expiry is read from the next source.
+    #[error("Secret {secret}: {reason}")]
+    BadExpiry { secret: String, reason: String },
 }
 
 impl SourceError {
@@ -48,6 +52,7 @@ impl SourceError {
             SourceError::NoAuths { .. } => "no_auths",
             SourceError::BadKey { .. } => "bad_key",
             SourceError::BadScope { .. } => "bad_scope",
+            SourceError::BadExpiry { .. } => "bad_expiry",
         }
     }
 }

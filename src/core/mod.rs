@@ -5,12 +5,14 @@
 //! one rule per image (through [`image`] and [`rules`]), [`verdict`] turns that into the
 //! complete answer (outcome, patch from [`patch`], warnings, audit annotation), and [`review`]
 //! encodes it. [`config`] and [`policy`] hold what the decision reads, [`facts`] what it may
-//! know about the cluster, [`dockercfg`] reads docker config Secrets.
+//! know about the cluster, [`dockercfg`] reads docker config Secrets, [`expiry`] when their
+//! credentials stop working.
 
 pub mod config;
 pub mod coverage;
 pub mod decision;
 pub mod dockercfg;
+pub mod expiry;
 pub mod facts;
 pub mod image;
 pub mod keyring;

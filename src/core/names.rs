@@ -29,6 +29,11 @@ pub const NAMESPACES_ANNOTATION: &str = "pullsecret-injector/namespaces";
 /// On a source Secret: a label selector (`kubectl -l` syntax) the namespaces it serves match.
 pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "pullsecret-injector/namespace-selector";
 pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecret-injector/source-version";
+/// On a source Secret: when its credential stops working, RFC 3339 or Unix seconds.
+pub const EXPIRES_AT_ANNOTATION: &str = "pullsecret-injector/expires-at";
+/// The annotation external-secrets' generator examples write on the Secrets they fill (ECR,
+/// GCR, ACR, GitHub tokens): read when [`EXPIRES_AT_ANNOTATION`] is absent.
+pub const EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION: &str = "expiresAt";
 
 /// Audit annotation (the API server prefixes it with the webhook's name): the secrets added,
 /// comma-separated. `-after-N` when the Pod already listed N pull secrets (a reinvocation).

@@ -28,12 +28,14 @@ use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, Settings};
 use crate::core::coverage::{self, Coverage};
+use crate::core::expiry::Expiry;
 use crate::core::keyring::Keyring;
 use crate::core::rules::{Rule, RuleSet, RuleSource};
 use crate::core::scope::Scope;
 
-/// What the source Secrets contribute: discovered rules, and by Secret name, the keyrings and
-/// the scopes (from each source's annotations; nowhere when unparsable).
+/// What the source Secrets contribute: discovered rules, and by Secret name, the keyrings,
+/// the scopes (from each source's annotations; nowhere when unparsable) and the expiries of
+/// those whose expiry is known ([`crate::core::expiry`]).
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub rules: Vec<Rule>,
@@ -42,6 +44,7 @@ pub struct Sources {
     /// `credentialProbe`: by Secret name, the registries (`host[:port]`) that rejected its
     /// credential at the controller's last probe (its `pullsecret-injector/probe` annotation).
     pub rejected: HashMap<String, Vec<String>>,
+    pub expiries: HashMap<String, Expiry>,
 }
 
 /// A consistent snapshot: settings, rules and known credentials.
@@ -54,6 +57,8 @@ pub struct Policy {
     keyrings: HashMap<String, Keyring>,
     /// The registries that rejected each source's credential ([`Sources::rejected`]).
     rejected: HashMap<String, Vec<String>>,
+    /// When each source Secret whose expiry is known stops working.
+    expiries: HashMap<String, Expiry>,
     /// `requireScope`: the rules and source Secrets that declare no scope (so serve nowhere).
     unscoped: Vec<String>,
 }
@@ -105,6 +110,7 @@ impl Policy {
             rules: RuleSet::with_source_scopes(rules, scopes),
             keyrings: sources.keyrings.clone(),
             rejected: sources.rejected.clone(),
+            expiries: sources.expiries.clone(),
             unscoped,
         }
     }
@@ -145,6 +151,11 @@ impl Policy {
 
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// When the source Secret `secret` stops working, if known.
+    pub fn expiry(&self, secret: &str) -> Option<&Expiry> {
+        self.expiries.get(secret)
     }
 
     /// Whether any Secret's credentials are known (then images are checked against them).
@@ -294,6 +305,7 @@ mod tests {
             keyrings: HashMap::new(),
             scopes: HashMap::new(),
             rejected: HashMap::new(),
+            expiries: HashMap::new(),
         });
         store.set_config(config("from-new-file"));
         let policy = store.load();

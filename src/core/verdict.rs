@@ -10,6 +10,7 @@ use crate::core::config::Mode;
 use crate::core::decision::{
     self, Context, Decision, ImageFinding, ImageOutcome, ImageSource, Plan, SecretToAdd, SkipReason,
 };
+use crate::core::expiry::{Expiry, Status};
 use crate::core::facts::SecretPresence;
 use crate::core::image::ImageError;
 use crate::core::names::{ANNOTATION_INJECTED, ANNOTATION_WOULD_INJECT};
@@ -61,6 +62,14 @@ pub enum Warning<'a> {
     WouldSetPullPolicy { source: ImageSource, name: &'a str },
     /// Referenced, but not in the namespace as far as a fresh cache knows.
     SecretNotSeen { secret: &'a str, rule: &'a str },
+    /// Referenced, but its credential has expired (`expired`) or expires within the hour
+    /// ([`crate::core::expiry::SOON_SECONDS`]). Still added: never fewer secrets.
+    CredentialExpiring {
+        secret: &'a str,
+        rule: &'a str,
+        expiry: &'a Expiry,
+        expired: bool,
+    },
     /// `kubectl debug`: the debug image needs Secrets the Pod does not list (or may not).
     DebugImageNeedsSecret {
         name: &'a str,
@@ -176,6 +185,30 @@ impl fmt::Display for Warning<'_> {
                  (its pullsecret-injector/probe annotation says since when)",
                 source.noun(),
                 secrets.join(", ")
+            ),
+            Warning::CredentialExpiring {
+                secret,
+                rule,
+                expiry,
+                expired: true,
+            } => write!(
+                f,
+                "pullsecret-injector: Secret {secret} (rule {rule}) expired at {} ({}); referenced anyway: \
+                 pulls fail until its credential is renewed, and the kubelet uses the renewed one at the next pull attempt",
+                expiry.rfc3339(),
+                expiry.origin
+            ),
+            Warning::CredentialExpiring {
+                secret,
+                rule,
+                expiry,
+                expired: false,
+            } => write!(
+                f,
+                "pullsecret-injector: Secret {secret} (rule {rule}) expires at {} ({}), within the hour; \
+                 referenced anyway: renew it before then or pulls will fail",
+                expiry.rfc3339(),
+                expiry.origin
             ),
             Warning::SecretNotSeen { secret, rule } => write!(
                 f,
@@ -356,6 +389,21 @@ fn from_plan(plan: Plan<'_>) -> Verdict<'_> {
                 rule: secret.rule.pattern.as_str(),
             });
         }
+        if let (Some(expiry), Some(now)) = (secret.expiry, plan.now) {
+            let expired = match expiry.status(now) {
+                Status::Valid => None,
+                Status::ExpiresSoon => Some(false),
+                Status::Expired => Some(true),
+            };
+            if let Some(expired) = expired {
+                warnings.push(Warning::CredentialExpiring {
+                    secret: secret.name,
+                    rule: secret.rule.pattern.as_str(),
+                    expiry,
+                    expired,
+                });
+            }
+        }
     }
 
     let changes = plan.changes_pod();
@@ -533,6 +581,7 @@ mod tests {
             .into(),
             scopes: Default::default(),
             rejected: Default::default(),
+            expiries: Default::default(),
         };
         let policy = Policy::merged(&config, &sources);
         let p = pod(
@@ -680,5 +729,105 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn expired_and_soon_expiring_credentials_are_still_added_with_a_warning() {
+        use crate::core::config::Config;
+        use crate::core::expiry::{Origin, SOON_SECONDS};
+        use crate::core::policy::Sources;
+        let now = 1_796_612_400;
+        let expiry = |at: i64| Expiry {
+            at,
+            origin: Origin::Annotation(crate::core::names::EXPIRES_AT_ANNOTATION),
+        };
+        let config = Config {
+            rules: policy().rules().rules().to_vec(),
+            ..Config::default()
+        };
+        let p = pod(
+            &[],
+            &[
+                "nginx",
+                "ghcr.io/acme/api",
+                "1.dkr.ecr.us-east-1.amazonaws.com/x",
+            ],
+            None,
+        );
+        // (dockerhub's, ghcr-acme's, ecr's expiry, clock, warnings as (secret, expired))
+        #[rustfmt::skip]
+        type Case = ([Option<i64>; 3], Option<i64>, Vec<(&'static str, bool)>);
+        let cases: Vec<Case> = vec![
+            (
+                [Some(now - 1), Some(now + 60), Some(now + SOON_SECONDS + 1)],
+                Some(now),
+                vec![("dockerhub", true), ("ghcr-acme", false)],
+            ),
+            (
+                [Some(now), None, Some(now + SOON_SECONDS)],
+                Some(now),
+                vec![("dockerhub", true), ("ecr", false)],
+            ),
+            // No clock (core's default): nothing is judged.
+            ([Some(now - 1), Some(now + 60), None], None, vec![]),
+            ([None, None, None], Some(now), vec![]),
+        ];
+        for (i, (ats, clock, want)) in cases.into_iter().enumerate() {
+            let sources = Sources {
+                expiries: ["dockerhub", "ghcr-acme", "ecr"]
+                    .iter()
+                    .zip(ats)
+                    .filter_map(|(name, at)| Some((name.to_string(), expiry(at?))))
+                    .collect(),
+                ..Sources::default()
+            };
+            let policy = Policy::merged(&config, &sources);
+            let mut ctx = Context::new(&policy, &crate::core::facts::NothingKnown);
+            if let Some(clock) = clock {
+                ctx = ctx.now(clock);
+            }
+            let verdict = for_pod(&p, "team-a", &ctx);
+            // Never fewer secrets.
+            assert_eq!(
+                verdict.secrets.iter().map(|s| s.name).collect::<Vec<_>>(),
+                ["dockerhub", "ghcr-acme", "ecr", "ecr-backup"],
+                "case {i}"
+            );
+            assert_eq!(verdict.outcome, Outcome::Patched, "case {i}");
+            let got: Vec<(&str, bool)> = verdict
+                .warnings
+                .iter()
+                .filter_map(|w| match w {
+                    Warning::CredentialExpiring {
+                        secret, expired, ..
+                    } => Some((*secret, *expired)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got, want, "case {i}");
+        }
+        let expired = Warning::CredentialExpiring {
+            secret: "ecr",
+            rule: "*.dkr.ecr.*.amazonaws.com",
+            expiry: &expiry(now),
+            expired: true,
+        };
+        assert_eq!(
+            expired.to_string(),
+            "pullsecret-injector: Secret ecr (rule *.dkr.ecr.*.amazonaws.com) expired at 2026-12-07T03:00:00Z \
+             (annotation pullsecret-injector/expires-at); referenced anyway: pulls fail until its credential is renewed, \
+             and the kubelet uses the renewed one at the next pull attempt"
+        );
+        assert!(!expired.is_audit_finding());
+        let soon = Warning::CredentialExpiring {
+            secret: "ecr",
+            rule: "*.dkr.ecr.*.amazonaws.com",
+            expiry: &expiry(now),
+            expired: false,
+        };
+        assert!(
+            soon.to_string().contains("expires at 2026-12-07T03:00:00Z"),
+            "{soon}"
+        );
     }
 }

@@ -240,7 +240,8 @@ pub fn answer(app: &App, endpoint: Endpoint, body: &[u8]) -> Answer {
     let policy = app.policy.load();
     let ctx = Context::new(&policy, app.facts.as_ref())
         .endpoint(endpoint)
-        .own_namespace(app.own_namespace.as_deref());
+        .own_namespace(app.own_namespace.as_deref())
+        .now(crate::metrics::unix_now());
     let verdict = verdict::for_request(request, &ctx);
     app.metrics.record_verdict(&verdict);
 

@@ -87,6 +87,7 @@ OWN = {
     "pullsecret_injector_rule_credential_mismatch": "rule_credential_mismatch",
     "pullsecret_injector_requests_refused_total": "requests_refused",
     "pullsecret_injector_credential_accepted": "credential_accepted",
+    "pullsecret_injector_credential_expiry_timestamp_seconds": "credential_expiry_timestamp_seconds",
 }
 # Announced for issue 8 and being added to the binary: a NOTE, not a failure, while src/ does
 # not register them yet.
@@ -220,7 +221,9 @@ CONTROLLER_ALERTS = {"PullsecretInjectorSyncFailing", "PullsecretInjectorSyncSta
                      "PullsecretInjectorRepairFailing", "PullsecretInjectorRepairBlocked",
                      "PullsecretInjectorCredentialRejected",
                      "PullsecretInjectorPodsNeedRecreate"}
-BOTH_ALERTS = {"PullsecretInjectorWatchUnhealthy", "PullsecretInjectorWatchErrors", "PullsecretInjectorConfigReloadFailing"}
+BOTH_ALERTS = {"PullsecretInjectorWatchUnhealthy", "PullsecretInjectorWatchErrors", "PullsecretInjectorConfigReloadFailing",
+               # Both read the source Secrets and export their expiries.
+               "PullsecretInjectorCredentialExpiringSoon", "PullsecretInjectorCredentialExpired"}
 
 
 def check_selectors(rules, sel, csel, name, controller):
