@@ -18,6 +18,7 @@
 //! - [`cluster`]: what both read (watches into compact indexes, source Secrets) and the
 //!   writers the controller runs (sync, repair, the Lease and its gate).
 //! - [`commands`]: `check-config`, `explain`, `audit`.
+//! - [`probe`]: the credential probe's HTTP client (`credentialProbe`, run by `controller`).
 //! - [`cli`], [`metrics`], [`telemetry`], [`shutdown`]: shared by all of them.
 
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod commands;
 pub mod controller;
 pub mod core;
 pub mod metrics;
+pub mod probe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

@@ -112,6 +112,14 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// One credential at one registry (`credentialProbe`): the source Secret's name and the
+/// `host[:port]` of a docker config key (both from the injector's namespace: bounded).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub secret: String,
+    pub registry: String,
+}
+
 /// A source Secret of the injector's namespace, by name: bounded by the sources an operator
 /// labels there.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +165,11 @@ pub struct Metrics {
     pub credential_expiry: Family<SecretLabels, Gauge>,
     /// `requireScope: true`: rules and source Secrets that declare no scope (serving nowhere).
     pub rules_without_scope: Gauge,
+    /// `credentialProbe`: 1 when the registry accepted the credential, 0 when it rejected it;
+    /// absent until a probe was conclusive (errors leave the last conclusive answer).
+    pub credential_accepted: Family<CredentialLabels, Gauge>,
+    /// `credentialProbe`: probes by outcome (`accepted`, `rejected`, or why neither).
+    pub credential_probes: Family<OutcomeLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -209,6 +222,8 @@ impl Metrics {
             rule_credential_mismatch: Family::default(),
             credential_expiry: Family::default(),
             rules_without_scope: Gauge::default(),
+            credential_accepted: Family::default(),
+            credential_probes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -322,6 +337,16 @@ impl Metrics {
                 "watch_healthy",
                 "1 while the watch is listed and streaming, 0 after an error until it recovers",
                 metrics.watch_healthy.clone(),
+            );
+            registry.register(
+                "credential_accepted",
+                "credentialProbe: 1 when the registry accepted the source Secret's credential at its last conclusive probe, 0 when it answered 401 or 403 to it; absent before any conclusive probe",
+                metrics.credential_accepted.clone(),
+            );
+            registry.register(
+                "credential_probes",
+                "credentialProbe: probes by outcome: accepted, rejected, or why neither (timeout, transport, server_error, unexpected_status, no_challenge, bad_challenge, bad_token_response)",
+                metrics.credential_probes.clone(),
             );
             registry.register(
                 "watch_last_event_timestamp_seconds",

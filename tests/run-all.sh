@@ -6,12 +6,13 @@
 #   4. Kubernetes' own binaries (built once from Debian's source package, then cached)
 #   5. Helm chart checks, including a live install on an API server and the binary smoke test
 #   6. the alert rules (promtool test rules on the chart's rendered PrometheusRule)
+#   6b. the credential probe against the real distribution registry (htpasswd, then token auth)
 #   7. end to end against a real kube-apiserver (scenarios in Rust)
 #   8. admissions during a rollout: two injectors behind a TCP proxy, no Pod without its secret
 #   9. a real one-node cluster: kubelet, containerd, an authenticated registry, the chart
 # As root on Debian it installs what it needs (apt: etcd, kubectl, Go for the Kubernetes build,
 # containerd, registry, haproxy, promtool...; PyPI tools into .tools/).
-# Skip parts with FUZZ=0, CHART=0, ALERTS=0, E2E=0 (also skips 8 and 9), ROLLOUT=0, NODE=0.
+# Skip parts with FUZZ=0, CHART=0, ALERTS=0, PROBE=0, E2E=0 (also skips 8 and 9), ROLLOUT=0, NODE=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -43,6 +44,11 @@ fi
 if [ "${ALERTS:-1}" = 1 ]; then
   step "alert rules (promtool)"
   tests/alerts/run.sh
+fi
+
+if [ "${PROBE:-1}" = 1 ]; then
+  step "credential probe against the real registry (docker-registry)"
+  tests/probe/run.sh
 fi
 
 if [ "${E2E:-1}" = 1 ]; then

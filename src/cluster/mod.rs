@@ -11,7 +11,8 @@
 //!   [`copies`] (the copies sync manages, watched whole, a hash of their data kept),
 //!   [`ledger`] (the UIDs of the copies sync created: what proves a copy is ours), [`repair`]
 //!   (Pods an outage let through), [`lease`] (one writer for both, and the gate every write
-//!   passes); these run only in `controller`.
+//!   passes), [`probe_loop`] (the credential probe: does each registry accept its
+//!   credential); these run only in `controller`.
 //!
 //! Which watches run follows the configuration and the process, also on reload (the table in
 //! [`supervisor`]). Namespaces (metadata) are always watched.
@@ -22,6 +23,7 @@ pub mod index;
 pub mod lease;
 pub mod ledger;
 pub mod list;
+mod probe_loop;
 pub mod repair;
 mod repair_queue;
 pub mod sources;
@@ -114,6 +116,8 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         lease: None,
         sync: None,
         repair: None,
+        probe: None,
+        probe_changed: Arc::new(Notify::new()),
         _namespaces: running_namespaces,
     };
     let settings = supervisor.policy.load().settings().clone();

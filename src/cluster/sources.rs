@@ -20,7 +20,7 @@ use crate::core::dockercfg::{self, SourceError, SourceSecret};
 use crate::core::expiry;
 use crate::core::names::{
     DOCKER_CFG, DOCKER_CONFIG_JSON, NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION,
-    SOURCE_LABEL,
+    PROBE_ANNOTATION, SOURCE_LABEL,
 };
 use crate::core::policy::{Policy, Sources};
 use crate::core::scope::Scope;
@@ -36,6 +36,9 @@ pub struct Source {
     pub scope: Scope,
     /// Why its scope annotations could not be parsed; then `scope` is nowhere.
     pub scope_error: Option<String>,
+    /// `pullsecret-injector/probe`: the registries that rejected its credential, as the
+    /// controller's probe last wrote them (`credentialProbe`).
+    pub probe_annotation: Option<String>,
     /// When its credential stops working, if its annotations or tokens say
     /// ([`crate::core::expiry`]), and the expiry annotations that could not be parsed.
     pub expiry: expiry::Reading,
@@ -89,6 +92,7 @@ fn entry(object: &DynamicObject) -> Option<Source> {
         secret,
         scope,
         scope_error,
+        probe_annotation: annotation(PROBE_ANNOTATION).map(str::to_string),
         expiry,
     })
 }
@@ -150,6 +154,15 @@ impl Discovery {
             );
             if let Ok(keyring) = dockercfg::keyring_of(&source.secret) {
                 out.keyrings.insert(name.clone(), keyring);
+            }
+            if let Some(annotation) = &source.probe_annotation {
+                let registries: Vec<String> = crate::core::probe::rejected_registries(annotation)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                if !registries.is_empty() {
+                    out.rejected.insert(name.clone(), registries);
+                }
             }
             // Only pull credentials expire as far as Pods are concerned.
             if let Some(expiry) = source
@@ -403,6 +416,43 @@ mod tests {
         discovery.read(&index, true);
         let bad = r#"source_secret_errors_total{kind="bad_scope"} 2"#;
         assert!(metrics.encode().contains(bad), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn the_probe_annotation_becomes_the_rejected_registries() {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
+        let metrics = Arc::new(Metrics::default());
+        let index = Index::new("source_secrets", metrics.clone());
+        index.start_list();
+        for (name, annotation) in [
+            (
+                "rejected",
+                Some(
+                    "rejected ghcr.io 2026-12-07T03:00:00Z; rejected quay.io 2026-12-07T03:00:01Z",
+                ),
+            ),
+            ("garbled", Some("accepted")),
+            ("plain", None),
+        ] {
+            let mut object = secret(name, body.clone());
+            object.metadata.annotations =
+                annotation.map(|a| [(PROBE_ANNOTATION.to_string(), a.to_string())].into());
+            if let Some(source) = entry(&object) {
+                index.apply_listed("psi", name, source);
+            }
+        }
+        index.finish_list();
+        let read = Discovery::new(metrics).read(&index, true);
+        assert_eq!(
+            read.rejected,
+            [(
+                "rejected".to_string(),
+                vec!["ghcr.io".to_string(), "quay.io".to_string()]
+            )]
+            .into()
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | sources (the injector's namespace) | `discovery` or `sync` | `discovery` or `sync` |
 //! | the Lease | never | `sync` or `repair` |
 //! | sync / repair | never | `sync` / `repair` |
+//! | sources, for the probe's annotation | `credentialProbe` | `credentialProbe` |
+//! | the Lease and the credential probe | never | `credentialProbe` |
 //! | managed copies (whole, labelled `app.kubernetes.io/managed-by=pullsecret-injector`) | never | `sync` (with the sync loop) |
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::index::{ClusterIndex, Index, SecretIndexes};
 use super::lease::{Fresh, KubeLease, Lease};
+use super::probe_loop::ProbeLoop;
 use super::repair::RepairLoop;
 use super::secret_entry;
 use super::sources::{self, Coverage, Discovery, Expiries, Source};
@@ -65,11 +68,13 @@ pub struct Wanted {
     pub lease: bool,
     pub sync: bool,
     pub repair: bool,
+    pub probe: bool,
 }
 
 /// Pure: what `role` runs under `settings` (the table in the module docs).
 pub fn wanted(role: &Role, settings: &Settings) -> Wanted {
-    let sources = settings.discovery || settings.sync;
+    // The webhook reads the probe's verdicts from the sources' annotations.
+    let sources = settings.discovery || settings.sync || settings.credential_probe;
     match role {
         Role::Webhook => Wanted {
             secrets: settings.secret_awareness,
@@ -79,9 +84,10 @@ pub fn wanted(role: &Role, settings: &Settings) -> Wanted {
         Role::Controller { .. } => Wanted {
             secrets: settings.sync,
             sources,
-            lease: settings.sync || settings.repair,
+            lease: settings.sync || settings.repair || settings.credential_probe,
             sync: settings.sync,
             repair: settings.repair,
+            probe: settings.credential_probe,
         },
     }
 }
@@ -94,8 +100,10 @@ pub enum Step {
     Contend,
     StartSync,
     StartRepair,
+    StartProbe,
     StopSync,
     StopRepair,
+    StopProbe,
     Release,
     StopSources,
     StopSecrets,
@@ -111,10 +119,12 @@ pub fn steps(before: Wanted, after: Wanted) -> Vec<Step> {
         (before.lease, after.lease, Step::Contend),
         (before.sync, after.sync, Step::StartSync),
         (before.repair, after.repair, Step::StartRepair),
+        (before.probe, after.probe, Step::StartProbe),
     ];
     let stops = [
         (before.sync, after.sync, Step::StopSync),
         (before.repair, after.repair, Step::StopRepair),
+        (before.probe, after.probe, Step::StopProbe),
         (before.lease, after.lease, Step::Release),
         (before.sources, after.sources, Step::StopSources),
         (before.secrets, after.secrets, Step::StopSecrets),
@@ -149,6 +159,9 @@ pub(super) struct Supervisor {
     pub(super) lease: Option<Lease>,
     pub(super) sync: Option<(Trigger, JoinHandle<()>)>,
     pub(super) repair: Option<(Trigger, JoinHandle<()>)>,
+    pub(super) probe: Option<(Trigger, JoinHandle<()>)>,
+    /// Source events: wake the credential probe (new and changed credentials at once).
+    pub(super) probe_changed: Arc<Notify>,
     pub(super) _namespaces: Running,
 }
 
@@ -216,6 +229,11 @@ impl Supervisor {
             ("discovery", old.discovery, new.discovery),
             ("sync", old.sync, new.sync),
             ("repair", old.repair, new.repair),
+            (
+                "credentialProbe",
+                old.credential_probe,
+                new.credential_probe,
+            ),
         ] {
             if before != after {
                 tracing::info!(
@@ -280,6 +298,12 @@ impl Supervisor {
                 }
             }
             Step::StartRepair => self.start_repair(),
+            Step::StartProbe => self.start_probe(),
+            Step::StopProbe => {
+                if let Some((stop, _)) = self.probe.take() {
+                    stop.fire();
+                }
+            }
             Step::StopRepair => {
                 if let Some((stop, _)) = self.repair.take() {
                     stop.fire();
@@ -324,6 +348,33 @@ impl Supervisor {
         self.policy.set_sources(sources);
         self.coverage.report(&self.policy.load(), &self.metrics);
         self.watches.changed.notify_one();
+        self.probe_changed.notify_one();
+    }
+
+    fn start_probe(&mut self) {
+        let (Some(lease), Some(sources)) = (&self.lease, &self.sources) else {
+            return;
+        };
+        let prober = match crate::probe::system_roots().and_then(crate::probe::Prober::new) {
+            Ok(prober) => prober,
+            Err(error) => {
+                tracing::error!(%error, "credentialProbe: cannot build the probe's TLS client; no probes until the next restart");
+                return;
+            }
+        };
+        let probe_loop = ProbeLoop {
+            client: self.client.clone(),
+            own_namespace: self.own_namespace.clone(),
+            sources: sources.index.clone(),
+            metrics: self.metrics.clone(),
+            changed: self.probe_changed.clone(),
+            prober,
+        };
+        let stop = Trigger::default();
+        self.probe = Some((
+            stop.clone(),
+            tokio::spawn(probe_loop.run(lease.leadership(vec![sources.index.clone()]), stop)),
+        ));
     }
 
     fn start_sync(&mut self) {
@@ -404,7 +455,10 @@ impl Supervisor {
     /// At shutdown: stop the writers, then release the Lease before the process exits, so
     /// another replica takes over at once.
     async fn stop_writers(&mut self) {
-        for (stop, task) in [self.sync.take(), self.repair.take()].into_iter().flatten() {
+        for (stop, task) in [self.sync.take(), self.repair.take(), self.probe.take()]
+            .into_iter()
+            .flatten()
+        {
             stop.fire();
             let _ = task.await;
         }
@@ -443,6 +497,7 @@ mod tests {
             lease,
             sync,
             repair,
+            probe: false,
         };
         // (awareness, discovery, sync, repair) → (webhook, controller)
         let cases = [
@@ -492,6 +547,28 @@ mod tests {
             // The webhook never writes, whatever the settings.
             assert!(!webhook.lease && !webhook.sync && !webhook.repair);
         }
+        // credentialProbe: the controller probes under the Lease, reading the sources; the
+        // webhook only reads the sources (the probe's annotation), never probes.
+        let probe = Settings {
+            credential_probe: true,
+            ..Settings::default()
+        };
+        assert_eq!(
+            wanted(&Role::Webhook, &probe),
+            Wanted {
+                sources: true,
+                ..Wanted::default()
+            }
+        );
+        assert_eq!(
+            wanted(&controller(), &probe),
+            Wanted {
+                sources: true,
+                lease: true,
+                probe: true,
+                ..Wanted::default()
+            }
+        );
     }
 
     #[test]
@@ -537,8 +614,11 @@ mod tests {
     fn every_transition_between_settings_reaches_the_wanted_state() {
         // Apply the steps to a model of what runs and check it ends where `wanted` says, and
         // that no writer ever runs without the Lease and its caches.
-        let all: Vec<Settings> = (0..16)
-            .map(|b| settings(b & 1 != 0, b & 2 != 0, b & 4 != 0, b & 8 != 0))
+        let all: Vec<Settings> = (0..32)
+            .map(|b| Settings {
+                credential_probe: b & 16 != 0,
+                ..settings(b & 1 != 0, b & 2 != 0, b & 4 != 0, b & 8 != 0)
+            })
             .collect();
         for role in [Role::Webhook, controller()] {
             for from in &all {
@@ -557,9 +637,12 @@ mod tests {
                             Step::StopSync => state.sync = false,
                             Step::StartRepair => state.repair = true,
                             Step::StopRepair => state.repair = false,
+                            Step::StartProbe => state.probe = true,
+                            Step::StopProbe => state.probe = false,
                         }
                         assert!(!state.sync || (state.lease && state.secrets && state.sources));
                         assert!(!state.repair || state.lease);
+                        assert!(!state.probe || (state.lease && state.sources));
                     }
                     assert_eq!(state, after, "{role:?}: {from:?} → {to:?}");
                 }

@@ -698,6 +698,7 @@ mod tests {
                 },
                 scope,
                 scope_error: None,
+                probe_annotation: None,
                 expiry: Default::default(),
             },
         )

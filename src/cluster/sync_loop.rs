@@ -579,6 +579,7 @@ mod tests {
             },
             scope: Default::default(),
             scope_error: None,
+            probe_annotation: None,
             expiry: Default::default(),
         };
         sources.apply("psi", "regcred", source.clone());

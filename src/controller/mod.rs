@@ -87,11 +87,12 @@ pub async fn run(
         lease = %args.lease_name,
         sync = settings.sync,
         repair = settings.repair,
+        credential_probe = settings.credential_probe,
         "pullsecret-injector controller running"
     );
-    if !settings.sync && !settings.repair {
+    if !settings.sync && !settings.repair && !settings.credential_probe {
         tracing::warn!(
-            "neither sync nor repair is on: nothing to write until the configuration turns one on"
+            "neither sync, repair nor credentialProbe is on: nothing to do until the configuration turns one on"
         );
     }
 

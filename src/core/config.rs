@@ -70,6 +70,9 @@ pub struct Settings {
     pub pod_opt_out: bool,
     /// `true`: a rule or source Secret that declares no namespace scope serves no namespace.
     pub require_scope: bool,
+    /// `controller`: ask each concrete registry host a source Secret's credentials serve
+    /// whether it accepts them (`cluster/probe.rs`; the Lease holder only).
+    pub credential_probe: bool,
     /// Sync: a copy in a namespace that left its credential's scope (or whose source is gone)
     /// is deleted after this long, even if a Pod still names it.
     pub revoke_after: std::time::Duration,
@@ -92,6 +95,7 @@ impl Default for Settings {
             repair: false,
             pod_opt_out: true,
             require_scope: false,
+            credential_probe: false,
             revoke_after: DEFAULT_REVOKE_AFTER,
         }
     }
@@ -210,6 +214,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
         ("repair", a.repair, b.repair),
         ("podOptOut", a.pod_opt_out, b.pod_opt_out),
         ("requireScope", a.require_scope, b.require_scope),
+        ("credentialProbe", a.credential_probe, b.credential_probe),
     ] {
         differ(key, before.to_string(), after.to_string());
     }
@@ -322,6 +327,7 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
             "podOptOut",
             "requireScope",
             "revokeAfter",
+            "credentialProbe",
         ],
     );
 
@@ -348,6 +354,7 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
         ("repair", &mut config.settings.repair),
         ("podOptOut", &mut config.settings.pod_opt_out),
         ("requireScope", &mut config.settings.require_scope),
+        ("credentialProbe", &mut config.settings.credential_probe),
     ] {
         if let Some(value) = root.get(key) {
             match value.as_bool() {
@@ -837,6 +844,7 @@ sync: false
 podOptOut: false
 requireScope: true
 revokeAfter: 1h
+credentialProbe: true
 rules:
   - registry: ghcr.io/acme/team-a
     secrets: [team-a-pull]
@@ -855,6 +863,7 @@ rules:
         .expect("valid");
         assert!(!config.settings.pod_opt_out);
         assert!(config.settings.require_scope);
+        assert!(config.settings.credential_probe);
         assert_eq!(
             config.settings.revoke_after,
             std::time::Duration::from_secs(3600)
@@ -882,6 +891,7 @@ rules:
         assert!(!config.rules[1].scope.is_declared());
         let defaults = validate(&Value::Null).expect("empty");
         assert!(defaults.settings.pod_opt_out && !defaults.settings.require_scope);
+        assert!(!defaults.settings.credential_probe);
         assert_eq!(defaults.settings.revoke_after, DEFAULT_REVOKE_AFTER);
     }
 
@@ -891,6 +901,7 @@ rules:
             r#"
 revokeAfter: soon
 podOptOut: "no"
+credentialProbe: 1
 rules:
   - registry: ghcr.io
     secrets: [a]
@@ -910,6 +921,7 @@ rules:
         for want in [
             "revokeAfter: ",
             "podOptOut: expected true or false",
+            "credentialProbe: expected true or false",
             "rules[0].namespaces[0]: \"Team_A\" is not a namespace name or glob",
             "rules[0].namespaces[1]: expected a string",
             "rules[0].namespaceSelector.matchLabels.bad key!: ",
@@ -948,7 +960,7 @@ typo: true
 "#;
         let got = errors(yaml);
         let want = [
-            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair, podOptOut, requireScope, revokeAfter",
+            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair, podOptOut, requireScope, revokeAfter, credentialProbe",
             "mode: 'dryrun' is not one of: enforce, audit",
             "namespaces.extra: unknown field; expected one of: selection, exclude",
             "namespaces.selection: 'some' is not one of: opt-in, all",

@@ -172,6 +172,9 @@ pub struct ImageFinding<'a> {
     /// Whether the kubelet would use one of the rule's Secrets for this image, when the
     /// injector can read them all (its namespace's sources); `None` when it cannot tell.
     pub credential_used: Option<bool>,
+    /// The rule's Secrets whose credential this image's registry rejected at the controller's
+    /// last probe (`credentialProbe`): still referenced, and warned about.
+    pub credential_rejected: Vec<&'a str>,
 }
 
 /// A secret the Pod needs and does not list, the rule that chose it, the images that need it.
@@ -364,7 +367,9 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
         let image_text = image_text.unwrap_or("");
         let mut set_pull_policy_always = false;
         let mut credential_used = None;
+        let mut credential_rejected = Vec::new();
         if let ImageOutcome::Matched { image, rule } = &outcome {
+            credential_rejected = ctx.policy.rejected_secrets(rule, &image.registry());
             if ctx.policy.knows_credentials() {
                 let name = image.kubelet_name();
                 credential_used = ctx.policy.serves(rule, |keyring| keyring.serves(&name));
@@ -399,6 +404,7 @@ pub fn decide<'a>(pod: &'a Pod<'a>, namespace: &str, ctx: &Context<'a>) -> Decis
             outcome,
             set_pull_policy_always,
             credential_used,
+            credential_rejected,
         });
     }
     Decision::Plan(plan)
@@ -884,6 +890,7 @@ pub(crate) mod tests {
                 ("open-src".to_string(), Scope::everywhere()),
                 ("disc".to_string(), disc_scope),
             ]),
+            rejected: HashMap::new(),
         };
         Policy::merged(&config, &sources)
     }

@@ -19,6 +19,7 @@ pub mod keyring;
 pub mod names;
 pub mod patch;
 pub mod policy;
+pub mod probe;
 pub mod repair;
 pub mod review;
 pub mod rules;

@@ -41,3 +41,8 @@ pub const ANNOTATION_INJECTED: &str = "injected-secrets";
 /// Audit mode: the secrets that would be added; `-for-K-images` names how many images the
 /// round inspected, so a reinvocation that saw a new image records its own finding.
 pub const ANNOTATION_WOULD_INJECT: &str = "would-inject-secrets";
+
+/// On a source Secret, written by `controller` (`credentialProbe: true`): the registries that
+/// rejected its credential at the last probe, `rejected <registry> <RFC 3339 time>` each,
+/// separated by `; ` (absent while every registry accepts it). The webhook warns from it.
+pub const PROBE_ANNOTATION: &str = "pullsecret-injector/probe";

@@ -41,6 +41,9 @@ pub struct Sources {
     pub rules: Vec<Rule>,
     pub keyrings: HashMap<String, Keyring>,
     pub scopes: HashMap<String, Scope>,
+    /// `credentialProbe`: by Secret name, the registries (`host[:port]`) that rejected its
+    /// credential at the controller's last probe (its `pullsecret-injector/probe` annotation).
+    pub rejected: HashMap<String, Vec<String>>,
     pub expiries: HashMap<String, Expiry>,
 }
 
@@ -52,6 +55,8 @@ pub struct Policy {
     /// sources' scopes.
     rules: RuleSet,
     keyrings: HashMap<String, Keyring>,
+    /// The registries that rejected each source's credential ([`Sources::rejected`]).
+    rejected: HashMap<String, Vec<String>>,
     /// When each source Secret whose expiry is known stops working.
     expiries: HashMap<String, Expiry>,
     /// `requireScope`: the rules and source Secrets that declare no scope (so serve nowhere).
@@ -104,6 +109,7 @@ impl Policy {
             settings: config.settings.clone(),
             rules: RuleSet::with_source_scopes(rules, scopes),
             keyrings: sources.keyrings.clone(),
+            rejected: sources.rejected.clone(),
             expiries: sources.expiries.clone(),
             unscoped,
         }
@@ -166,6 +172,25 @@ impl Policy {
             .map(|s| Some((s.as_str(), self.keyrings.get(s)?)))
             .collect::<Option<Vec<_>>>()?;
         Some(coverage::of(&rule.pattern, keyrings))
+    }
+
+    /// `rule`'s Secrets whose credential `registry` (an image's `host[:port]`) rejected at the
+    /// controller's last probe (`credentialProbe`); empty when none did or nothing is known.
+    pub fn rejected_secrets<'r>(&self, rule: &'r Rule, registry: &str) -> Vec<&'r str> {
+        if self.rejected.is_empty() {
+            return Vec::new();
+        }
+        rule.secrets
+            .iter()
+            .filter(|secret| {
+                self.rejected.get(*secret).is_some_and(|registries| {
+                    registries
+                        .iter()
+                        .any(|r| crate::core::probe::same_registry(r, registry))
+                })
+            })
+            .map(String::as_str)
+            .collect()
     }
 
     /// Whether the kubelet would use one of `rule`'s Secrets for `target` (an image's kubelet
@@ -279,6 +304,7 @@ mod tests {
             )],
             keyrings: HashMap::new(),
             scopes: HashMap::new(),
+            rejected: HashMap::new(),
             expiries: HashMap::new(),
         });
         store.set_config(config("from-new-file"));

@@ -87,6 +87,14 @@ pub enum Warning<'a> {
         rule: &'a str,
         secrets: Vec<&'a str>,
     },
+    /// `credentialProbe`: the image's registry rejected the credential of these Secrets at the
+    /// controller's last probe. Still referenced (never fewer secrets): it may be renewed.
+    CredentialRejected {
+        source: ImageSource,
+        name: &'a str,
+        image: &'a str,
+        secrets: Vec<&'a str>,
+    },
 }
 
 impl Warning<'_> {
@@ -163,6 +171,19 @@ impl fmt::Display for Warning<'_> {
                 "pullsecret-injector: debug container {name} image {image:?} needs imagePullSecret {} (rule {rule}); \
                  it is pulled with the Pod's imagePullSecrets, which cannot change: if the Pod does not list it, \
                  use kubectl debug --copy-to=NEW-POD (the copy is a new Pod and gets the secret)",
+                secrets.join(", ")
+            ),
+            Warning::CredentialRejected {
+                source,
+                name,
+                image,
+                secrets,
+            } => write!(
+                f,
+                "pullsecret-injector: the registry of {} {name} image {image:?} rejected the credential in Secret {} \
+                 at the last probe (401/403): the pull will fail until the Secret is renewed \
+                 (its pullsecret-injector/probe annotation says since when)",
+                source.noun(),
                 secrets.join(", ")
             ),
             Warning::CredentialExpiring {
@@ -336,6 +357,14 @@ fn from_plan(plan: Plan<'_>) -> Verdict<'_> {
                 });
             }
             _ => {}
+        }
+        if !image.credential_rejected.is_empty() {
+            warnings.push(Warning::CredentialRejected {
+                source: image.source,
+                name: image.name,
+                image: image.image,
+                secrets: image.credential_rejected.clone(),
+            });
         }
     }
     if !enforce {
@@ -551,6 +580,7 @@ mod tests {
             ]
             .into(),
             scopes: Default::default(),
+            rejected: Default::default(),
             expiries: Default::default(),
         };
         let policy = Policy::merged(&config, &sources);
@@ -597,6 +627,65 @@ mod tests {
             }],
         };
         assert_eq!(covered, [Some(Coverage::None), Some(partial), None]);
+    }
+
+    #[test]
+    fn a_credential_the_registry_rejected_is_still_referenced_and_warned_about() {
+        use crate::core::config::Config;
+        use crate::core::policy::Sources;
+        use crate::core::rules::{RegistryPattern, Rule, RuleSource};
+        let rule = |pattern: &str, secret: &str| Rule {
+            pattern: RegistryPattern::parse(pattern).expect(pattern),
+            secrets: vec![secret.into()],
+            pull_policy_always: false,
+            source: RuleSource::Config { index: 0 },
+            scope: Default::default(),
+        };
+        let config = Config {
+            rules: vec![
+                rule("registry.example.com:5000", "revoked"),
+                rule("docker.io", "hub"),
+                rule("ghcr.io", "fine"),
+            ],
+            ..Config::default()
+        };
+        let sources = Sources {
+            // The probe annotation of `revoked` names its registry; `hub`'s names Docker Hub
+            // by its docker config key; `fine`'s names another registry than the image's.
+            rejected: [
+                (
+                    "revoked".to_string(),
+                    vec!["registry.example.com:5000".to_string()],
+                ),
+                ("hub".to_string(), vec!["index.docker.io".to_string()]),
+                ("fine".to_string(), vec!["quay.io".to_string()]),
+            ]
+            .into(),
+            ..Sources::default()
+        };
+        let policy = Policy::merged(&config, &sources);
+        let p = pod(
+            &[],
+            &["registry.example.com:5000/app", "nginx", "ghcr.io/acme/x"],
+            None,
+        );
+        let verdict = for_pod(
+            &p,
+            "team-a",
+            &Context::new(&policy, &crate::core::facts::NothingKnown),
+        );
+        let text: Vec<String> = verdict.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "pullsecret-injector: the registry of container c0 image \"registry.example.com:5000/app\" rejected the credential in Secret revoked at the last probe (401/403): the pull will fail until the Secret is renewed (its pullsecret-injector/probe annotation says since when)",
+                "pullsecret-injector: the registry of container c1 image \"nginx\" rejected the credential in Secret hub at the last probe (401/403): the pull will fail until the Secret is renewed (its pullsecret-injector/probe annotation says since when)",
+            ]
+        );
+        // Never fewer secrets: all three are still added.
+        let added: Vec<&str> = verdict.secrets.iter().map(|s| s.name).collect();
+        assert_eq!(added, ["revoked", "hub", "fine"]);
+        assert_eq!(verdict.outcome, Outcome::Patched);
     }
 
     #[test]

@@ -86,6 +86,7 @@ OWN = {
     "pullsecret_injector_repairs_total": "repairs",
     "pullsecret_injector_rule_credential_mismatch": "rule_credential_mismatch",
     "pullsecret_injector_requests_refused_total": "requests_refused",
+    "pullsecret_injector_credential_accepted": "credential_accepted",
     "pullsecret_injector_credential_expiry_timestamp_seconds": "credential_expiry_timestamp_seconds",
 }
 # Announced for issue 8 and being added to the binary: a NOTE, not a failure, while src/ does
@@ -218,6 +219,7 @@ def check_hook_regex(docs, name, texts):
 CONTROLLER_ALERTS = {"PullsecretInjectorSyncFailing", "PullsecretInjectorSyncStale", "PullsecretInjectorNoLeader",
                      "PullsecretInjectorMultipleLeaders", "PullsecretInjectorControllerDown",
                      "PullsecretInjectorRepairFailing", "PullsecretInjectorRepairBlocked",
+                     "PullsecretInjectorCredentialRejected",
                      "PullsecretInjectorPodsNeedRecreate"}
 BOTH_ALERTS = {"PullsecretInjectorWatchUnhealthy", "PullsecretInjectorWatchErrors", "PullsecretInjectorConfigReloadFailing",
                # Both read the source Secrets and export their expiries.

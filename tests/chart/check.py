@@ -73,7 +73,7 @@ class Case:
 def writer(v):
     """Is a writing feature on? Then the chart renders the controller (Deployment, SA, RBAC)."""
     c = v["config"]
-    return not v["standalone"] and bool(c["sync"] or c["repair"] or c.get("credentialProviders"))
+    return not v["standalone"] and bool(c["sync"] or c["repair"] or c.get("credentialProbe") or c.get("credentialProviders"))
 
 
 def by_args(c, sub):
@@ -153,8 +153,9 @@ def check_config(c):
     cm = cms[0] if cms else {}
     cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
     v = c.values["config"]
+    # credentialProbe is rendered only when on (older binaries refuse the key).
     c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness", "repair",
-                         "podOptOut", "requireScope", "revokeAfter"},
+                         "podOptOut", "requireScope", "revokeAfter"} | ({"credentialProbe"} if v.get("credentialProbe") else set()),
             f"config.yaml keys {sorted(cfg)}")
     c.check(cfg["mode"] == v["mode"], "config.yaml mode differs from values")
     c.check(cfg["namespaces"]["selection"] == v["namespaces"]["selection"], "config.yaml selection differs")
@@ -165,6 +166,7 @@ def check_config(c):
     for k in ("discovery", "sync", "secretAwareness", "repair", "podOptOut", "requireScope"):
         c.check(cfg[k] is v[k], f"config.yaml {k} differs from values")
     c.check(cfg["revokeAfter"] == v["revokeAfter"], "config.yaml revokeAfter differs from values")
+    c.check(cfg.get("credentialProbe", False) is v.get("credentialProbe", False), "config.yaml credentialProbe differs from values")
     return cfg
 
 
@@ -375,15 +377,19 @@ def expected_grants(v, fullname):
     hook = {("cluster", "", "namespaces", ()): LW}
     if cfg["secretAwareness"]:
         hook[("cluster", "", "secrets", ())] = LW
-    if cfg["discovery"] or cfg["sync"]:
+    probe = bool(cfg.get("credentialProbe"))
+    if cfg["discovery"] or cfg["sync"] or probe:
         hook[(RELEASE_NS, "", "secrets", ())] = LW
     want = {fullname: hook}
     if writer(v):
         ctl = {("cluster", "", "namespaces", ()): LW,
                (RELEASE_NS, "coordination.k8s.io", "leases", ()): {"create"},
                (RELEASE_NS, "coordination.k8s.io", "leases", (fullname,)): {"get", "patch"}}
-        if cfg["discovery"] or cfg["sync"]:
+        if cfg["discovery"] or cfg["sync"] or probe:
             ctl[(RELEASE_NS, "", "secrets", ())] = LW
+        if probe:
+            # The pullsecret-injector/probe annotation on the sources: patch, release namespace only.
+            ctl[(RELEASE_NS, "", "secrets", ())] = LW | {"patch"}
         if cfg["sync"]:
             ctl[("cluster", "", "secrets", ())] = LW | {"create", "update", "delete"}
             ctl[("cluster", "", "pods", ())] = L
@@ -628,7 +634,10 @@ def check_optional(c):
         if v["standalone"]:
             c.check(s.get("egress") == [], "standalone NetworkPolicy must deny all egress")
         else:
-            c.check(egress_ports == set(v["networkPolicy"]["apiServer"]["ports"]) | {53}, f"egress ports {egress_ports}")
+            want_ports = set(v["networkPolicy"]["apiServer"]["ports"]) | {53}
+            if is_ctl and v["config"].get("credentialProbe"):
+                want_ports |= set(v["networkPolicy"]["registries"]["ports"])
+            c.check(egress_ports == want_ports, f"egress ports {egress_ports}, want {want_ports}")
             c.check(all("ports" in r for r in s.get("egress", [])), "an egress rule without ports")
 
 

@@ -221,7 +221,7 @@ credential providers). Rendered only when one of those features is on; "true" or
 */}}
 {{- define "pullsecret-injector.controllerEnabled" -}}
 {{- $c := .Values.config }}
-{{- if and (not .Values.standalone) (or $c.sync (dig "repair" false $c) (dig "credentialProviders" list $c)) }}true{{ end }}
+{{- if and (not .Values.standalone) (or $c.sync (dig "repair" false $c) (dig "credentialProbe" false $c) (dig "credentialProviders" list $c)) }}true{{ end }}
 {{- end }}
 
 {{/* Name of the controller's Deployment, ServiceAccount, RBAC objects and metrics Service. */}}
