@@ -111,7 +111,8 @@ pub async fn client_certificates(sc: Sc) -> Result<()> {
             let log = injector.log_since(log_offset);
             async move {
                 ensure!(
-                    log.contains("TLS handshake failed") && log.contains("peer sent no certificates"),
+                    log.contains("TLS handshake failed")
+                        && log.contains("peer sent no certificates"),
                     "not logged yet"
                 );
                 Ok(())
