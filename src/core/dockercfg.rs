@@ -99,10 +99,10 @@ pub fn without_userinfo(key: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The registry keys of a docker config Secret (the keys of `auths`, or of the top-level
-/// object for the legacy type), userinfo redacted ([`without_userinfo`]). Only the keys are
-/// read; no value is kept.
-pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
+/// The entries of a docker config Secret: its `auths` object (the top-level object for the
+/// legacy type), keys as written. Credential material: for the callers that must read it
+/// (expiry, the probe), never to be logged.
+pub fn auths(secret: &SourceSecret) -> Result<serde_json::Map<String, Value>, SourceError> {
     let name = &secret.name;
     let field = match secret.kind.as_str() {
         DOCKER_CONFIG_JSON => ".dockerconfigjson",
@@ -124,27 +124,33 @@ pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
         .decode(encoded)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    let Some(config) = parsed else {
+    let Some(mut config) = parsed else {
         return Err(SourceError::Unparsable {
             secret: name.clone(),
             field,
         });
     };
     let auths = if secret.kind == DOCKER_CONFIG_JSON {
-        config.get("auths")
+        config.get_mut("auths").map(Value::take)
     } else {
-        Some(&config)
+        Some(config)
     };
-    match auths.and_then(Value::as_object) {
-        Some(auths) => Ok(auths
-            .keys()
-            .map(|key| without_userinfo(key).into_owned())
-            .collect()),
-        None => Err(SourceError::NoAuths {
+    match auths {
+        Some(Value::Object(auths)) => Ok(auths),
+        _ => Err(SourceError::NoAuths {
             secret: name.clone(),
             field,
         }),
     }
+}
+
+/// The registry keys of a docker config Secret ([`auths`]), userinfo redacted
+/// ([`without_userinfo`]). Only the keys are read; no value is kept.
+pub fn config_keys(secret: &SourceSecret) -> Result<Vec<String>, SourceError> {
+    Ok(auths(secret)?
+        .keys()
+        .map(|key| without_userinfo(key).into_owned())
+        .collect())
 }
 
 /// The kubelet's keyring for a docker config Secret ([`config_keys`] read its way).

@@ -23,9 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::core::dockercfg::{SourceSecret, without_userinfo};
-use crate::core::names::{
-    DOCKER_CFG, DOCKER_CONFIG_JSON, EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION,
-};
+use crate::core::names::{EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION};
 
 /// How long before its expiry a credential is warned about: an hour, long enough for whoever
 /// rotates it (a person, external-secrets, a refresh job) to act before a Pod fails.
@@ -168,24 +166,9 @@ const TOKEN_FIELDS: [&str; 3] = ["password", "identitytoken", "registrytoken"];
 /// The earliest `exp` of any JWT in the docker config's entries; `None` when none has one
 /// (or the Secret is not a docker config at all: that is reported elsewhere).
 fn earliest_token_expiry(secret: &SourceSecret) -> Option<Expiry> {
-    let (field, wrapped) = match secret.kind.as_str() {
-        DOCKER_CONFIG_JSON => (".dockerconfigjson", true),
-        DOCKER_CFG => (".dockercfg", false),
-        _ => return None,
-    };
-    let encoded = secret.data.get(field)?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let config: Value = serde_json::from_slice(&bytes).ok()?;
-    let auths = if wrapped {
-        config.get("auths")?
-    } else {
-        &config
-    }
-    .as_object()?;
+    let auths = crate::core::dockercfg::auths(secret).ok()?;
     let mut earliest: Option<Expiry> = None;
-    for (key, entry) in auths {
+    for (key, entry) in &auths {
         for (field, exp) in entry_token_expiries(entry) {
             if earliest.as_ref().is_none_or(|e| exp < e.at) {
                 earliest = Some(Expiry {
@@ -248,6 +231,7 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
     use serde_json::json;
 
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

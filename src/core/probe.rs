@@ -24,7 +24,6 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::core::dockercfg::SourceSecret;
-use crate::core::names::{DOCKER_CFG, DOCKER_CONFIG_JSON};
 
 /// A username and password from a docker config entry. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -136,22 +135,7 @@ pub fn targets(secret: &SourceSecret) -> (Vec<Target>, Vec<Skipped>) {
 }
 
 fn auths_of(secret: &SourceSecret) -> Option<serde_json::Map<String, Value>> {
-    let field = match secret.kind.as_str() {
-        DOCKER_CONFIG_JSON => ".dockerconfigjson",
-        DOCKER_CFG => ".dockercfg",
-        _ => return None,
-    };
-    let encoded = secret.data.get(field)?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let config: Value = serde_json::from_slice(&bytes).ok()?;
-    let auths = if secret.kind == DOCKER_CONFIG_JSON {
-        config.get("auths")?
-    } else {
-        &config
-    };
-    auths.as_object().cloned()
+    crate::core::dockercfg::auths(secret).ok()
 }
 
 /// `(plain_http, host[:port])` of a docker config key: scheme, userinfo and path dropped.
@@ -635,6 +619,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::names::DOCKER_CONFIG_JSON;
 
     fn secret(config: &str) -> SourceSecret {
         let encoded = base64::engine::general_purpose::STANDARD.encode(config);
