@@ -18,8 +18,8 @@
 # Usage: bench/flood.sh [BINARY]   (default target/x86_64-unknown-linux-gnu/release/pullsecret-injector)
 # Env: RATE (20), DURATION (60), TRICKLE (300), HALF_OPEN (200), MEMORY_LIMIT (134217728),
 #      CHUNKED (0; 1: the trickled bodies declare no length, so each is charged as it arrives),
-#      OUT (bench/out), DIR (/tmp/psi-flood), API_PORT (56443), ETCD_PORT (63790),
-#      ETCD_PEER_PORT (63800), PORT (57443), ADMIN (57081). Needs root for the memory cgroup
+#      OUT (bench/out), DIR (/tmp/psi-flood), API_PORT (25443), ETCD_PORT (25790),
+#      ETCD_PEER_PORT (25800), PORT (25543), ADMIN (25081). Needs root for the memory cgroup
 #      (cgroup v1 or v2); without one it runs with --memory-budget and reports VmHWM only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,9 +27,10 @@ BIN=$(realpath "${1:-$ROOT/target/x86_64-unknown-linux-gnu/release/pullsecret-in
 RATE=${RATE:-20} DURATION=${DURATION:-60} TRICKLE=${TRICKLE:-300} HALF_OPEN=${HALF_OPEN:-200}
 MEMORY_LIMIT=${MEMORY_LIMIT:-134217728}
 OUT=${OUT:-$ROOT/bench/out}
-export DIR=${DIR:-/tmp/psi-flood} API_PORT=${API_PORT:-56443} ETCD_PORT=${ETCD_PORT:-63790}
-export ETCD_PEER_PORT=${ETCD_PEER_PORT:-63800}
-PORT=${PORT:-57443} ADMIN=${ADMIN:-57081}
+# Ports below the kernel's ephemeral range (32768-60999), as bench/rollout.sh says why.
+export DIR=${DIR:-/tmp/psi-flood} API_PORT=${API_PORT:-25443} ETCD_PORT=${ETCD_PORT:-25790}
+export ETCD_PEER_PORT=${ETCD_PEER_PORT:-25800}
+PORT=${PORT:-25543} ADMIN=${ADMIN:-25081}
 W=$DIR/flood
 [ -x "$BIN" ] || { echo "flood.sh: no binary at $BIN" >&2; exit 2; }
 

@@ -17,19 +17,21 @@
 #
 # Usage: bench/rollout.sh [BINARY]   (default target/debug/pullsecret-injector)
 # Env: RUNS (5), RATE (20), DURATION (60), SHUTDOWN_DELAY (5s), DRAIN_TIMEOUT (10s),
-#      OUT (bench/out), DIR (/tmp/psi-rollout), API_PORT (46443), ETCD_PORT (53790),
-#      ETCD_PEER_PORT (53800), PROXY_PORT (47443), A_PORT/B_PORT (47444/47445),
-#      A_ADMIN/B_ADMIN (47081/47082). Needs haproxy (installed with apt-get when missing).
+#      OUT (bench/out), DIR (/tmp/psi-rollout), API_PORT (24443), ETCD_PORT (24790),
+#      ETCD_PEER_PORT (24800), PROXY_PORT (24543), A_PORT/B_PORT (24544/24545),
+#      A_ADMIN/B_ADMIN (24081/24082). Needs haproxy (installed with apt-get when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$(realpath "${1:-$ROOT/target/debug/pullsecret-injector}")
 RUNS=${RUNS:-5} RATE=${RATE:-20} DURATION=${DURATION:-60}
 SHUTDOWN_DELAY=${SHUTDOWN_DELAY:-5s} DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-10s}
 OUT=${OUT:-$ROOT/bench/out}
-export DIR=${DIR:-/tmp/psi-rollout} API_PORT=${API_PORT:-46443} ETCD_PORT=${ETCD_PORT:-53790}
-export ETCD_PEER_PORT=${ETCD_PEER_PORT:-53800}
-PROXY_PORT=${PROXY_PORT:-47443} A_PORT=${A_PORT:-47444} B_PORT=${B_PORT:-47445}
-A_ADMIN=${A_ADMIN:-47081} B_ADMIN=${B_ADMIN:-47082}
+# Every port is below the kernel's ephemeral range (32768-60999): a port in it can be taken at
+# any moment as the source port of some outgoing connection, and then cannot be listened on.
+export DIR=${DIR:-/tmp/psi-rollout} API_PORT=${API_PORT:-24443} ETCD_PORT=${ETCD_PORT:-24790}
+export ETCD_PEER_PORT=${ETCD_PEER_PORT:-24800}
+PROXY_PORT=${PROXY_PORT:-24543} A_PORT=${A_PORT:-24544} B_PORT=${B_PORT:-24545}
+A_ADMIN=${A_ADMIN:-24081} B_ADMIN=${B_ADMIN:-24082}
 W=$DIR/rollout
 [ -x "$BIN" ] || { echo "rollout.sh: no binary at $BIN" >&2; exit 2; }
 command -v haproxy >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
