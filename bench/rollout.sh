@@ -40,7 +40,8 @@ command -v haproxy >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install 
 source "$ROOT/tests/e2e/lib-proc.sh"
 "$ROOT/tests/e2e/kube-build.sh" >/dev/null
 cleanup() {
-  for p in a b haproxy; do [ -f "$W/$p.pid" ] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+  # Each step may fail (a process already gone) without stopping the rest of the cleanup.
+  for p in a b haproxy; do [ -f "$W/$p.pid" ] && kill "$(cat "$W/$p.pid")" 2>/dev/null || true; done
   "$ROOT/tests/e2e/kube-down.sh" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
