@@ -36,6 +36,8 @@ W=$DIR/flood
 
 # shellcheck source=tests/e2e/lib-proc.sh
 source "$ROOT/tests/e2e/lib-proc.sh"
+# shellcheck source=bench/lib-webhook.sh
+source "$ROOT/bench/lib-webhook.sh"
 "$ROOT/tests/e2e/kube-build.sh" >/dev/null
 CGROUP=""
 cleanup() {
@@ -87,38 +89,15 @@ start_injector() {
 start_injector
 { grep -o 'memory_budget["=:]*[0-9]*' "$W/injector.log" || echo 'memory_budget not logged'; } | head -1 | sed 's/^/injector: /'
 
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: flood-pullsecret-injector}
-webhooks:
-  - name: inject.pullsecret-injector.io
-    admissionReviewVersions: ["v1"]
-    sideEffects: None
-    failurePolicy: Ignore
-    timeoutSeconds: 5
-    clientConfig:
-      url: https://127.0.0.1:$PORT/mutate
-      caBundle: $(base64 -w0 "$W/tls/ca.crt")
-    rules: [{apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE"], resources: ["pods"]}]
-    namespaceSelector: {matchLabels: {pullsecret-injector/inject: enabled}}
-EOF
+register_webhook flood-pullsecret-injector "https://127.0.0.1:$PORT/mutate" "$W/tls/ca.crt"
 
-failed_calls() { grep -c 'failed calling webhook "inject.pullsecret-injector.io"' "$DIR/apiserver.log" || true; }
 metric() { { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN/metrics" || true; } | awk -v s="$1" 'index($0, s) == 1 { sum += $NF } END { print sum + 0 }'; }
 [ -f "$OUT/flood.tsv" ] || printf 'date\tcommit\tflood\trate\tduration_s\tpods\tmissing\terrors\tfailed_calls\tp50_ms\tp99_ms\tmax_ms\tpeak_cgroup_mib\tvmhwm_mib\trefused\tflood_opened\tflood_answered\n' >"$OUT/flood.tsv"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 bad=0
 for flood in off on; do
   ns=flood-$flood
-  kubectl create namespace "$ns" >/dev/null
-  kubectl label namespace "$ns" pullsecret-injector/inject=enabled >/dev/null
-  kubectl create secret docker-registry dockerhub -n "$ns" --docker-server=https://index.docker.io/v1/ \
-    --docker-username=u --docker-password=p >/dev/null
-  for _ in $(seq 1 50); do
-    kubectl create -n "$ns" --dry-run=server -o jsonpath='{.spec.imagePullSecrets[*].name}' -f - <<<'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe"},"spec":{"containers":[{"name":"c","image":"nginx"}]}}' 2>/dev/null | grep -q dockerhub && break
-    sleep 0.2
-  done
+  injected_namespace "$ns"
   [ -n "$CGROUP" ] && echo 0 >"$peak_file" 2>/dev/null || true
   before=$(failed_calls) refused_before=$(metric pullsecret_injector_requests_refused_total)
   if [ "$flood" = on ]; then

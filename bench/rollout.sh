@@ -38,6 +38,8 @@ command -v haproxy >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install 
 
 # shellcheck source=tests/e2e/lib-proc.sh
 source "$ROOT/tests/e2e/lib-proc.sh"
+# shellcheck source=bench/lib-webhook.sh
+source "$ROOT/bench/lib-webhook.sh"
 "$ROOT/tests/e2e/kube-build.sh" >/dev/null
 cleanup() {
   # Each step may fail (a process already gone) without stopping the rest of the cleanup.
@@ -106,39 +108,14 @@ restart() { # NAME PORT ADMIN: what a rolling update does to one Pod
 start a "$A_PORT" "$A_ADMIN"
 start b "$B_PORT" "$B_ADMIN"
 
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: rollout-pullsecret-injector}
-webhooks:
-  - name: inject.pullsecret-injector.io
-    admissionReviewVersions: ["v1"]
-    sideEffects: None
-    failurePolicy: Ignore
-    timeoutSeconds: 5
-    reinvocationPolicy: IfNeeded
-    clientConfig:
-      url: https://127.0.0.1:$PROXY_PORT/mutate
-      caBundle: $(base64 -w0 "$W/tls/ca.crt")
-    rules: [{apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE"], resources: ["pods"]}]
-    namespaceSelector: {matchLabels: {pullsecret-injector/inject: enabled}}
-EOF
+register_webhook rollout-pullsecret-injector "https://127.0.0.1:$PROXY_PORT/mutate" "$W/tls/ca.crt" IfNeeded
 
-failed_calls() { grep -c 'failed calling webhook "inject.pullsecret-injector.io"' "$DIR/apiserver.log" || true; }
 [ -f "$OUT/rollout.tsv" ] || printf 'date\tcommit\trun\trate\tduration_s\tpods\tmissing\terrors\tfailed_calls\tp50_ms\tp99_ms\tmax_ms\n' >"$OUT/rollout.tsv"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 bad=0
 for run in $(seq 1 "$RUNS"); do
   ns=rollout-$run
-  kubectl create namespace "$ns" >/dev/null
-  kubectl label namespace "$ns" pullsecret-injector/inject=enabled >/dev/null
-  kubectl create secret docker-registry dockerhub -n "$ns" --docker-server=https://index.docker.io/v1/ \
-    --docker-username=u --docker-password=p >/dev/null
-  # The webhook is in place before the load starts.
-  for _ in $(seq 1 50); do
-    kubectl create -n "$ns" --dry-run=server -o jsonpath='{.spec.imagePullSecrets[*].name}' -f - <<<'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe"},"spec":{"containers":[{"name":"c","image":"nginx"}]}}' 2>/dev/null | grep -q dockerhub && break
-    sleep 0.2
-  done
+  injected_namespace "$ns"
   before=$(failed_calls)
   python3 "$ROOT/bench/podload.py" --server "https://127.0.0.1:$API_PORT" --ca "$DIR/ca.crt" --token "$TOKEN" \
     --namespace "$ns" --rate "$RATE" --duration "$DURATION" --expect-secret dockerhub >"$W/load-$run.json" 2>"$W/load-$run.err" &
