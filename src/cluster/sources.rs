@@ -278,6 +278,22 @@ mod tests {
         object
     }
 
+    /// A docker config source for ghcr.io with `annotations`, at `version`.
+    fn annotated(name: &str, annotations: &[(&str, &str)], version: &str) -> DynamicObject {
+        let config =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
+        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
+        let mut object = secret(name, body);
+        object.metadata.resource_version = Some(version.into());
+        object.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        object
+    }
+
     #[test]
     fn odd_source_secrets_are_skipped_and_counted_once() {
         let config =
@@ -331,20 +347,6 @@ mod tests {
 
     #[test]
     fn discovered_rules_carry_their_source_scope_and_a_bad_scope_is_reported_once() {
-        let config =
-            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
-        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
-        let annotated = |name: &str, annotations: &[(&str, &str)], version: &str| {
-            let mut object = secret(name, body.clone());
-            object.metadata.resource_version = Some(version.into());
-            object.metadata.annotations = Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            );
-            object
-        };
         let metrics = Arc::new(Metrics::default());
         let index = Index::new("source_secrets", metrics.clone());
         let fill = |version: &str| {
@@ -508,20 +510,6 @@ rules:
     #[test]
     fn the_expiry_gauge_follows_the_sources_and_a_bad_annotation_is_counted() {
         use crate::core::names::{EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION};
-        let config =
-            base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"ghcr.io":{}}}"#);
-        let body = json!({"type": DOCKER_CONFIG_JSON, "data": {".dockerconfigjson": config}});
-        let annotated = |name: &str, annotations: &[(&str, &str)], version: &str| {
-            let mut object = secret(name, body.clone());
-            object.metadata.resource_version = Some(version.into());
-            object.metadata.annotations = Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            );
-            object
-        };
         let metrics = Arc::new(Metrics::default());
         let index = Index::new("source_secrets", metrics.clone());
         let put = |object: DynamicObject| {
