@@ -96,7 +96,7 @@ image() {
 step "injector images (tests/node/injector-image.sh: scripts/build-image.sh)" image
 
 export NODE_DIR=$DIR NODE_RUN=$DIR/story NODE_KUBECONFIG=$ADMIN_KUBECONFIG NODE_IMAGE=$IMG NODE_IMAGE_NEXT=$IMG_NEXT \
-  NODE_BIN=$BIN NODE_HELM=$HELM NODE_REGISTRY=$REG NODE_CHART=${CHART:-$ROOT/charts/pullsecret-injector}
+  NODE_BIN=$BIN NODE_HELM=$HELM NODE_REGISTRY=$REG NODE_CHART=${CHART:-$ROOT/charts/pullsecret-injector} NODE_IP=$NODE_IP
 mkdir -p "$NODE_RUN"
 echo "=== the story (cargo test --test node -- --ignored; binary $BIN, image $IMG)"
 t=$EPOCHREALTIME

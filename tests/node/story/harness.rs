@@ -44,6 +44,14 @@ pub struct Env {
     pub reg_pass: String,
     /// Deployments applied per variant in the latency scenario (`NODE_LATENCY_RUNS`, 5).
     pub latency_runs: usize,
+    /// The node's address on the Pod bridge (`NODE_IP`, default 10.244.0.1): Pods reach
+    /// services the tests run on the host there.
+    pub node_ip: String,
+    /// A Prometheus server binary (`NODE_PROMETHEUS`; default `.tools/bin/prometheus`, which
+    /// tests/node/deps.sh unpacks from Debian's package, else `prometheus` on PATH).
+    pub prometheus: PathBuf,
+    /// The repository (scripts run from it).
+    pub root: PathBuf,
 }
 
 impl Env {
@@ -82,6 +90,19 @@ impl Env {
                 .transpose()
                 .context("NODE_LATENCY_RUNS")?
                 .unwrap_or(5),
+            node_ip: var("NODE_IP").unwrap_or_else(|| "10.244.0.1".into()),
+            prometheus: var("NODE_PROMETHEUS").map_or_else(
+                || {
+                    let unpacked = root.join(".tools/bin/prometheus");
+                    if unpacked.exists() {
+                        unpacked
+                    } else {
+                        PathBuf::from("prometheus")
+                    }
+                },
+                PathBuf::from,
+            ),
+            root,
             dir,
         })
     }

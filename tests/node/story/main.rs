@@ -20,7 +20,10 @@ mod journal;
 mod kubelet;
 mod latency;
 mod lifecycle;
+mod mint;
+mod minted;
 mod operations;
+mod prometheus;
 mod story;
 mod tenancy;
 mod tools;
@@ -87,6 +90,13 @@ scenario!(
     s6_tenants,
     "a credential scoped to tenant A: A's Pod pulls and runs, B's Pod naming A's image stays in ImagePullBackOff with the 401",
     tenancy::tenants
+);
+
+// Issue 17.4: credentials minted by a credential-provider plugin.
+scenario!(
+    s7_minted_credentials,
+    "a credential-provider plugin mints a password the registry accepts for 250 s: Pods keep pulling after the first expired; with the plugin failing, admission warns and the expiry alert fires before it expires",
+    minted::minted_credentials
 );
 
 // Last: nothing is left behind.
