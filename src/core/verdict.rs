@@ -740,6 +740,7 @@ mod tests {
         let expiry = |at: i64| Expiry {
             at,
             origin: Origin::Annotation(crate::core::names::EXPIRES_AT_ANNOTATION),
+            issued: None,
         };
         let config = Config {
             rules: policy().rules().rules().to_vec(),
