@@ -239,6 +239,9 @@ unclear messages). Each message names the value to fix.
 {{- if not (hasPrefix "/" $path) }}
 {{- fail (printf "credentialProviders.path must be the absolute directory inside credentialProviders.image holding the executables (got %q)" $path) }}
 {{- end }}
+{{- if and (eq $src "initContainer") (not $v.credentialProviders.initContainer.command) (eq (clean $path) "/") }}
+{{- fail "credentialProviders.path is /: the init container would copy the plugins' whole image; put the executables in a directory of their own (or use credentialProviders.source=imageVolume)" }}
+{{- end }}
 {{- if and (eq $src "initContainer") (not $v.credentialProviders.initContainer.command) (or (eq (clean $path) $clean) (hasPrefix (printf "%s/" $clean) (clean $path))) }}
 {{- fail (printf "credentialProviders.path (%s) is inside config.credentialProviders.binDir (%s), where the init container mounts the emptyDir it copies into: choose another binDir" $path $bin) }}
 {{- end }}
