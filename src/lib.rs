@@ -26,6 +26,7 @@ pub(crate) mod cluster;
 pub mod commands;
 pub mod controller;
 pub mod core;
+pub mod credential_plugin;
 pub mod metrics;
 pub mod probe;
 pub mod shutdown;

@@ -127,6 +127,21 @@ pub struct SecretLabels {
     pub secret: String,
 }
 
+/// One credential-provider plugin (`credentialProviders`), by its configured name: bounded by
+/// the configuration file.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+/// A plugin run's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderRunLabels {
+    pub provider: String,
+    /// `success`, `not_found`, `timeout`, `failed`, `bad_response`, `write_failed`.
+    pub outcome: &'static str,
+}
+
 /// The version label of `build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
@@ -163,6 +178,15 @@ pub struct Metrics {
     /// When each source Secret's credential expires (Unix seconds), for those whose expiry is
     /// known ([`crate::core::expiry`]).
     pub credential_expiry: Family<SecretLabels, Gauge>,
+    /// When each source Secret's credential was issued (Unix seconds), for those whose issue
+    /// time is known (the `pullsecret-injector/issued-at` annotation, a JWT `iat`).
+    pub credential_issued: Family<SecretLabels, Gauge>,
+    /// `credentialProviders`: plugin runs (one per pass over a provider's images) by outcome.
+    pub credential_provider_runs: Family<ProviderRunLabels, Counter>,
+    /// `credentialProviders`: 1 while the provider's last pass failed, 0 after a success.
+    pub credential_provider_failing: Family<ProviderLabels, Gauge>,
+    /// `credentialProviders`: when the provider last filled its Secret (Unix seconds).
+    pub credential_provider_last_success: Family<ProviderLabels, Gauge>,
     /// `requireScope: true`: rules and source Secrets that declare no scope (serving nowhere).
     pub rules_without_scope: Gauge,
     /// `credentialProbe`: 1 when the registry accepted the credential, 0 when it rejected it;
@@ -221,6 +245,10 @@ impl Metrics {
             repairs: Family::default(),
             rule_credential_mismatch: Family::default(),
             credential_expiry: Family::default(),
+            credential_issued: Family::default(),
+            credential_provider_runs: Family::default(),
+            credential_provider_failing: Family::default(),
+            credential_provider_last_success: Family::default(),
             rules_without_scope: Gauge::default(),
             credential_accepted: Family::default(),
             credential_probes: Family::default(),
@@ -332,6 +360,26 @@ impl Metrics {
                 "credential_expiry_timestamp_seconds",
                 "When a source Secret's credential expires (Unix seconds), from its pullsecret-injector/expires-at or expiresAt annotation or a JWT exp in its docker config; no series when unknown",
                 metrics.credential_expiry.clone(),
+            );
+            registry.register(
+                "credential_issued_timestamp_seconds",
+                "When a source Secret's credential was issued (Unix seconds), from its pullsecret-injector/issued-at annotation or a JWT iat; with the expiry it sets the warning threshold (a third of the lifetime, at most an hour); no series when unknown",
+                metrics.credential_issued.clone(),
+            );
+            registry.register(
+                "credential_provider_runs",
+                "credentialProviders: passes over a provider's images, by outcome: success, not_found, timeout, failed, bad_response, write_failed",
+                metrics.credential_provider_runs.clone(),
+            );
+            registry.register(
+                "credential_provider_failing",
+                "credentialProviders: 1 while the provider's last pass failed (its Secret keeps the last good credential), 0 after a success",
+                metrics.credential_provider_failing.clone(),
+            );
+            registry.register(
+                "credential_provider_last_success_timestamp_seconds",
+                "credentialProviders: when the provider last filled its Secret, Unix seconds",
+                metrics.credential_provider_last_success.clone(),
             );
             registry.register(
                 "watch_healthy",

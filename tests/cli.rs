@@ -307,7 +307,15 @@ fn empty_and_never_winning_rules_are_warned_about_and_yaml_errors_name_the_file(
         "twice.yaml",
         "rules:\n  - registry: docker.io\n    secrets: [a]\n  - registry: DOCKER.IO\n    secrets: [b]\n",
     );
+    let unnamed = write(
+        "minted.yaml",
+        "rules:\n  - registry: docker.io\n    secrets: [a]\ncredentialProviders:\n  providers:\n    - name: ecr-credential-provider\n      apiVersion: credentialprovider.kubelet.k8s.io/v1\n      matchImages: ['*.dkr.ecr.*.amazonaws.com']\n      defaultCacheDuration: 12h\n      secret: ecr\n      images: [1.dkr.ecr.us-east-1.amazonaws.com/app]\n",
+    );
     for (config, warning) in [
+        (
+            &unnamed,
+            "warning: credentialProviders.providers[0] (ecr-credential-provider) fills Secret ecr, which no rule names and discovery is off: no Pod will get it",
+        ),
         (
             &empty,
             "warning: no rules: the injector adds nothing to any Pod",

@@ -418,6 +418,7 @@ async fn expired_and_expiring_sources_are_added_with_a_warning() {
     let expiry = |at: i64| Expiry {
         at,
         origin: Origin::Annotation("pullsecret-injector/expires-at"),
+        issued: None,
     };
     // (ghcr-acme's expiry, dockerhub's, warnings naming a Secret)
     let cases = [

@@ -12,7 +12,8 @@
 //!   [`ledger`] (the UIDs of the copies sync created: what proves a copy is ours), [`repair`]
 //!   (Pods an outage let through), [`lease`] (one writer for both, and the gate every write
 //!   passes), [`probe_loop`] (the credential probe: does each registry accept its
-//!   credential); these run only in `controller`.
+//!   credential), [`provider_loop`] (credential-provider plugins keeping Secrets filled);
+//!   these run only in `controller`.
 //!
 //! Which watches run follows the configuration and the process, also on reload (the table in
 //! [`supervisor`]). Namespaces (metadata) are always watched.
@@ -24,6 +25,7 @@ pub mod lease;
 pub mod ledger;
 pub mod list;
 mod probe_loop;
+mod provider_loop;
 pub mod repair;
 mod repair_queue;
 pub mod sources;
@@ -118,6 +120,8 @@ pub async fn start(wiring: Wiring) -> Result<Cluster, ClusterError> {
         repair: None,
         probe: None,
         probe_changed: Arc::new(Notify::new()),
+        providers: None,
+        providers_changed: Arc::new(Notify::new()),
         _namespaces: running_namespaces,
     };
     let settings = supervisor.policy.load().settings().clone();

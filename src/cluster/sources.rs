@@ -238,31 +238,48 @@ impl Coverage {
     }
 }
 
-/// `pullsecret_injector_credential_expiry_timestamp_seconds{secret}`: one series per source
-/// Secret whose expiry is known; a series goes when its Secret does, or no longer has an
-/// expiry, or sources are no longer read.
+/// `pullsecret_injector_credential_expiry_timestamp_seconds{secret}` and
+/// `..._issued_timestamp_seconds{secret}`: one series per source Secret whose expiry (and
+/// issue time) is known; a series goes when its Secret does, or no longer has one, or
+/// sources are no longer read.
 #[derive(Default)]
 pub struct Expiries {
     exported: BTreeSet<String>,
+    issued: BTreeSet<String>,
 }
 
 impl Expiries {
     pub fn report(&mut self, sources: &Sources, metrics: &Metrics) {
         let now: BTreeSet<String> = sources.expiries.keys().cloned().collect();
+        let issued: BTreeSet<String> = sources
+            .expiries
+            .iter()
+            .filter(|(_, e)| e.issued.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let labels = |secret: &String| SecretLabels {
+            secret: secret.clone(),
+        };
         for gone in self.exported.difference(&now) {
-            metrics.credential_expiry.remove(&SecretLabels {
-                secret: gone.clone(),
-            });
+            metrics.credential_expiry.remove(&labels(gone));
+        }
+        for gone in self.issued.difference(&issued) {
+            metrics.credential_issued.remove(&labels(gone));
         }
         for (secret, expiry) in &sources.expiries {
             metrics
                 .credential_expiry
-                .get_or_create(&SecretLabels {
-                    secret: secret.clone(),
-                })
+                .get_or_create(&labels(secret))
                 .set(expiry.at);
+            if let Some(at) = expiry.issued {
+                metrics
+                    .credential_issued
+                    .get_or_create(&labels(secret))
+                    .set(at);
+            }
         }
         self.exported = now;
+        self.issued = issued;
     }
 }
 

@@ -12,6 +12,8 @@
 //! | sync / repair | never | `sync` / `repair` |
 //! | sources, for the probe's annotation | `credentialProbe` | `credentialProbe` |
 //! | the Lease and the credential probe | never | `credentialProbe` |
+//! | sources, for the minted credentials' expiry | `credentialProviders` | `credentialProviders` |
+//! | the Lease and the credential providers | never | `credentialProviders` |
 //! | managed copies (whole, labelled `app.kubernetes.io/managed-by=pullsecret-injector`) | never | `sync` (with the sync loop) |
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use tokio::task::JoinHandle;
 use super::index::{ClusterIndex, Index, SecretIndexes};
 use super::lease::{Fresh, KubeLease, Lease};
 use super::probe_loop::ProbeLoop;
+use super::provider_loop::ProviderLoop;
 use super::repair::RepairLoop;
 use super::secret_entry;
 use super::sources::{self, Coverage, Discovery, Expiries, Source};
@@ -69,12 +72,15 @@ pub struct Wanted {
     pub sync: bool,
     pub repair: bool,
     pub probe: bool,
+    pub providers: bool,
 }
 
 /// Pure: what `role` runs under `settings` (the table in the module docs).
 pub fn wanted(role: &Role, settings: &Settings) -> Wanted {
     // The webhook reads the probe's verdicts from the sources' annotations.
-    let sources = settings.discovery || settings.sync || settings.credential_probe;
+    // The webhook also reads the minted credentials' expiry (`credentialProviders`).
+    let providers = !settings.credential_providers.providers.is_empty();
+    let sources = settings.discovery || settings.sync || settings.credential_probe || providers;
     match role {
         Role::Webhook => Wanted {
             secrets: settings.secret_awareness,
@@ -84,10 +90,11 @@ pub fn wanted(role: &Role, settings: &Settings) -> Wanted {
         Role::Controller { .. } => Wanted {
             secrets: settings.sync,
             sources,
-            lease: settings.sync || settings.repair || settings.credential_probe,
+            lease: settings.sync || settings.repair || settings.credential_probe || providers,
             sync: settings.sync,
             repair: settings.repair,
             probe: settings.credential_probe,
+            providers,
         },
     }
 }
@@ -101,9 +108,11 @@ pub enum Step {
     StartSync,
     StartRepair,
     StartProbe,
+    StartProviders,
     StopSync,
     StopRepair,
     StopProbe,
+    StopProviders,
     Release,
     StopSources,
     StopSecrets,
@@ -120,11 +129,13 @@ pub fn steps(before: Wanted, after: Wanted) -> Vec<Step> {
         (before.sync, after.sync, Step::StartSync),
         (before.repair, after.repair, Step::StartRepair),
         (before.probe, after.probe, Step::StartProbe),
+        (before.providers, after.providers, Step::StartProviders),
     ];
     let stops = [
         (before.sync, after.sync, Step::StopSync),
         (before.repair, after.repair, Step::StopRepair),
         (before.probe, after.probe, Step::StopProbe),
+        (before.providers, after.providers, Step::StopProviders),
         (before.lease, after.lease, Step::Release),
         (before.sources, after.sources, Step::StopSources),
         (before.secrets, after.secrets, Step::StopSecrets),
@@ -162,6 +173,9 @@ pub(super) struct Supervisor {
     pub(super) probe: Option<(Trigger, JoinHandle<()>)>,
     /// Source events: wake the credential probe (new and changed credentials at once).
     pub(super) probe_changed: Arc<Notify>,
+    pub(super) providers: Option<(Trigger, JoinHandle<()>)>,
+    /// Reloads: wake the credential providers (a changed provider refreshes at once).
+    pub(super) providers_changed: Arc<Notify>,
     pub(super) _namespaces: Running,
 }
 
@@ -254,6 +268,7 @@ impl Supervisor {
         }
         self.running = after;
         self.rediscover();
+        self.providers_changed.notify_one();
     }
 
     fn run_step(&mut self, step: Step) {
@@ -299,6 +314,12 @@ impl Supervisor {
             }
             Step::StartRepair => self.start_repair(),
             Step::StartProbe => self.start_probe(),
+            Step::StartProviders => self.start_providers(),
+            Step::StopProviders => {
+                if let Some((stop, _)) = self.providers.take() {
+                    stop.fire();
+                }
+            }
             Step::StopProbe => {
                 if let Some((stop, _)) = self.probe.take() {
                     stop.fire();
@@ -374,6 +395,24 @@ impl Supervisor {
         self.probe = Some((
             stop.clone(),
             tokio::spawn(probe_loop.run(lease.leadership(vec![sources.index.clone()]), stop)),
+        ));
+    }
+
+    fn start_providers(&mut self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let provider_loop = ProviderLoop {
+            client: self.client.clone(),
+            own_namespace: self.own_namespace.clone(),
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+            changed: self.providers_changed.clone(),
+        };
+        let stop = Trigger::default();
+        self.providers = Some((
+            stop.clone(),
+            tokio::spawn(provider_loop.run(lease.leadership(Vec::new()), stop)),
         ));
     }
 
@@ -455,9 +494,14 @@ impl Supervisor {
     /// At shutdown: stop the writers, then release the Lease before the process exits, so
     /// another replica takes over at once.
     async fn stop_writers(&mut self) {
-        for (stop, task) in [self.sync.take(), self.repair.take(), self.probe.take()]
-            .into_iter()
-            .flatten()
+        for (stop, task) in [
+            self.sync.take(),
+            self.repair.take(),
+            self.probe.take(),
+            self.providers.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             stop.fire();
             let _ = task.await;
@@ -482,6 +526,22 @@ mod tests {
         }
     }
 
+    fn one_provider() -> crate::core::credential_provider::CredentialProviders {
+        crate::core::credential_provider::CredentialProviders {
+            providers: vec![crate::core::credential_provider::Provider {
+                name: "p".into(),
+                api_version: crate::core::credential_provider::API_VERSIONS[0].into(),
+                match_images: vec!["r.example".into()],
+                default_cache_duration: Duration::from_secs(60),
+                args: Vec::new(),
+                env: Vec::new(),
+                secret: "s".into(),
+                images: vec!["r.example/a".into()],
+            }],
+            ..Default::default()
+        }
+    }
+
     fn controller() -> Role {
         Role::Controller {
             lease_name: "l".into(),
@@ -498,6 +558,7 @@ mod tests {
             sync,
             repair,
             probe: false,
+            providers: false,
         };
         // (awareness, discovery, sync, repair) → (webhook, controller)
         let cases = [
@@ -569,6 +630,35 @@ mod tests {
                 ..Wanted::default()
             }
         );
+        // credentialProviders: likewise; the webhook reads the minted Secrets' expiry.
+        let providers = Settings {
+            credential_providers: one_provider(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            wanted(&Role::Webhook, &providers),
+            Wanted {
+                sources: true,
+                ..Wanted::default()
+            }
+        );
+        assert_eq!(
+            wanted(&controller(), &providers),
+            Wanted {
+                sources: true,
+                lease: true,
+                providers: true,
+                ..Wanted::default()
+            }
+        );
+        assert_eq!(
+            steps(Wanted::default(), wanted(&controller(), &providers)),
+            [Step::StartSources, Step::Contend, Step::StartProviders]
+        );
+        assert_eq!(
+            steps(wanted(&controller(), &providers), Wanted::default()),
+            [Step::StopProviders, Step::Release, Step::StopSources]
+        );
     }
 
     #[test]
@@ -614,9 +704,14 @@ mod tests {
     fn every_transition_between_settings_reaches_the_wanted_state() {
         // Apply the steps to a model of what runs and check it ends where `wanted` says, and
         // that no writer ever runs without the Lease and its caches.
-        let all: Vec<Settings> = (0..32)
+        let all: Vec<Settings> = (0..64)
             .map(|b| Settings {
                 credential_probe: b & 16 != 0,
+                credential_providers: if b & 32 != 0 {
+                    one_provider()
+                } else {
+                    Default::default()
+                },
                 ..settings(b & 1 != 0, b & 2 != 0, b & 4 != 0, b & 8 != 0)
             })
             .collect();
@@ -639,10 +734,13 @@ mod tests {
                             Step::StopRepair => state.repair = false,
                             Step::StartProbe => state.probe = true,
                             Step::StopProbe => state.probe = false,
+                            Step::StartProviders => state.providers = true,
+                            Step::StopProviders => state.providers = false,
                         }
                         assert!(!state.sync || (state.lease && state.secrets && state.sources));
                         assert!(!state.repair || state.lease);
                         assert!(!state.probe || (state.lease && state.sources));
+                        assert!(!state.providers || state.lease);
                     }
                     assert_eq!(state, after, "{role:?}: {from:?} → {to:?}");
                 }

@@ -760,6 +760,7 @@ rules:
                 Expiry {
                     at: now - 60,
                     origin: Origin::Annotation(crate::core::names::EXPIRES_AT_ANNOTATION),
+                    issued: None,
                 },
             )]
             .into(),

@@ -1,5 +1,6 @@
-//! `pullsecret-injector controller`: the writer. Sync, repair and the Lease that makes one
-//! replica write run here, in a process of their own under a ServiceAccount of their own, so
+//! `pullsecret-injector controller`: the writer. Sync, repair, the credential probe and
+//! providers, and the Lease that makes one replica write run here, in a process of their own
+//! under a ServiceAccount of their own, so
 //! that the webhook's Pods (which answer every Pod CREATE and accept TLS from the network)
 //! hold no token that can write Secrets or evict Pods.
 //!
@@ -88,11 +89,16 @@ pub async fn run(
         sync = settings.sync,
         repair = settings.repair,
         credential_probe = settings.credential_probe,
+        credential_providers = settings.credential_providers.providers.len(),
         "pullsecret-injector controller running"
     );
-    if !settings.sync && !settings.repair && !settings.credential_probe {
+    if !settings.sync
+        && !settings.repair
+        && !settings.credential_probe
+        && settings.credential_providers.providers.is_empty()
+    {
         tracing::warn!(
-            "neither sync, repair nor credentialProbe is on: nothing to do until the configuration turns one on"
+            "neither sync, repair, credentialProbe nor credentialProviders is on: nothing to do until the configuration turns one on"
         );
     }
 

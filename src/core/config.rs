@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::core::credential_provider::{self, CredentialProviders, Provider};
 use crate::core::rules::{RegistryPattern, Rule, RuleSource};
 use crate::core::scope::{NamePattern, Operator, Requirement, Scope, Selector, check_requirement};
 
@@ -76,6 +77,9 @@ pub struct Settings {
     /// Sync: a copy in a namespace that left its credential's scope (or whose source is gone)
     /// is deleted after this long, even if a Pod still names it.
     pub revoke_after: std::time::Duration,
+    /// `controller`: the kubelet credential-provider plugins that keep source Secrets filled
+    /// (`cluster/provider_loop.rs`; the Lease holder only). Empty: off.
+    pub credential_providers: CredentialProviders,
 }
 
 /// `revokeAfter` when the file does not say.
@@ -97,6 +101,7 @@ impl Default for Settings {
             require_scope: false,
             credential_probe: false,
             revoke_after: DEFAULT_REVOKE_AFTER,
+            credential_providers: CredentialProviders::default(),
         }
     }
 }
@@ -223,6 +228,19 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", a.revoke_after),
         format!("{:?}", b.revoke_after),
     );
+    let providers = |p: &CredentialProviders| {
+        let names: Vec<String> = p
+            .providers
+            .iter()
+            .map(|p| format!("{} -> {} ({})", p.name, p.secret, p.fingerprint()))
+            .collect();
+        format!("{} [{}]", p.bin_dir.display(), names.join(", "))
+    };
+    differ(
+        "credentialProviders",
+        providers(&a.credential_providers),
+        providers(&b.credential_providers),
+    );
     // Rules by pattern; a rule "changed" when its secrets, scope or pull policy did.
     let what = |rule: &Rule| {
         (
@@ -328,6 +346,7 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
             "requireScope",
             "revokeAfter",
             "credentialProbe",
+            "credentialProviders",
         ],
     );
 
@@ -376,6 +395,9 @@ pub fn validate(tree: &Value) -> Result<Config, Vec<FieldError>> {
                 format!("expected a duration such as 10m, found {}", show(value)),
             ),
         }
+    }
+    if let Some(value) = root.get("credentialProviders") {
+        config.settings.credential_providers = v.credential_providers(value);
     }
     if v.errors.is_empty() {
         Ok(config)
@@ -659,6 +681,267 @@ impl Validator {
             }
         }
         selector
+    }
+
+    /// `credentialProviders:`: `binDir` and the kubelet's `providers[]` fields, plus `secret`
+    /// and `images`, each checked as the kubelet would and against the others.
+    fn credential_providers(&mut self, value: &Value) -> CredentialProviders {
+        const PATH: &str = "credentialProviders";
+        let mut out = CredentialProviders::default();
+        let Some(map) = value.as_object() else {
+            self.error(PATH, format!("expected a mapping, found {}", kind(value)));
+            return out;
+        };
+        self.unknown_keys(PATH, map, &["binDir", "providers"]);
+        if let Some(dir) = map.get("binDir") {
+            match dir.as_str() {
+                Some(d) if d.starts_with('/') => out.bin_dir = d.into(),
+                _ => self.error(
+                    "credentialProviders.binDir",
+                    format!("expected an absolute path, found {}", show(dir)),
+                ),
+            }
+        }
+        let Some(items) = map.get("providers") else {
+            return out;
+        };
+        let Some(items) = items.as_array() else {
+            self.error(
+                "credentialProviders.providers",
+                format!("expected a list, found {}", kind(items)),
+            );
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("credentialProviders.providers[{i}]");
+            if let Some(provider) = self.provider(&path, item) {
+                if out.providers.iter().any(|p| p.name == provider.name) {
+                    self.error(
+                        format!("{path}.name"),
+                        format!(
+                            "'{}' is already a provider's name (the kubelet's rule: one entry per plugin; list several images under one)",
+                            provider.name
+                        ),
+                    );
+                } else if out.providers.iter().any(|p| p.secret == provider.secret) {
+                    self.error(
+                        format!("{path}.secret"),
+                        format!(
+                            "Secret '{}' is already kept filled by another provider; two would overwrite each other",
+                            provider.secret
+                        ),
+                    );
+                } else {
+                    out.providers.push(provider);
+                }
+            }
+        }
+        out
+    }
+
+    fn provider(&mut self, path: &str, value: &Value) -> Option<Provider> {
+        let Some(map) = value.as_object() else {
+            self.error(path, format!("expected a mapping, found {}", kind(value)));
+            return None;
+        };
+        self.unknown_keys(
+            path,
+            map,
+            &[
+                "name",
+                "apiVersion",
+                "matchImages",
+                "defaultCacheDuration",
+                "args",
+                "env",
+                "secret",
+                "images",
+            ],
+        );
+        let errors_before = self.errors.len();
+        let string = |v: &mut Self, key: &str| -> Option<String> {
+            match map.get(key) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+                Some(other) => {
+                    v.error(
+                        format!("{path}.{key}"),
+                        format!("expected a non-empty string, found {}", show(other)),
+                    );
+                    None
+                }
+                None => {
+                    v.error(format!("{path}.{key}"), "is required");
+                    None
+                }
+            }
+        };
+        let name = string(self, "name");
+        if let Some(name) = &name
+            && (name.contains('/') || name == "." || name == "..")
+        {
+            self.error(
+                format!("{path}.name"),
+                format!("'{name}' must be a file name in binDir, without '/'"),
+            );
+        }
+        let api_version = string(self, "apiVersion");
+        if let Some(version) = &api_version
+            && !credential_provider::API_VERSIONS.contains(&version.as_str())
+        {
+            self.error(
+                format!("{path}.apiVersion"),
+                format!(
+                    "'{version}' is not one of: {}",
+                    credential_provider::API_VERSIONS.join(", ")
+                ),
+            );
+        }
+        let duration = string(self, "defaultCacheDuration");
+        let default_cache_duration =
+            duration.and_then(|text| match credential_provider::parse_go_duration(&text) {
+                Some(d) if !d.is_zero() => Some(d),
+                _ => {
+                    self.error(
+                        format!("{path}.defaultCacheDuration"),
+                        format!("'{text}' is not a duration longer than 0 such as 12h or 30m"),
+                    );
+                    None
+                }
+            });
+        let secret = string(self, "secret");
+        if let Some(secret) = &secret
+            && !is_dns1123_subdomain(secret)
+        {
+            self.error(
+                format!("{path}.secret"),
+                format!("'{secret}' is not a valid Secret name"),
+            );
+        }
+        let match_images = self.strings(&format!("{path}.matchImages"), map.get("matchImages"));
+        let patterns: Vec<RegistryPattern> = match_images
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| match RegistryPattern::parse(raw) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.error(format!("{path}.matchImages[{i}]"), e.to_string());
+                    None
+                }
+            })
+            .collect();
+        let images = self.strings(&format!("{path}.images"), map.get("images"));
+        for (i, image) in images.iter().enumerate() {
+            match crate::core::image::parse(image) {
+                Err(e) => self.error(format!("{path}.images[{i}]"), e.to_string()),
+                Ok(parsed) if patterns.len() == match_images.len() => {
+                    if !patterns.iter().any(|p| p.matches(&parsed)) {
+                        self.error(
+                            format!("{path}.images[{i}]"),
+                            format!(
+                                "'{image}' matches none of matchImages: the kubelet would never ask this plugin for it"
+                            ),
+                        );
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        let args = match map.get("args") {
+            None => Vec::new(),
+            Some(value) => self.strings_allow_empty(&format!("{path}.args"), value),
+        };
+        let env = self.env(&format!("{path}.env"), map.get("env"));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Provider {
+            name: name?,
+            api_version: api_version?,
+            match_images,
+            default_cache_duration: default_cache_duration?,
+            args,
+            env,
+            secret: secret?,
+            images,
+        })
+    }
+
+    /// A required, non-empty list of non-empty strings.
+    fn strings(&mut self, path: &str, value: Option<&Value>) -> Vec<String> {
+        let Some(value) = value else {
+            self.error(path, "is required");
+            return Vec::new();
+        };
+        let out = self.strings_allow_empty(path, value);
+        if out.is_empty() && value.as_array().is_some_and(Vec::is_empty) {
+            self.error(path, "must list at least one");
+        }
+        out
+    }
+
+    fn strings_allow_empty(&mut self, path: &str, value: &Value) -> Vec<String> {
+        let Some(items) = value.as_array() else {
+            self.error(path, format!("expected a list, found {}", kind(value)));
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(s) if !s.trim().is_empty() => out.push(s.to_string()),
+                _ => self.error(
+                    format!("{path}[{i}]"),
+                    format!("expected a non-empty string, found {}", show(item)),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `env: [{name, value}]`, as in the kubelet's `providers[].env`.
+    fn env(&mut self, path: &str, value: Option<&Value>) -> Vec<(String, String)> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            self.error(path, format!("expected a list, found {}", kind(value)));
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(entry) = item.as_object() else {
+                self.error(
+                    at,
+                    format!(
+                        "expected a mapping with name and value, found {}",
+                        kind(item)
+                    ),
+                );
+                continue;
+            };
+            self.unknown_keys(&at, entry, &["name", "value"]);
+            let name = entry
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                self.error(
+                    format!("{at}.name"),
+                    "expected a variable name (non-empty, no '=')",
+                );
+                continue;
+            }
+            match entry.get("value") {
+                Some(Value::String(v)) => out.push((name.to_string(), v.clone())),
+                // A value is not quoted: env values may be keys.
+                Some(other) => self.error(
+                    format!("{at}.value"),
+                    format!("expected a string, found {}", kind(other)),
+                ),
+                None => out.push((name.to_string(), String::new())),
+            }
+        }
+        out
     }
 
     /// A list of distinct names, each checked by `valid`.
@@ -960,7 +1243,7 @@ typo: true
 "#;
         let got = errors(yaml);
         let want = [
-            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair, podOptOut, requireScope, revokeAfter, credentialProbe",
+            "typo: unknown field; expected one of: mode, namespaces, rules, discovery, sync, secretAwareness, repair, podOptOut, requireScope, revokeAfter, credentialProbe, credentialProviders",
             "mode: 'dryrun' is not one of: enforce, audit",
             "namespaces.extra: unknown field; expected one of: selection, exclude",
             "namespaces.selection: 'some' is not one of: opt-in, all",
@@ -982,6 +1265,125 @@ typo: true
             );
         }
         assert_eq!(got.len(), want.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn credential_providers_are_read_and_checked_like_the_kubelet_would() {
+        let config = from_bytes(
+            Path::new("c.yaml"),
+            br#"
+credentialProviders:
+  providers:
+    - name: ecr-credential-provider
+      apiVersion: credentialprovider.kubelet.k8s.io/v1
+      matchImages: ["*.dkr.ecr.*.amazonaws.com"]
+      defaultCacheDuration: 12h0m0s
+      args: [get-credentials]
+      env: [{name: AWS_REGION, value: us-east-1}]
+      secret: ecr
+      images: ["123456789012.dkr.ecr.us-east-1.amazonaws.com/app"]
+"#,
+        )
+        .expect("valid");
+        let providers = &config.settings.credential_providers;
+        assert_eq!(
+            providers.bin_dir,
+            Path::new(crate::core::credential_provider::DEFAULT_BIN_DIR)
+        );
+        let ecr = &providers.providers[0];
+        assert_eq!(
+            ecr.default_cache_duration,
+            std::time::Duration::from_secs(43_200)
+        );
+        assert_eq!(
+            ecr.env,
+            [("AWS_REGION".to_string(), "us-east-1".to_string())]
+        );
+        assert_eq!(ecr.args, ["get-credentials"]);
+
+        let got = errors(
+            r#"
+credentialProviders:
+  binDir: relative/dir
+  plugins: []
+  providers:
+    - name: ../escape
+      apiVersion: credentialprovider.kubelet.k8s.io/v2
+      matchImages: ["*.dkr.ecr.*.amazonaws.com"]
+      defaultCacheDuration: 12 hours
+      env: [{name: "A=B", value: x}, {name: KEY, value: 7}]
+      secret: Not_A_Name
+      images: ["quay.io/app", "UPPER/Case:x:y"]
+    - name: ok
+      apiVersion: credentialprovider.kubelet.k8s.io/v1
+      matchImages: []
+      defaultCacheDuration: 0s
+      secret: s
+    - name: one
+      apiVersion: credentialprovider.kubelet.k8s.io/v1
+      matchImages: [r.example]
+      defaultCacheDuration: 1h
+      secret: shared
+      images: [r.example/a]
+    - name: one
+      apiVersion: credentialprovider.kubelet.k8s.io/v1
+      matchImages: [r.example]
+      defaultCacheDuration: 1h
+      secret: other
+      images: [r.example/b]
+    - name: two
+      apiVersion: credentialprovider.kubelet.k8s.io/v1
+      matchImages: [r.example]
+      defaultCacheDuration: 1h
+      secret: shared
+      images: [r.example/b]
+"#,
+        );
+        let p = "credentialProviders.providers";
+        let want = [
+            "credentialProviders.plugins: unknown field; expected one of: binDir, providers"
+                .to_string(),
+            "credentialProviders.binDir: expected an absolute path, found 'relative/dir'".into(),
+            format!("{p}[0].name: '../escape' must be a file name in binDir, without '/'"),
+            format!(
+                "{p}[0].apiVersion: 'credentialprovider.kubelet.k8s.io/v2' is not one of: credentialprovider.kubelet.k8s.io/v1, credentialprovider.kubelet.k8s.io/v1beta1, credentialprovider.kubelet.k8s.io/v1alpha1"
+            ),
+            format!(
+                "{p}[0].defaultCacheDuration: '12 hours' is not a duration longer than 0 such as 12h or 30m"
+            ),
+            format!("{p}[0].secret: 'Not_A_Name' is not a valid Secret name"),
+            format!(
+                "{p}[0].images[0]: 'quay.io/app' matches none of matchImages: the kubelet would never ask this plugin for it"
+            ),
+            format!(
+                "{p}[0].images[1]: {}",
+                crate::core::image::parse("UPPER/Case:x:y")
+                    .map(|_| ())
+                    .unwrap_err()
+            ),
+            format!("{p}[0].env[0].name: expected a variable name (non-empty, no '=')"),
+            format!("{p}[0].env[1].value: expected a string, found a number"),
+            format!(
+                "{p}[1].defaultCacheDuration: '0s' is not a duration longer than 0 such as 12h or 30m"
+            ),
+            format!("{p}[1].matchImages: must list at least one"),
+            format!("{p}[1].images: is required"),
+            format!(
+                "{p}[3].name: 'one' is already a provider's name (the kubelet's rule: one entry per plugin; list several images under one)"
+            ),
+            format!(
+                "{p}[4].secret: Secret 'shared' is already kept filled by another provider; two would overwrite each other"
+            ),
+        ];
+        for line in &want {
+            assert!(
+                got.iter().any(|g| g == line),
+                "missing {line:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        // Env values are never quoted: they may be keys.
+        assert!(!got.iter().any(|g| g.contains("x\"")));
     }
 
     #[test]

@@ -23,7 +23,9 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::core::dockercfg::{SourceSecret, without_userinfo};
-use crate::core::names::{EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION};
+use crate::core::names::{
+    EXPIRES_AT_ANNOTATION, EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION, ISSUED_AT_ANNOTATION,
+};
 
 /// How long before its expiry a credential is warned about: an hour, long enough for whoever
 /// rotates it (a person, external-secrets, a refresh job) to act before a Pod fails.
@@ -53,24 +55,38 @@ impl fmt::Display for Origin {
 pub struct Expiry {
     pub at: i64,
     pub origin: Origin,
+    /// When the credential was issued, if known (the `pullsecret-injector/issued-at`
+    /// annotation, else the token's `iat`): shortens the warning threshold to a third of the
+    /// lifetime, so a credential that always lives an hour or less is not warned about at
+    /// every Pod while it is renewed on time.
+    pub issued: Option<i64>,
 }
 
 /// An expiry against a clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    /// More than [`SOON_SECONDS`] left.
+    /// More than [`Expiry::warn_seconds`] left.
     Valid,
-    /// Within [`SOON_SECONDS`], not yet expired.
+    /// Within [`Expiry::warn_seconds`], not yet expired.
     ExpiresSoon,
     /// At or past its expiry.
     Expired,
 }
 
 impl Expiry {
+    /// How long before its expiry it is warned about: [`SOON_SECONDS`], or a third of its
+    /// lifetime when that is shorter and the issue time is known.
+    pub fn warn_seconds(&self) -> i64 {
+        match self.issued {
+            Some(issued) if issued < self.at => ((self.at - issued) / 3).min(SOON_SECONDS),
+            _ => SOON_SECONDS,
+        }
+    }
+
     pub fn status(&self, now: i64) -> Status {
         if self.at <= now {
             Status::Expired
-        } else if self.at - now <= SOON_SECONDS {
+        } else if self.at - now <= self.warn_seconds() {
             Status::ExpiresSoon
         } else {
             Status::Valid
@@ -130,8 +146,9 @@ pub fn read<'a>(annotation: impl Fn(&str) -> Option<&'a str>, secret: &SourceSec
                 reading.expiry = Some(Expiry {
                     at,
                     origin: Origin::Annotation(name),
+                    issued: None,
                 });
-                return reading;
+                break;
             }
             None => reading.problems.push(AnnotationError {
                 annotation: name,
@@ -139,7 +156,20 @@ pub fn read<'a>(annotation: impl Fn(&str) -> Option<&'a str>, secret: &SourceSec
             }),
         }
     }
-    reading.expiry = earliest_token_expiry(secret);
+    if reading.expiry.is_none() {
+        reading.expiry = earliest_token_expiry(secret);
+    }
+    if let Some(expiry) = &mut reading.expiry
+        && let Some(value) = annotation(ISSUED_AT_ANNOTATION)
+    {
+        match parse_time(value) {
+            Some(issued) => expiry.issued = Some(issued),
+            None => reading.problems.push(AnnotationError {
+                annotation: ISSUED_AT_ANNOTATION,
+                value: value.to_string(),
+            }),
+        }
+    }
     reading
 }
 
@@ -169,7 +199,7 @@ fn earliest_token_expiry(secret: &SourceSecret) -> Option<Expiry> {
     let auths = crate::core::dockercfg::auths(secret).ok()?;
     let mut earliest: Option<Expiry> = None;
     for (key, entry) in &auths {
-        for (field, exp) in entry_token_expiries(entry) {
+        for (field, exp, iat) in entry_token_expiries(entry) {
             if earliest.as_ref().is_none_or(|e| exp < e.at) {
                 earliest = Some(Expiry {
                     at: exp,
@@ -177,6 +207,7 @@ fn earliest_token_expiry(secret: &SourceSecret) -> Option<Expiry> {
                         key: without_userinfo(key).into_owned(),
                         field,
                     },
+                    issued: iat,
                 });
             }
         }
@@ -184,12 +215,12 @@ fn earliest_token_expiry(secret: &SourceSecret) -> Option<Expiry> {
     earliest
 }
 
-/// `(field, exp)` for each field of one entry that holds a JWT with an `exp`.
-fn entry_token_expiries(entry: &Value) -> Vec<(&'static str, i64)> {
+/// `(field, exp, iat)` for each field of one entry that holds a JWT with an `exp`.
+fn entry_token_expiries(entry: &Value) -> Vec<(&'static str, i64, Option<i64>)> {
     let mut found = Vec::new();
     for field in TOKEN_FIELDS {
-        if let Some(exp) = entry.get(field).and_then(Value::as_str).and_then(jwt_exp) {
-            found.push((field, exp));
+        if let Some((exp, iat)) = entry.get(field).and_then(Value::as_str).and_then(jwt_times) {
+            found.push((field, exp, iat));
         }
     }
     // `auth` is base64 of `user:password`; its password may be the token when `password`
@@ -204,9 +235,9 @@ fn entry_token_expiries(entry: &Value) -> Vec<(&'static str, i64)> {
                     .ok()
             })
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|pair| pair.split_once(':').and_then(|(_, p)| jwt_exp(p)))
+            .and_then(|pair| pair.split_once(':').and_then(|(_, p)| jwt_times(p)))
     {
-        found.push(("auth", exp));
+        found.push(("auth", exp.0, exp.1));
     }
     found
 }
@@ -214,6 +245,11 @@ fn entry_token_expiries(entry: &Value) -> Vec<(&'static str, i64)> {
 /// The `exp` claim of a JWT (`header.payload.signature`, base64url, padding tolerated);
 /// `None` for anything that is not a JWT or has no numeric `exp`. The signature is not checked.
 pub fn jwt_exp(token: &str) -> Option<i64> {
+    jwt_times(token).map(|(exp, _)| exp)
+}
+
+/// A JWT's `exp` and, if it has one, `iat`.
+fn jwt_times(token: &str) -> Option<(i64, Option<i64>)> {
     let mut parts = token.trim().split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -223,9 +259,15 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?;
-    exp.as_i64()
-        .or_else(|| exp.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+    let number = |claim: &Value| {
+        claim
+            .as_i64()
+            .or_else(|| claim.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+    };
+    Some((
+        number(claims.get("exp")?)?,
+        claims.get("iat").and_then(number),
+    ))
 }
 
 #[cfg(test)]
@@ -409,6 +451,7 @@ mod tests {
         let expiry = Expiry {
             at: 1_796_612_400,
             origin: Origin::Annotation(EXPIRES_AT_ANNOTATION),
+            issued: None,
         };
         // (now, status)
         let table = [
@@ -428,6 +471,59 @@ mod tests {
         assert_eq!(
             expiry.describe(expiry.at + 10),
             "expired at 2026-12-07T03:00:00Z (annotation pullsecret-injector/expires-at)"
+        );
+    }
+
+    #[test]
+    fn an_issue_time_shortens_the_warning_to_a_third_of_the_lifetime() {
+        let at = 1_796_612_400;
+        let minted = |lifetime: i64| Expiry {
+            at,
+            origin: Origin::Annotation(EXPIRES_AT_ANNOTATION),
+            issued: Some(at - lifetime),
+        };
+        // (lifetime, warning threshold): a third, never more than the hour.
+        for (lifetime, want) in [
+            (240, 80),
+            (3600, 1200),
+            (3 * 3600, 3600),
+            (12 * 3600, 3600),
+            (0, SOON_SECONDS),
+        ] {
+            assert_eq!(minted(lifetime).warn_seconds(), want, "lifetime {lifetime}");
+        }
+        // A four-minute credential refreshed at half its life is never warned about; one
+        // not refreshed is, in its last 80 s.
+        let four = minted(240);
+        assert_eq!(four.status(at - 120), Status::Valid);
+        assert_eq!(four.status(at - 81), Status::Valid);
+        assert_eq!(four.status(at - 80), Status::ExpiresSoon);
+        assert_eq!(four.status(at), Status::Expired);
+
+        // Read from the annotation, or a token's iat; a bad one is a problem, not a guess.
+        let token = jwt(&json!({"iat": at - 600, "exp": at}));
+        let secret = docker_config(json!({"r.example": {"username": "u", "password": token}}));
+        let from_token = read(|_| None, &secret);
+        assert_eq!(from_token.expiry.map(|e| e.issued), Some(Some(at - 600)));
+        let annotated = read(
+            |name| match name {
+                EXPIRES_AT_ANNOTATION => Some("2026-12-07T03:00:00Z"),
+                ISSUED_AT_ANNOTATION => Some("2026-12-07T02:56:00Z"),
+                _ => None,
+            },
+            &secret,
+        );
+        assert_eq!(annotated.expiry.map(|e| e.warn_seconds()), Some(80));
+        let bad = read(
+            |name| (name == ISSUED_AT_ANNOTATION).then_some("yesterday"),
+            &secret,
+        );
+        // The token's iat stays.
+        assert_eq!(bad.expiry.map(|e| e.issued), Some(Some(at - 600)));
+        assert_eq!(bad.problems.len(), 1);
+        assert_eq!(
+            bad.problems[0].to_string(),
+            "annotation pullsecret-injector/issued-at: \"yesterday\" is neither RFC 3339 nor Unix seconds; ignored"
         );
     }
 

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod coverage;
+pub mod credential_provider;
 pub mod decision;
 pub mod dockercfg;
 pub mod expiry;

@@ -31,6 +31,16 @@ pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "pullsecret-injector/namespace-s
 pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecret-injector/source-version";
 /// On a source Secret: when its credential stops working, RFC 3339 or Unix seconds.
 pub const EXPIRES_AT_ANNOTATION: &str = "pullsecret-injector/expires-at";
+/// On a source Secret: when its credential was issued (RFC 3339 or Unix seconds). With the
+/// expiry it gives the lifetime, and so the warning threshold (a third of it, at most an
+/// hour): a credential refreshed at half its life is never warned about.
+pub const ISSUED_AT_ANNOTATION: &str = "pullsecret-injector/issued-at";
+/// On a Secret `controller` keeps filled (`credentialProviders`): the provider's name.
+pub const CREDENTIAL_PROVIDER_ANNOTATION: &str = "pullsecret-injector/credential-provider";
+/// Next to it: the provider's configuration fingerprint when it minted the credential (a
+/// changed provider refreshes at once).
+pub const CREDENTIAL_PROVIDER_CONFIG_ANNOTATION: &str =
+    "pullsecret-injector/credential-provider-config";
 /// The annotation external-secrets' generator examples write on the Secrets they fill (ECR,
 /// GCR, ACR, GitHub tokens): read when [`EXPIRES_AT_ANNOTATION`] is absent.
 pub const EXTERNAL_SECRETS_EXPIRES_AT_ANNOTATION: &str = "expiresAt";

@@ -142,6 +142,24 @@ impl Policy {
                 later.source, later.pattern, earlier.source, earlier.pattern
             ));
         }
+        // A minted Secret that no rule names adds nothing unless discovery turns its keys
+        // into rules.
+        if !self.settings.discovery {
+            for (i, provider) in self
+                .settings
+                .credential_providers
+                .providers
+                .iter()
+                .enumerate()
+            {
+                if !rules.iter().any(|r| r.secrets.contains(&provider.secret)) {
+                    out.push(format!(
+                        "credentialProviders.providers[{i}] ({}) fills Secret {}, which no rule names and discovery is off: no Pod will get it",
+                        provider.name, provider.secret
+                    ));
+                }
+            }
+        }
         out
     }
 

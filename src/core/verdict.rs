@@ -205,10 +205,15 @@ impl fmt::Display for Warning<'_> {
                 expired: false,
             } => write!(
                 f,
-                "pullsecret-injector: Secret {secret} (rule {rule}) expires at {} ({}), within the hour; \
+                "pullsecret-injector: Secret {secret} (rule {rule}) expires at {} ({}), {}; \
                  referenced anyway: renew it before then or pulls will fail",
                 expiry.rfc3339(),
-                expiry.origin
+                expiry.origin,
+                if expiry.warn_seconds() < crate::core::expiry::SOON_SECONDS {
+                    "two thirds into its lifetime and not renewed"
+                } else {
+                    "within the hour"
+                }
             ),
             Warning::SecretNotSeen { secret, rule } => write!(
                 f,
@@ -740,6 +745,7 @@ mod tests {
         let expiry = |at: i64| Expiry {
             at,
             origin: Origin::Annotation(crate::core::names::EXPIRES_AT_ANNOTATION),
+            issued: None,
         };
         let config = Config {
             rules: policy().rules().rules().to_vec(),
@@ -829,5 +835,41 @@ mod tests {
             soon.to_string().contains("expires at 2026-12-07T03:00:00Z"),
             "{soon}"
         );
+        assert!(soon.to_string().contains("within the hour"), "{soon}");
+        // A minted four-minute credential: warned about only in its last third.
+        let minted = Expiry {
+            issued: Some(now - 240),
+            ..expiry(now)
+        };
+        let late = Warning::CredentialExpiring {
+            secret: "ecr",
+            rule: "*.dkr.ecr.*.amazonaws.com",
+            expiry: &minted,
+            expired: false,
+        };
+        assert!(
+            late.to_string()
+                .contains("two thirds into its lifetime and not renewed"),
+            "{late}"
+        );
+        let sources = Sources {
+            expiries: [("ecr".to_string(), minted.clone())].into_iter().collect(),
+            ..Sources::default()
+        };
+        let policy = Policy::merged(&config, &sources);
+        let warned = |clock: i64| {
+            for_pod(
+                &p,
+                "team-a",
+                &Context::new(&policy, &crate::core::facts::NothingKnown).now(clock),
+            )
+            .warnings
+            .iter()
+            .any(|w| matches!(w, Warning::CredentialExpiring { secret: "ecr", .. }))
+        };
+        // Expires at `now`, issued at now - 240: half-life (its refresh point) is quiet.
+        assert!(!warned(now - 120));
+        assert!(!warned(now - 81));
+        assert!(warned(now - 80));
     }
 }

@@ -73,7 +73,12 @@ class Case:
 def writer(v):
     """Is a writing feature on? Then the chart renders the controller (Deployment, SA, RBAC)."""
     c = v["config"]
-    return not v["standalone"] and bool(c["sync"] or c["repair"] or c.get("credentialProbe") or c.get("credentialProviders"))
+    return not v["standalone"] and bool(c["sync"] or c["repair"] or c.get("credentialProbe") or providers(v))
+
+
+def providers(v):
+    """config.credentialProviders.providers (the plugins the controller runs), [] when off."""
+    return (v["config"].get("credentialProviders") or {}).get("providers") or []
 
 
 def by_args(c, sub):
@@ -153,10 +158,17 @@ def check_config(c):
     cm = cms[0] if cms else {}
     cfg = yaml.safe_load(cm.get("data", {}).get("config.yaml", "{}"))
     v = c.values["config"]
-    # credentialProbe is rendered only when on (older binaries refuse the key).
+    # credentialProbe and credentialProviders are rendered only when on (older binaries refuse
+    # the keys).
+    prov = providers(c.values)
     c.check(set(cfg) == {"mode", "namespaces", "rules", "discovery", "sync", "secretAwareness", "repair",
-                         "podOptOut", "requireScope", "revokeAfter"} | ({"credentialProbe"} if v.get("credentialProbe") else set()),
+                         "podOptOut", "requireScope", "revokeAfter"} | ({"credentialProbe"} if v.get("credentialProbe") else set())
+            | ({"credentialProviders"} if prov else set()),
             f"config.yaml keys {sorted(cfg)}")
+    if prov:
+        # binDir always written: the directory the chart mounts the plugins at.
+        want = {"binDir": v["credentialProviders"]["binDir"], "providers": prov}
+        c.check(cfg.get("credentialProviders") == want, f"config.yaml credentialProviders {cfg.get('credentialProviders')} != {want}")
     c.check(cfg["mode"] == v["mode"], "config.yaml mode differs from values")
     c.check(cfg["namespaces"]["selection"] == v["namespaces"]["selection"], "config.yaml selection differs")
     excl = set(cfg["namespaces"]["exclude"])
@@ -272,6 +284,13 @@ def check_deployment(c, cfg):
     c.check(any(t["topologyKey"] == "kubernetes.io/hostname" and t["whenUnsatisfiable"] == "ScheduleAnyway" for t in tsc),
             "topologySpreadConstraints")
     c.check(pod["securityContext"].get("fsGroup") == 65532, "fsGroup")
+    # webhook.hostNetwork: the node's network namespace, with the cluster DNS still used.
+    host = v["webhook"].get("hostNetwork", False)
+    c.check(pod.get("hostNetwork", False) is host and pod.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host else None),
+            f"hostNetwork {pod.get('hostNetwork')} / dnsPolicy {pod.get('dnsPolicy')} with webhook.hostNetwork={host}")
+    skips = {k: x for k, x in (dep["metadata"].get("annotations") or {}).items() if k.startswith("checkov.io/skip")}
+    c.check(list(skips.values()) == ([x for x in skips.values() if x.startswith("CKV_K8S_19=")] if host else []) and bool(skips) == host,
+            f"checkov skip annotations {skips}: CKV_K8S_19 (host network) only, only with webhook.hostNetwork")
     (ctr,) = pod["containers"]
     sc = ctr.get("securityContext", {})
     c.check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
@@ -378,18 +397,26 @@ def expected_grants(v, fullname):
     if cfg["secretAwareness"]:
         hook[("cluster", "", "secrets", ())] = LW
     probe = bool(cfg.get("credentialProbe"))
-    if cfg["discovery"] or cfg["sync"] or probe:
+    prov = providers(v)
+    # The sources (list/watch in the release namespace): read with discovery, sync, the probe
+    # and credentialProviders (the minted Secrets' expiry, for the admission warning).
+    sources = cfg["discovery"] or cfg["sync"] or probe or bool(prov)
+    if sources:
         hook[(RELEASE_NS, "", "secrets", ())] = LW
     want = {fullname: hook}
     if writer(v):
         ctl = {("cluster", "", "namespaces", ()): LW,
                (RELEASE_NS, "coordination.k8s.io", "leases", ()): {"create"},
                (RELEASE_NS, "coordination.k8s.io", "leases", (fullname,)): {"get", "patch"}}
-        if cfg["discovery"] or cfg["sync"] or probe:
+        if sources:
             ctl[(RELEASE_NS, "", "secrets", ())] = LW
         if probe:
             # The pullsecret-injector/probe annotation on the sources: patch, release namespace only.
             ctl[(RELEASE_NS, "", "secrets", ())] = LW | {"patch"}
+        if prov:
+            # The providers' Secrets: create (not limitable by name), then get/patch/update by name.
+            ctl[(RELEASE_NS, "", "secrets", ())] = ctl[(RELEASE_NS, "", "secrets", ())] | {"create"}
+            ctl[(RELEASE_NS, "", "secrets", tuple(dict.fromkeys(p["secret"] for p in prov)))] = {"get", "patch", "update"}
         if cfg["sync"]:
             ctl[("cluster", "", "secrets", ())] = LW | {"create", "update", "delete"}
             ctl[("cluster", "", "pods", ())] = L
@@ -475,13 +502,58 @@ def check_controller(c, dep):
         c.check({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}} in env, f"controller {var} env")
     c.check(ctr.get("resources") == v["controller"]["resources"], "controller resources differ from values")
     mounts = ctr.get("volumeMounts", [])
-    c.check([(m["mountPath"], m.get("readOnly")) for m in mounts] == [("/etc/pullsecret-injector", True)]
-            and all("subPath" not in m for m in mounts), f"controller mounts {mounts}")
-    srcs = [src for vol in pod.get("volumes", []) for src in vol.get("projected", {}).get("sources", [])]
-    c.check(len(pod.get("volumes", [])) == 1 and [list(x) for x in srcs] == [["configMap"]]
+    prov = providers(v)
+    cp = v["credentialProviders"]
+    bin_dir = v["config"]["credentialProviders"]["binDir"]
+    want_mounts = [("/etc/pullsecret-injector", True)] + ([(bin_dir, True)] if prov else [])
+    c.check([(m["mountPath"], m.get("readOnly")) for m in mounts] == want_mounts, f"controller mounts {mounts}, want {want_mounts}")
+    c.check(all("subPath" not in m for m in mounts if m["name"] == "config"), f"controller config mount uses subPath: {mounts}")
+    vols = pod.get("volumes", [])
+    srcs = [src for vol in vols for src in vol.get("projected", {}).get("sources", [])]
+    c.check(len(vols) == 1 + bool(prov) and vols[0]["name"] == "config" and [list(x) for x in srcs] == [["configMap"]]
             and srcs[0]["configMap"]["name"] == config_maps(c)[0]["metadata"]["name"]
             and [i["path"] for i in srcs[0]["configMap"]["items"]] == ["config.yaml"],
-            f"controller volumes must hold the config only (no TLS): {pod.get('volumes')}")
+            f"controller volumes must hold the config (no TLS) and, with credentialProviders, the plugins only: {vols}")
+    inits = pod.get("initContainers", [])
+    plugins_image = cp["image"]["repository"] + (f"@{cp['image']['digest']}" if cp["image"]["digest"] else f":{cp['image']['tag']}")
+    if not prov:
+        c.check(not inits, "controller init containers without credentialProviders")
+    else:
+        (pm,) = [m for m in mounts if m["name"] == "credential-providers"] or [{}]
+        (pv,) = [x for x in vols if x["name"] == "credential-providers"] or [{}]
+        if cp["source"] == "imageVolume":
+            # The image itself, read-only, its credentialProviders.path directory at binDir.
+            c.check(not inits, "init containers with credentialProviders.source=imageVolume")
+            c.check(version_tuple(c.kube) >= (1, 33), f"an image volume rendered for Kubernetes {c.kube}")
+            c.check(set(pv) == {"name", "image"} and pv["image"] == {"reference": plugins_image, "pullPolicy": cp["image"]["pullPolicy"]},
+                    f"plugins image volume {pv}")
+            sub = cp["path"].strip("/")
+            c.check(pm.get("subPath", "") == sub and pm.get("readOnly") is True, f"plugins mount {pm}, want subPath {sub!r}, read-only")
+        else:
+            # An init container from the plugins' image copies them into an emptyDir, locked
+            # down exactly like the controller; the controller mounts the copies read-only.
+            c.check(set(pv) == {"name", "emptyDir"} and pv["emptyDir"] == {"sizeLimit": cp["initContainer"]["sizeLimit"]},
+                    f"plugins emptyDir {pv}")
+            c.check("subPath" not in pm, f"plugins mount {pm}")
+            if c.check(len(inits) == 1, f"controller init containers {[i.get('name') for i in inits]}"):
+                ic = inits[0]
+                c.check(ic.get("image") == plugins_image and ic.get("imagePullPolicy") == cp["image"]["pullPolicy"],
+                        f"init container image {ic.get('image')}, want {plugins_image}")
+                c.check(ic.get("securityContext") == ctr.get("securityContext"), "init container securityContext differs from the controller's")
+                c.check(ic.get("resources") == v["controller"]["resources"], "init container resources differ from controller.resources")
+                want_cmd = cp["initContainer"]["command"] or ["cp", "-R", cp["path"].rstrip("/") + "/.", bin_dir + "/"]
+                c.check(ic.get("command") == want_cmd, f"init container command {ic.get('command')} != {want_cmd}")
+                c.check(ic.get("volumeMounts") == [{"name": "credential-providers", "mountPath": bin_dir}],
+                        f"init container mounts {ic.get('volumeMounts')}")
+                c.check(ic.get("env") == [{"name": "CREDENTIAL_PROVIDERS_DIR", "value": bin_dir}], f"init container env {ic.get('env')}")
+    # The cloud identity the plugins use is the controller's alone.
+    sa_ann = {x["metadata"]["name"]: x["metadata"].get("annotations") or {} for x in c.kind("ServiceAccount")}
+    ctl_sa = v["controller"].get("serviceAccountAnnotations") or {}
+    c.check(sa_ann.get(name) == {**v["serviceAccountAnnotations"], **ctl_sa}, f"controller ServiceAccount annotations {sa_ann.get(name)}")
+    c.check(sa_ann.get(fullname) == v["serviceAccountAnnotations"], f"webhook ServiceAccount annotations {sa_ann.get(fullname)}")
+    want_labels = {**v["podLabels"], **(v["controller"].get("podLabels") or {})}
+    c.check(all(pod_labels(ctl).get(k) == x for k, x in want_labels.items()), f"controller Pod labels {pod_labels(ctl)} miss {want_labels}")
+    c.check(not any(k in pod_labels(dep) for k in (v["controller"].get("podLabels") or {})), "controller.podLabels on the webhook Pods")
     ann = spec["template"]["metadata"].get("annotations") or {}
     c.check(not any(k.startswith("checksum/") for k in ann), "controller checksum annotation (config is hot-reloaded)")
     c.check(ann == {**v["podAnnotations"], **v["controller"]["podAnnotations"]}, f"controller Pod annotations {ann}")
@@ -637,6 +709,14 @@ def check_optional(c):
             want_ports = set(v["networkPolicy"]["apiServer"]["ports"]) | {53}
             if is_ctl and v["config"].get("credentialProbe"):
                 want_ports |= set(v["networkPolicy"]["registries"]["ports"])
+            if is_ctl and providers(v):
+                # The plugins' cloud endpoints: one rule of its own, to networkPolicy.credentialProviders.
+                pe = v["networkPolicy"]["credentialProviders"]
+                want_ports |= set(pe["ports"])
+                want_rule = {"ports": [{"port": p, "protocol": "TCP"} for p in pe["ports"]]}
+                if pe["cidrs"]:
+                    want_rule["to"] = [{"ipBlock": {"cidr": x}} for x in pe["cidrs"]]
+                c.check(s.get("egress", [])[-1:] == [want_rule], f"controller egress for credentialProviders {s.get('egress', [])[-1:]} != {want_rule}")
             c.check(egress_ports == want_ports, f"egress ports {egress_ports}, want {want_ports}")
             c.check(all("ports" in r for r in s.get("egress", [])), "an egress rule without ports")
 

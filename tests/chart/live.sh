@@ -94,7 +94,7 @@ expect_can() {
 # case values-file: install into namespace = case; checks per case below. The prometheus-operator
 # CRDs are not installed: ServiceMonitor and PrometheusRule are left out (the dashboard
 # ConfigMap of monitoring-alerts is installed).
-for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery tenancy repair-only monitoring-netpol monitoring-alerts; do
+for case in defaults audit-mode existing-secret secret-awareness single-replica standalone sync-discovery tenancy repair-only monitoring-netpol monitoring-alerts credential-providers; do
   ns=live-$case
   values=$CHART/ci/$case-values.yaml
   # Server-side dry run of the rendered objects first: the API server validates and admits
@@ -119,7 +119,7 @@ for case in defaults audit-mode existing-secret secret-awareness single-replica 
   name=$(k get deploy -n "$ns" -l 'app.kubernetes.io/component!=controller' -o jsonpath='{.items[0].metadata.name}')
   sa="$ns:$name"
   csa="$ns:$name-controller"
-  read -r sync disc aware repair standalone < <("$PY" - "$CHART/values.yaml" "$values" <<'PY'
+  read -r sync disc aware repair standalone prov < <("$PY" - "$CHART/values.yaml" "$values" <<'PY'
 import sys, yaml
 def merge(a, b):
     out = dict(a)
@@ -128,13 +128,14 @@ def merge(a, b):
     return out
 v = merge(yaml.safe_load(open(sys.argv[1])), yaml.safe_load(open(sys.argv[2])))
 c = v["config"]
-print(*(int(bool(x)) for x in (c["sync"], c["discovery"], c["secretAwareness"], c["repair"], v["standalone"])))
+print(*(int(bool(x)) for x in (c["sync"], c["discovery"], c["secretAwareness"], c["repair"], v["standalone"],
+                                c["credentialProviders"]["providers"])))
 PY
 )
   yn() { if [ "$1" = 1 ]; then echo yes; else echo no; fi; }
   any() { for x in "$@"; do [ "$x" = 1 ] && { echo 1; return; }; done; echo 0; }
-  writer=$([ "$standalone" = 0 ] && any "$sync" "$repair" || echo 0)
-  sources=$(any "$sync" "$disc")
+  writer=$([ "$standalone" = 0 ] && any "$sync" "$repair" "$prov" || echo 0)
+  sources=$(any "$sync" "$disc" "$prov")
   # Deployments: the webhook always, the controller iff a writing feature is on.
   deps=$(k get deploy -n "$ns" -o name | sort | tr '\n' ' ')
   want_deps="deployment.apps/$name $([ "$writer" = 1 ] && echo "deployment.apps/$name-controller " || true)"
@@ -192,6 +193,21 @@ PY
   expect_can "$case" "$csa" no update "configmaps/$name" -n "$ns"
   expect_can "$case" "$csa" no delete "configmaps/$name-copies" -n "$ns"
   expect_can "$case" "$csa" no create configmaps -n default
+  # credentialProviders: create Secrets in the release namespace, and read/write only the
+  # providers' Secrets by name (ci/credential-providers-values.yaml: ecr and gar).
+  # (sync's ClusterRole creates and updates Secrets everywhere anyway.)
+  expect_can "$case" "$csa" "$(yn "$(any "$prov" "$sync")")" create secrets -n "$ns"
+  for verb in get patch update; do
+    for s in ecr gar; do
+      expect_can "$case" "$csa" "$(yn "$(any "$prov" "$([ "$verb" = update ] && echo "$sync" || echo 0)")")" "$verb" "secrets/$s" -n "$ns"
+    done
+    other=$(yn "$([ "$verb" = update ] && echo "$sync" || echo 0)")
+    expect_can "$case" "$csa" "$other" "$verb" secrets/other -n "$ns"
+    expect_can "$case" "$csa" "$other" "$verb" secrets/ecr -n default
+  done
+  expect_can "$case" "$csa" "$(yn "$sync")" delete secrets/ecr -n "$ns"
+  expect_can "$case" "$sa" no create secrets -n "$ns"
+  expect_can "$case" "$sa" no get secrets/ecr -n "$ns"
 done
 
 # Upgrade keeps the Helm-generated CA (lookup), and with it the Pods (checksum/tls).

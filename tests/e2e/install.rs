@@ -277,7 +277,12 @@ impl Installation {
         let config_path = dir.join("config.yaml");
         let config = match inst {
             // Starts with every cluster feature off; the scenario switches them.
-            Inst::Reload => with_features(&base.config, false, false, false)?,
+            Inst::Reload => with_features(
+                &without_credential_features(&base.config),
+                false,
+                false,
+                false,
+            )?,
             _ => base.config.clone(),
         };
         write_atomically(&config_path, &config)?;
@@ -587,6 +592,16 @@ fn values(suite: &Suite, inst: Inst, selection: &Selection, fullname: &str) -> V
             "discovery": true,
             "sync": true,
             "secretAwareness": true,
+            // Rendered for their RBAC; the scenarios switch them on (credentials.rs).
+            "credentialProbe": true,
+            "credentialProviders": {"providers": [{
+                "name": "test-plugin",
+                "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+                "matchImages": ["minted.example.com"],
+                "defaultCacheDuration": "1h",
+                "secret": crate::credentials::MINTED,
+                "images": ["minted.example.com/app"],
+            }]},
             "rules": [
                 {"registry": "sync.example.com", "secrets": ["reload-sync"]},
                 {"registry": "aware.example.com", "secrets": ["reload-missing"]},
@@ -630,6 +645,13 @@ fn values(suite: &Suite, inst: Inst, selection: &Selection, fullname: &str) -> V
     }
     if inst == Inst::Ha {
         values["replicaCount"] = json!(2);
+    }
+    if inst == Inst::Reload {
+        // The image the chart copies the plugins from (unused here: the processes run on
+        // this machine and the scenario's config points binDir at a directory of its own).
+        values["credentialProviders"] = json!({
+            "image": {"repository": "registry.example.com/platform/credential-providers", "tag": "1"},
+        });
     }
     if inst == Inst::Repair {
         values["webhook"]["debugContainers"] = json!({"enabled": true});
@@ -705,6 +727,25 @@ pub fn with_features(config: &str, discovery: bool, sync: bool, awareness: bool)
         "the rendered config lacks a feature key:\n{config}"
     );
     Ok(lines.join("\n") + "\n")
+}
+
+/// The config without `credentialProbe` and the `credentialProviders` block: the Reload
+/// installation's chart values turn them on for their RBAC, its scenarios switch them.
+pub fn without_credential_features(config: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in config.lines() {
+        let top_level = !line.starts_with([' ', '-']) && !line.is_empty();
+        if top_level {
+            skipping =
+                line.starts_with("credentialProviders:") || line.starts_with("credentialProbe:");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Replaces a file by rename, as the kubelet updates a ConfigMap volume.

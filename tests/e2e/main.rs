@@ -10,6 +10,7 @@
 mod api;
 mod basic;
 mod cluster_mode;
+mod credentials;
 mod harness;
 mod install;
 mod journal;
@@ -297,6 +298,22 @@ scenario!(
     "discovery, sync, secretAwareness on and off by config reload (issue 8.1)",
     OwnsInstallation,
     reload::features_at_runtime
+);
+scenario!(
+    reload_credential_providers,
+    Reload,
+    "providers",
+    "credentialProviders: a plugin's credential written in place, refreshed, copied; a failing plugin keeps it and is warned about (issue 17)",
+    OwnsInstallation,
+    credentials::providers
+);
+scenario!(
+    reload_credential_probe,
+    Reload,
+    "probe",
+    "credentialProbe: a rejected credential annotated through the chart's RBAC and warned about, the annotation gone once renewed (issue 17)",
+    OwnsInstallation,
+    credentials::probe
 );
 scenario!(
     reload_rbac,

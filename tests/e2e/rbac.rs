@@ -205,6 +205,22 @@ pub async fn chart_rbac(sc: Sc) -> Result<()> {
         } else {
             no.extend(repair_verbs);
         }
+        // credentialProviders (Reload): its Secret created, read and written by name, no
+        // other Secret read; credentialProbe (Reload): the sources' annotation (patch).
+        let minted = crate::credentials::MINTED;
+        let provider_verbs = [
+            can("create", "secrets", own),
+            can("get", "secrets", own).named(minted),
+            can("patch", "secrets", own).named(minted),
+            can("update", "secrets", own).named(minted),
+        ];
+        if inst.inst == Inst::Reload {
+            yes.extend(provider_verbs);
+            yes.push(can("patch", "secrets", own));
+            no.push(can("get", "secrets", own).named("someone-elses"));
+        } else {
+            no.push(can("get", "secrets", own).named(minted));
+        }
         asked += yes.len() + no.len();
         for problem in check(identity, &yes, &no).await? {
             wrong.push(format!("{account}: {problem}"));

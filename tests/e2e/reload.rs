@@ -18,7 +18,7 @@ const LEADER: &str = "pullsecret_injector_leader";
 
 pub async fn features_at_runtime(sc: Sc) -> Result<()> {
     let inst = sc.inst.clone();
-    let base = inst.base.config.clone();
+    let base = crate::install::without_credential_features(&inst.base.config);
     let config = |discovery, sync, awareness| with_features(&base, discovery, sync, awareness);
     let off = config(false, false, false)?;
     // The Lease and sync live in the controller.

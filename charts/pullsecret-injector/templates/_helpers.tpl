@@ -213,6 +213,58 @@ unclear messages). Each message names the value to fix.
 {{- if and $v.networkPolicy.webhookFrom (not $v.networkPolicy.enabled) }}
 {{- fail "networkPolicy.webhookFrom is set but networkPolicy.enabled=false" }}
 {{- end }}
+{{- include "pullsecret-injector.validateProviders" . }}
+{{- end }}
+
+{{/* config.credentialProviders and the credentialProviders values that deliver the plugins. */}}
+{{- define "pullsecret-injector.validateProviders" -}}
+{{- $v := .Values }}
+{{- $cp := dig "credentialProviders" dict $v.config }}
+{{- $providers := dig "providers" list $cp }}
+{{- if $providers }}
+{{- if $v.standalone }}
+{{- fail "config.credentialProviders needs the Kubernetes API (the controller writes the providers' Secrets) and cannot be used with standalone=true" }}
+{{- end }}
+{{- $src := $v.credentialProviders.source }}
+{{- if not (has $src (list "initContainer" "imageVolume")) }}
+{{- fail (printf "credentialProviders.source must be initContainer or imageVolume (got %q)" (toString $src)) }}
+{{- end }}
+{{- $_ := include "pullsecret-injector.providersImage" . }}
+{{- $bin := toString (dig "binDir" "" $cp) }}
+{{- $clean := clean $bin }}
+{{- if or (not (hasPrefix "/" $bin)) (eq $clean "/") (eq $clean "/etc/pullsecret-injector") (hasPrefix "/etc/pullsecret-injector/" $clean) }}
+{{- fail (printf "config.credentialProviders.binDir must be an absolute directory of its own, not / nor under /etc/pullsecret-injector (the config mount): the chart mounts the plugins there (got %q)" $bin) }}
+{{- end }}
+{{- $path := toString $v.credentialProviders.path }}
+{{- if not (hasPrefix "/" $path) }}
+{{- fail (printf "credentialProviders.path must be the absolute directory inside credentialProviders.image holding the executables (got %q)" $path) }}
+{{- end }}
+{{- if and (eq $src "initContainer") (not $v.credentialProviders.initContainer.command) (eq (clean $path) "/") }}
+{{- fail "credentialProviders.path is /: the init container would copy the plugins' whole image; put the executables in a directory of their own (or use credentialProviders.source=imageVolume)" }}
+{{- end }}
+{{- if and (eq $src "initContainer") (not $v.credentialProviders.initContainer.command) (or (eq (clean $path) $clean) (hasPrefix (printf "%s/" $clean) (clean $path))) }}
+{{- fail (printf "credentialProviders.path (%s) is inside config.credentialProviders.binDir (%s), where the init container mounts the emptyDir it copies into: choose another binDir" $path $bin) }}
+{{- end }}
+{{- if and (eq $src "imageVolume") (not (semverCompare ">=1.33-0" .Capabilities.KubeVersion.Version)) }}
+{{- fail (printf "credentialProviders.source=imageVolume needs Kubernetes 1.33+ (image volumes with subPath; the ImageVolume feature gate is on by default from 1.35); this is %s: use credentialProviders.source=initContainer" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- $secrets := list }}
+{{- range $i, $p := $providers }}
+{{- if not (and (kindIs "map" $p) $p.name) }}
+{{- fail (printf "config.credentialProviders.providers[%d].name is required: the executable's file name in binDir" $i) }}
+{{- end }}
+{{- if contains "/" (toString $p.name) }}
+{{- fail (printf "config.credentialProviders.providers[%d].name must be a file name in binDir, without '/' (got %q)" $i (toString $p.name)) }}
+{{- end }}
+{{- if not $p.secret }}
+{{- fail (printf "config.credentialProviders.providers[%d].secret is required: the Secret (release namespace) the controller keeps filled; its RBAC names it" $i) }}
+{{- end }}
+{{- if has $p.secret $secrets }}
+{{- fail (printf "config.credentialProviders.providers[%d].secret %q is already another provider's: two providers would overwrite each other" $i $p.secret) }}
+{{- end }}
+{{- $secrets = append $secrets $p.secret }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -221,7 +273,37 @@ credential providers). Rendered only when one of those features is on; "true" or
 */}}
 {{- define "pullsecret-injector.controllerEnabled" -}}
 {{- $c := .Values.config }}
-{{- if and (not .Values.standalone) (or $c.sync (dig "repair" false $c) (dig "credentialProbe" false $c) (dig "credentialProviders" list $c)) }}true{{ end }}
+{{- if and (not .Values.standalone) (or $c.sync (dig "repair" false $c) (dig "credentialProbe" false $c) (include "pullsecret-injector.providersEnabled" .)) }}true{{ end }}
+{{- end }}
+
+{{/* config.credentialProviders.providers is set: "true" or "". */}}
+{{- define "pullsecret-injector.providersEnabled" -}}
+{{- if dig "credentialProviders" "providers" list .Values.config }}true{{ end }}
+{{- end }}
+
+{{/* The Secrets config.credentialProviders keeps filled: a JSON list of names. */}}
+{{- define "pullsecret-injector.providerSecrets" -}}
+{{- $l := list }}
+{{- range (dig "credentialProviders" "providers" list .Values.config) }}{{ $l = append $l .secret }}{{ end }}
+{{- $l | uniq | toJson }}
+{{- end }}
+
+{{/* The image holding the credential-provider plugins (credentialProviders.image). */}}
+{{- define "pullsecret-injector.providersImage" -}}
+{{- $i := .Values.credentialProviders.image }}
+{{- $repository := required "credentialProviders.image.repository is required with config.credentialProviders.providers: name the image holding the plugin executables (docs/short-lived-credentials.md, \"The plugins' image\")" $i.repository }}
+{{- if $i.digest }}
+{{- printf "%s@%s" $repository $i.digest }}
+{{- else if $i.tag }}
+{{- printf "%s:%s" $repository $i.tag }}
+{{- else }}
+{{- fail "credentialProviders.image.tag or credentialProviders.image.digest is required: the plugins run with the controller's identity, pin the image that holds them" }}
+{{- end }}
+{{- end }}
+
+{{/* credentialProviders.path without its leading slash: the image volume's subPath ("" for /). */}}
+{{- define "pullsecret-injector.providersSubPath" -}}
+{{- trimSuffix "/" (trimPrefix "/" .Values.credentialProviders.path) }}
 {{- end }}
 
 {{/* Name of the controller's Deployment, ServiceAccount, RBAC objects and metrics Service. */}}
