@@ -48,8 +48,8 @@ pub struct Mint {
 #[derive(Default)]
 struct State {
     mints: Vec<Mint>,
-    /// Requests answered 500 while failing.
-    refused: usize,
+    /// When requests were answered 500 (while failing).
+    refused: Vec<SystemTime>,
     /// Requests that were not a CredentialProviderRequest (answered 400).
     bad: Vec<String>,
 }
@@ -130,8 +130,9 @@ impl MintService {
         self.inner.lock().mints.clone()
     }
 
-    pub fn refused(&self) -> usize {
-        self.inner.lock().refused
+    /// When the requests answered 500 came.
+    pub fn refused(&self) -> Vec<SystemTime> {
+        self.inner.lock().refused.clone()
     }
 
     pub fn bad_requests(&self) -> Vec<String> {
@@ -303,7 +304,7 @@ async fn handle(inner: &Arc<Inner>, head: &str, body: &[u8]) -> Result<String, R
         .ok_or_else(|| Refusal::Bad("the request names no image".into()))?
         .to_string();
     if inner.failing.load(Ordering::SeqCst) {
-        inner.lock().refused += 1;
+        inner.lock().refused.push(SystemTime::now());
         return Err(Refusal::Failing);
     }
     let mint = mint(inner, image, head).await.map_err(Refusal::Broken)?;

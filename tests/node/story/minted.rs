@@ -164,39 +164,61 @@ fn registry_log(env: &Env) -> PathBuf {
     env.dir.join("registry/registry.log")
 }
 
-/// Users the registry authorised manifest requests of `repository` for, since `offset` of its
-/// log (distribution logs `auth.user.name` with each request).
-fn pulled_as(env: &Env, offset: u64, repository: &str) -> Vec<String> {
-    let needle = format!("http.request.uri=\"/v2/{repository}/manifests/");
+/// Manifest requests of `repository` the registry authorised since `offset` of its log
+/// (`msg="authorized request"`; distribution 2.8 names the user only on failed requests).
+fn manifests_authorised(env: &Env, offset: u64, repository: &str) -> usize {
+    let needle = format!("http.request.uri=/v2/{repository}/manifests/");
+    read_from(&registry_log(env), offset)
+        .lines()
+        .filter(|l| l.contains("msg=\"authorized request\"") && l.contains(&needle))
+        .count()
+}
+
+/// Users the registry refused since `offset` (`error authenticating user \"X\"`: a known
+/// user with a wrong password, or one no longer in htpasswd).
+fn refused_users(env: &Env, offset: u64) -> Vec<String> {
     let mut users: Vec<String> = read_from(&registry_log(env), offset)
         .lines()
-        .filter(|l| l.contains(&needle))
         .filter_map(|l| {
-            let rest = &l[l.find("auth.user.name=")? + "auth.user.name=".len()..];
-            let user = match rest.strip_prefix('"') {
-                Some(quoted) => quoted.split('"').next()?,
-                None => rest.split_whitespace().next()?,
-            };
-            Some(user.to_string())
+            const REFUSED: &str = "error authenticating user \\\"";
+            let rest = &l[l.find(REFUSED)? + REFUSED.len()..];
+            Some(rest.split("\\\"").next()?.to_string())
         })
         .collect();
     users.dedup();
     users
 }
 
-/// Users the registry refused (`error authenticating user "X"`) since `offset`.
-fn refused_users(env: &Env, offset: u64) -> Vec<String> {
-    let mut users: Vec<String> = read_from(&registry_log(env), offset)
+/// The users in the registry's htpasswd file now.
+fn htpasswd_users(env: &Env) -> Result<Vec<String>> {
+    Ok(std::fs::read_to_string(env.dir.join("registry/htpasswd"))?
         .lines()
-        .filter_map(|l| {
-            let rest =
-                &l[l.find("error authenticating user ")? + "error authenticating user ".len()..];
-            let rest = rest.trim_start_matches(['\\', '"']);
-            Some(rest.split(['\\', '"']).next()?.to_string())
-        })
-        .collect();
-    users.dedup();
-    users
+        .filter_map(|l| l.split_once(':').map(|(u, _)| u.to_string()))
+        .collect())
+}
+
+/// A Pod's pull of the scenario's image as the registry saw it: it accepted manifest
+/// requests, refused no credential, and its htpasswd held only the story's own user and
+/// `user`; the Pod's only pull secret (`minted`) holds `user`, so that is what the kubelet sent.
+fn pulled_with(env: &Env, offset: u64, user: &str) -> Result<String> {
+    let users = htpasswd_users(env)?;
+    ensure!(
+        users == [env.reg_user.clone(), user.to_string()],
+        "the registry's htpasswd holds {users:?}"
+    );
+    let refused = refused_users(env, offset);
+    ensure!(
+        refused.is_empty(),
+        "the registry refused {refused:?} during the pull"
+    );
+    let accepted = manifests_authorised(env, offset, REPOSITORY);
+    ensure!(
+        accepted > 0,
+        "no authorised manifest request of {REPOSITORY} in the registry's log"
+    );
+    Ok(format!(
+        "{accepted} manifest request(s) authorised, none refused, htpasswd users {users:?}"
+    ))
 }
 
 /// The sum of the samples of `name` whose labels include all of `labels` (any order).
@@ -341,9 +363,16 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
             Ok(())
         })
         .await?;
+        let offset = file_len(&registry_log(env));
         let refused = registry_status(env, user, password).await?;
         ensure!(refused == 401, "GET /v2/ as {user} after its removal: {refused}");
-        sc.note(format!("{user}: 200 at once; removed {} later; then 401", secs(removed)));
+        let (logged, _) = eventually(Duration::from_secs(5), "the refusal in the registry's log", || async {
+            let users = refused_users(env, offset);
+            ensure!(users == [user.to_string()], "refused {users:?}");
+            Ok(users)
+        })
+        .await?;
+        sc.note(format!("{user}: 200 at once; removed {} later; then 401 (registry log: error authenticating user {logged:?})", secs(removed)));
         Ok(())
     })
     .await?;
@@ -376,9 +405,11 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
         .context("config.rules")?
         .push(json!({"registry": rule, "secrets": [MINTED]}));
     {
-        let (client, inst) = (client.clone(), inst.clone());
+        let (client, inst, sc2) = (client.clone(), inst.clone(), sc.clone());
         sc.defer(async move {
-            let _ = inst
+            // The story's installation as it was: no provider, no rule for minted.
+            let started = Instant::now();
+            let reverted = inst
                 .upgrade(
                     env,
                     "minted-revert",
@@ -386,9 +417,21 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
                     &["--wait", "--timeout", "180s"],
                 )
                 .await;
-            let _ = Api::<Secret>::namespaced(client, NAMESPACE)
+            let deleted = Api::<Secret>::namespaced(client, NAMESPACE)
                 .delete(MINTED, &DeleteParams::default())
                 .await;
+            sc2.note(match (reverted, deleted) {
+                (Err(e), _) => format!("afterwards: helm upgrade back FAILED: {e:#}"),
+                (Ok(out), _) if !out.ok => format!(
+                    "afterwards: helm upgrade back to the story's values FAILED: {}",
+                    out.stderr.trim()
+                ),
+                (Ok(_), Err(e)) => format!("afterwards: deleting Secret {MINTED} FAILED: {e:#}"),
+                (Ok(_), Ok(_)) => format!(
+                    "afterwards: helm upgrade --wait back to the story's values in {}, Secret {MINTED} deleted",
+                    secs(started.elapsed())
+                ),
+            });
         });
     }
     if secrets.get_opt(MINTED).await?.is_some() {
@@ -482,7 +525,7 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
     let ns = sc.ns("minted", true).await?;
     tools::kubectl(env, &["label", "namespace", &ns, &format!("{SCOPE}=true")]).await?;
     let copy = sc
-        .step("7.4", format!("sync copies {MINTED} into {ns} (labelled {SCOPE}=true); a Pod ({image}, imagePullPolicy Always) is stored with [{MINTED}] only, pulls and runs; the registry authorised the pull as {}", first.user), async {
+        .step("7.4", format!("sync copies {MINTED} into {ns} (labelled {SCOPE}=true); a Pod ({image}, imagePullPolicy Always) is stored with [{MINTED}] only, pulls and runs; the registry accepted the pull, refusing no credential, while htpasswd held only {} and the story's own user", first.user), async {
             let (copy, took) = eventually(Duration::from_secs(60), &format!("the copy of {MINTED} in {ns}"), || async {
                 let copy = read_cred(&client, &ns, MINTED, &registry).await?;
                 ensure!(copy.user == first.user, "the copy holds {:?}", copy.user);
@@ -499,9 +542,8 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
             let pod = create_pod(&client, &ns, &kubelet::app_pod("first", &image, "Always", &[])?, false).await?;
             ensure!(pod.secrets() == [MINTED], "stored with {:?}", pod.secrets());
             let running = kubelet::await_running(&client, &ns, "first", PULL_TIMEOUT).await?;
-            let users = pulled_as(env, offset, REPOSITORY);
-            ensure!(users == [first.user.clone()], "the registry authorised the manifest requests as {users:?}");
-            sc.note(format!("copy {} after the namespace was made; first Running {} after it was created; pulled as {users:?}", secs(took), secs(running)));
+            let users = pulled_with(env, offset, &first.user)?;
+            sc.note(format!("copy {} after the namespace was made; first Running {} after it was created; registry: {users}", secs(took), secs(running)));
             Ok(copy)
         })
         .await?;
@@ -539,7 +581,7 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
     let expires = second.expires.context("no expires-at")?;
 
     // --- The first password expired: Pods still pull, with the second.
-    sc.step("7.6", format!("{} expired: the mint service took it out of htpasswd {} s after minting it and the registry refuses it (401); a Pod created now in {ns} is stored with [{MINTED}], pulls (Always) and runs, authorised as {}; a dry run gets no expiry warning ({} has more than lifetime/3 left); no {ALERT} pending or firing", first.user, LIFE.as_secs(), second.user, second.user), async {
+    sc.step("7.6", format!("{} expired: the mint service took it out of htpasswd {} s after minting it and the registry refuses it (401); a dry run gets no expiry warning ({} has more than lifetime/3 left) and no {ALERT} is pending or firing; a Pod created now in {ns} is stored with [{MINTED}], pulls (Always) and runs: the registry accepted it, refusing no credential, while htpasswd held only {} and the story's own user", first.user, LIFE.as_secs(), second.user, second.user), async {
         let wait = Duration::from_secs_f64((t0 + LIFE.as_secs_f64() + 30.0 - now()).max(10.0));
         eventually(wait, &format!("{} removed from htpasswd", first.user), || async {
             let m = mint_of(&mint.mints(), &first.user)?;
@@ -549,20 +591,19 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
         .await?;
         let old = registry_status(env, &first.user, &first.password).await?;
         ensure!(old == 401, "GET /v2/ as {}: {old}", first.user);
-        let offset = file_len(&registry_log(env));
-        let pod = create_pod(&client, &ns, &kubelet::app_pod("after-expiry", &image, "Always", &[])?, false).await?;
-        ensure!(pod.secrets() == [MINTED], "stored with {:?}", pod.secrets());
-        let running = kubelet::await_running(&client, &ns, "after-expiry", PULL_TIMEOUT).await?;
-        let users = pulled_as(env, offset, REPOSITORY);
-        ensure!(users == [second.user.clone()], "the registry authorised the manifest requests as {users:?}");
-        let copy_now = read_cred(&client, &ns, MINTED, &registry).await?;
-        ensure!(copy_now.uid == copy.uid, "the copy was replaced");
         let (got, warnings) = dry_run(&client, &ns, &image).await?;
         let left = expires - now();
         ensure!(got == [MINTED] && warnings.is_empty(), "a dry run with {left:.0} s left: {got:?}, warnings {warnings:?}");
         let alerts = prom.query(&format!("ALERTS{{alertname=\"{ALERT}\",secret=\"{MINTED}\"}}")).await?;
         ensure!(alerts.is_empty(), "{ALERT} with {left:.0} s left: {alerts:?}");
-        sc.note(format!("{} removed {:.0} s after the first mint; after-expiry Running {} after it was created, pulled as {users:?}; {left:.0} s left on {}: no warning, no alert", first.user, now() - t0, secs(running), second.user));
+        let offset = file_len(&registry_log(env));
+        let pod = create_pod(&client, &ns, &kubelet::app_pod("after-expiry", &image, "Always", &[])?, false).await?;
+        ensure!(pod.secrets() == [MINTED], "stored with {:?}", pod.secrets());
+        let running = kubelet::await_running(&client, &ns, "after-expiry", PULL_TIMEOUT).await?;
+        let users = pulled_with(env, offset, &second.user)?;
+        let copy_now = read_cred(&client, &ns, MINTED, &registry).await?;
+        ensure!(copy_now.uid == copy.uid, "the copy was replaced");
+        sc.note(format!("{} removed {:.0} s after the first mint; {left:.0} s left on {}: no warning, no alert; after-expiry Running {} after it was created, registry: {users}", first.user, now() - t0, second.user, secs(running)));
         Ok(())
     })
     .await?;
@@ -571,8 +612,8 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
     sc.step("7.7", format!("the refresh due at half of {}'s lifetime fails (the mint service answers 500): pullsecret_injector_credential_provider_failing{{provider=\"{PROVIDER}\"}} is 1 and runs_total{{outcome=\"failed\"}} counts it on the Lease holder; {MINTED} keeps {} and its expires-at", second.user, second.user), async {
         let due = second.issued.unwrap_or(t0) + CACHE.as_secs_f64() / 2.0;
         let wait = Duration::from_secs_f64((due + 60.0 - now()).max(10.0));
-        let (holder, took) = eventually(wait, "a failed plugin run", || async {
-            ensure!(mint.refused() > 0, "no request refused yet");
+        let (holder, _) = eventually(wait, "a failed plugin run", || async {
+            ensure!(!mint.refused().is_empty(), "no request refused yet");
             let failing = controller_metric(&client, "pullsecret_injector_credential_provider_failing", &[("provider", PROVIDER)]).await?;
             let holder = failing.iter().find(|(_, v)| *v == Some(1.0)).map(|(n, _)| n.clone());
             holder.ok_or_else(|| anyhow!("failing gauge per controller Pod: {failing:?}"))
@@ -583,7 +624,8 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
         ensure!(on_holder >= 1.0, "runs_total{{outcome=\"failed\"}} per controller Pod: {failed:?}");
         let cred = read_cred(&client, NAMESPACE, MINTED, &registry).await?;
         ensure!(cred.user == second.user && cred.data == second.data && cred.expires == second.expires, "{MINTED} now holds {:?}, expires {:?}", cred.user, cred.expires);
-        sc.note(format!("{holder}: failing 1, {on_holder} failed run(s), {} refused by the service; first failure noticed {:.0} s after the refresh was due", mint.refused(), (due + took.as_secs_f64()).min(now()) - due));
+        let refused: Vec<String> = mint.refused().iter().map(|t| format!("{:+.1} s", unix(*t) - due)).collect();
+        sc.note(format!("{holder}: failing 1, {on_holder} failed run(s); the mint service refused requests at {} from when the refresh was due (issued-at + lifetime/2)", refused.join(", ")));
         Ok(())
     })
     .await?;
@@ -645,7 +687,7 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
         ensure!(pod.secrets() == [MINTED], "stored with {:?}", pod.secrets());
         let (reason, took) = kubelet::await_pull_failure(&client, &ns, "after-failure", PULL_TIMEOUT).await?;
         let event = kubelet::await_401(&client, &ns, "after-failure").await?;
-        let (refused, _) = eventually(Duration::from_secs(10), "the registry's refusal in its log", || async {
+        let (refused, _) = eventually(Duration::from_secs(40), "the registry's refusal in its log", || async {
             let users = refused_users(env, offset);
             ensure!(users.contains(&second.user), "refused {users:?}");
             Ok(users)
