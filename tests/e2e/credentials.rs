@@ -311,7 +311,9 @@ pub async fn probe(sc: Sc) -> Result<()> {
     let registry = format!("127.0.0.1:{port}");
     let base = without_credential_features(&inst.base.config);
     let x = sc.ns(Label::Enabled, &[]).await?;
-    let wrong = Cred::new(&registry, "wrong-pass");
+    // `http://`: the probe speaks plain HTTP only to keys that say so.
+    let key = format!("http://{registry}");
+    let wrong = Cred::new(&key, "wrong-pass");
     sc.suite.remember_cred(&wrong);
     create_source(&sc, "reload-probed", &wrong).await?;
     {
@@ -372,7 +374,7 @@ pub async fn probe(sc: Sc) -> Result<()> {
     .await?;
 
     // 2. Renewed: probed at once, accepted, the annotation removed, no warning.
-    let right = Cred::new(&registry, "right-pass");
+    let right = Cred::new(&key, "right-pass");
     rotate(&sc, &inst.ns, "reload-probed", &right).await?;
     eventually(
         Duration::from_secs(30),
