@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
 
 seconds=${1:-30}
-targets=(image_parse rule_match review_answer keyring)
+targets=(image_parse rule_match review_answer keyring credential_response)
 # Safe Rust only (src/ has no `unsafe`): AddressSanitizer would cost build and run time for
 # nothing. Panics, timeouts and out-of-memory are still caught.
 flags=(--sanitizer none)

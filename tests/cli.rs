@@ -1108,3 +1108,54 @@ fn explain_shows_the_expiry_of_secrets_in_its_input_and_still_adds_them() {
     );
     assert!(text.contains("Secret hub: expires at "), "{text}");
 }
+
+#[test]
+fn explain_shows_the_probes_rejection_written_on_a_secret_in_its_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  - registry: ghcr.io\n    secrets: [ghcr]\n  - registry: quay.io\n    secrets: [quay]\n",
+    )
+    .expect("write");
+    let input = dir.path().join("input.yaml");
+    std::fs::write(
+        &input,
+        format!(
+            "{}---\n{}---\n{}",
+            secret_with(
+                "ghcr",
+                "ghcr.io",
+                "p",
+                "{pullsecret-injector/probe: 'rejected ghcr.io 2026-12-07T03:00:00Z'}"
+            ),
+            secret_with("quay", "quay.io", "p", "{}"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team-a}\nspec:\n  containers:\n    - {name: a, image: ghcr.io/acme/a}\n    - {name: b, image: quay.io/acme/b}\n",
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&config)
+        .arg("-f")
+        .arg(&input)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Secret ghcr: rejected by its registry at the credential probe (rejected ghcr.io 2026-12-07T03:00:00Z)"),
+        "{text}"
+    );
+    // The warning admission gives, for the one container whose registry rejected it.
+    assert!(
+        text.contains("the registry of container a image \"ghcr.io/acme/a\" rejected the credential in Secret ghcr"),
+        "{text}"
+    );
+    assert!(!text.contains("Secret quay: rejected"), "{text}");
+    assert!(
+        !text.contains("rejected the credential in Secret quay"),
+        "{text}"
+    );
+}

@@ -40,8 +40,9 @@ use crate::credential_plugin::{self, PluginError};
 use crate::metrics::{Metrics, ProviderLabels, ProviderRunLabels};
 use crate::shutdown::Trigger;
 
-/// The longest the loop sleeps without looking at the configuration and the Lease again.
-const IDLE_POLL: Duration = Duration::from_secs(30);
+/// The longest the loop sleeps without looking at the configuration and the Lease again, and
+/// how often a provider's Secret is checked between refreshes.
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(30);
 
 /// The data key of a dockerconfigjson Secret.
 const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
@@ -53,6 +54,8 @@ pub(super) struct ProviderLoop {
     pub metrics: Arc<Metrics>,
     /// Notified on every configuration reload: a changed provider is refreshed at once.
     pub changed: Arc<Notify>,
+    /// How often, between refreshes, each provider's Secret is looked at ([`IDLE_POLL`]).
+    pub recheck: Duration,
 }
 
 /// What the loop knows of one provider while it leads.
@@ -64,6 +67,8 @@ struct State {
     failures: u32,
     /// The last credential's lifetime: paces the retries.
     lifetime: Duration,
+    /// When the Secret was last looked at between refreshes.
+    checked: Instant,
 }
 
 /// The parts of the provider's Secret the loop reads.
@@ -114,6 +119,7 @@ impl ProviderLoop {
                         next: Instant::now(),
                         failures: 0,
                         lifetime: provider.default_cache_duration,
+                        checked: Instant::now(),
                     });
                 let _ = self
                     .metrics
@@ -131,10 +137,17 @@ impl ProviderLoop {
                         next: Instant::now(),
                         failures: 0,
                         lifetime: provider.default_cache_duration,
+                        checked: Instant::now(),
                     };
                 }
                 if !state.known {
                     self.resume(provider, &fingerprint, state).await;
+                }
+                if state.known
+                    && state.next > Instant::now()
+                    && state.checked.elapsed() >= self.recheck
+                {
+                    self.check_still_there(provider, &fingerprint, state).await;
                 }
                 if state.known && state.next <= Instant::now() {
                     self.refresh(&config.bin_dir, provider, &fingerprint, state)
@@ -146,7 +159,8 @@ impl ProviderLoop {
                 .map(|s| s.next.saturating_duration_since(Instant::now()))
                 .min()
                 .unwrap_or(IDLE_POLL)
-                .min(IDLE_POLL);
+                .min(IDLE_POLL)
+                .min(self.recheck);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.changed.notified() => {}
@@ -190,6 +204,27 @@ impl ProviderLoop {
                 tracing::warn!(provider = %provider.name, secret = %provider.secret, %error, "credential provider: cannot read its Secret; retried");
                 state.next = Instant::now() + credential_provider::RETRY_FIRST;
             }
+        }
+    }
+
+    /// Between refreshes: a Secret someone deleted, or overwrote with another credential, is
+    /// filled again now rather than at the next refresh (Pods would meanwhile get a Secret
+    /// that is missing or not the provider's).
+    async fn check_still_there(&self, provider: &Provider, fingerprint: &str, state: &mut State) {
+        state.checked = Instant::now();
+        let Ok(current) = self.current(provider).await else {
+            return;
+        };
+        let ours = current.kind.is_some()
+            && current.provider.as_deref() == Some(provider.name.as_str())
+            && current.fingerprint.as_deref() == Some(fingerprint);
+        if !ours {
+            tracing::warn!(
+                provider = %provider.name,
+                secret = %provider.secret,
+                "credential provider: its Secret is gone or no longer holds this provider's credential; filling it now"
+            );
+            state.next = Instant::now();
         }
     }
 
@@ -246,6 +281,7 @@ impl ProviderLoop {
                 outcome,
             })
             .inc();
+        state.checked = Instant::now();
         if let (Some(minted), Ok(())) = (&minted, &written) {
             state.lifetime = minted.lifetime;
             self.metrics
@@ -546,6 +582,7 @@ printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialP
             policy: policy.clone(),
             metrics: metrics.clone(),
             changed: changed.clone(),
+            recheck: IDLE_POLL,
         };
         let (renewed, renewals) = tokio::sync::watch::channel(Some(tokio::time::Instant::now()));
         let keep_leading = tokio::spawn(async move {
@@ -658,16 +695,14 @@ printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialP
             policy: policy.clone(),
             metrics: metrics.clone(),
             changed: Arc::new(Notify::new()),
+            recheck: Duration::from_millis(200),
         };
         let task = tokio::spawn(restarted.run(Leadership::new(renewals, Vec::new()), stop.clone()));
         until(&state, "the new leader's read", |s| {
             s.requests.len() > before
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = renewed.send(Some(tokio::time::Instant::now()));
-        stop.fire();
-        let _ = task.await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let requests = state.lock().map(|s| s.requests.clone()).unwrap_or_default();
         assert_eq!(
             requests[before..],
@@ -676,5 +711,23 @@ printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialP
         let calls =
             std::fs::read_to_string(dir.path().join("test-plugin.count")).unwrap_or_default();
         assert_eq!(calls.trim(), "2", "the plugin was not run again");
+
+        // 5. Someone deletes the Secret between refreshes: filled again at the next check.
+        if let Ok(mut s) = state.lock() {
+            s.secret = None;
+        }
+        let keep = tokio::spawn(async move {
+            loop {
+                let _ = renewed.send(Some(tokio::time::Instant::now()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        until(&state, "the Secret filled again", |s| {
+            s.secret.as_ref().is_some_and(|v| password(v) == "pw-3")
+        })
+        .await;
+        stop.fire();
+        let _ = task.await;
+        keep.abort();
     }
 }

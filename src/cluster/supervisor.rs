@@ -408,6 +408,7 @@ impl Supervisor {
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
             changed: self.providers_changed.clone(),
+            recheck: super::provider_loop::IDLE_POLL,
         };
         let stop = Trigger::default();
         self.providers = Some((

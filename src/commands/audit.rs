@@ -174,7 +174,12 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
     let mut source_problems = Vec::new();
     // `source Secret X: expires at ...`, for the table's header.
     let mut source_expiries = Vec::new();
-    if (config.settings.discovery || config.settings.sync)
+    // The sources matter to discovery and sync, and carry what the credential probe and the
+    // providers learnt (rejections, minted credentials' expiry).
+    if (config.settings.discovery
+        || config.settings.sync
+        || config.settings.credential_probe
+        || !config.settings.credential_providers.providers.is_empty())
         && let Some(ns) = &injector_namespace
     {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -200,6 +205,10 @@ pub async fn run(args: AuditArgs) -> Result<String, AuditError> {
                         source_problems.push(line);
                     }
                     sources.expiries.insert(source.name.clone(), expiry);
+                }
+                if let Some((registries, line)) = crate::core::probe::rejections_json(&json) {
+                    source_problems.push(format!("source Secret {}: {line}", source.name));
+                    sources.rejected.insert(source.name.clone(), registries);
                 }
                 // The safe side is nowhere: a scope that cannot be read serves no namespace.
                 let scope = source_scope(&json).unwrap_or_else(|e| {

@@ -319,6 +319,12 @@ pub fn run(args: &ExplainArgs) -> Result<Output, ExplainError> {
             notes.push(format!("Secret {}: {}", secret.name, expiry.describe(now)));
             sources.expiries.insert(secret.name.clone(), expiry);
         }
+        // The controller's credential probe wrote its verdict on the Secret (a Secret read
+        // back with kubectl get -o yaml): its Pods get the warning admission would give.
+        if let Some((registries, line)) = crate::core::probe::rejections_json(doc) {
+            notes.push(format!("Secret {}: {line}", secret.name));
+            sources.rejected.insert(secret.name.clone(), registries);
+        }
         match dockercfg::keyring_of(&secret) {
             Ok(keyring) => {
                 notes.push(format!(

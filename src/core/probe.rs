@@ -470,6 +470,26 @@ pub fn annotation_updates<'a>(
 
 /// The registries a probe annotation names as rejected (the value may list several,
 /// separated by `; `).
+/// The `pullsecret-injector/probe` annotation of a Secret given as JSON (a manifest, or the
+/// API object): the registries that rejected its credential, and a line saying so for
+/// `explain` and `audit`. `None` when the annotation is absent or names none.
+pub fn rejections_json(object: &serde_json::Value) -> Option<(Vec<String>, String)> {
+    let annotation = object
+        .pointer("/metadata/annotations")?
+        .get(crate::core::names::PROBE_ANNOTATION)?
+        .as_str()?;
+    let registries: Vec<String> = rejected_registries(annotation)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    (!registries.is_empty()).then(|| {
+        (
+            registries,
+            format!("rejected by its registry at the credential probe ({annotation})"),
+        )
+    })
+}
+
 pub fn rejected_registries(annotation: &str) -> Vec<&str> {
     annotation
         .split(';')

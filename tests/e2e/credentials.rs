@@ -26,8 +26,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::api::{Cred, pod};
-use crate::harness::{Label, Sc, eventually};
+use crate::harness::{Label, Sc, eventually, path_str};
 use crate::install::{with_features, without_credential_features};
+use crate::process::run_binary;
 use crate::sync::{copy_of, create_source, rotate};
 
 /// The provider's Secret the Reload installation's chart values name (its RBAC names it).
@@ -311,7 +312,9 @@ pub async fn probe(sc: Sc) -> Result<()> {
     let registry = format!("127.0.0.1:{port}");
     let base = without_credential_features(&inst.base.config);
     let x = sc.ns(Label::Enabled, &[]).await?;
-    let wrong = Cred::new(&registry, "wrong-pass");
+    // `http://`: the probe speaks plain HTTP only to keys that say so.
+    let key = format!("http://{registry}");
+    let wrong = Cred::new(&key, "wrong-pass");
     sc.suite.remember_cred(&wrong);
     create_source(&sc, "reload-probed", &wrong).await?;
     {
@@ -371,8 +374,38 @@ pub async fn probe(sc: Sc) -> Result<()> {
     })
     .await?;
 
+    // `audit` reads the same annotation: the source's line (the Pod itself got its Secret:
+    // nothing to add).
+    sc.create_pod(&x, &pod_spec).await?;
+    let kubeconfig = path_str(&sc.suite.env.kubeconfig)?.to_string();
+    let config = path_str(&inst.config_path)?.to_string();
+    let (status, out, err) = run_binary(
+        &sc.suite.env.bin,
+        &[
+            "audit",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config",
+            &config,
+            "--injector-namespace",
+            &inst.ns,
+            "-n",
+            &x,
+        ],
+    )
+    .await?;
+    ensure!(status.success(), "audit failed: {err}");
+    let report = format!("{out}{err}");
+    let needle = format!(
+        "source Secret reload-probed: rejected by its registry at the credential probe (rejected {registry} "
+    );
+    ensure!(
+        report.contains(&needle),
+        "audit lacks {needle:?}:\n{report}"
+    );
+
     // 2. Renewed: probed at once, accepted, the annotation removed, no warning.
-    let right = Cred::new(&registry, "right-pass");
+    let right = Cred::new(&key, "right-pass");
     rotate(&sc, &inst.ns, "reload-probed", &right).await?;
     eventually(
         Duration::from_secs(30),
