@@ -12,8 +12,8 @@
 #      cgroups, /var/log/pods + /var/log/containers entries of our Pods, our CNI result cache
 #      entries, host directories that did not exist before up.sh, and the sysctls (host values
 #      from $DIR/sysctl.saved);
-#   4. the registry, kube-apiserver and etcd stop; *.log files are copied to $DIR.logs/ and
-#      $DIR is removed.
+#   4. the registry, kube-apiserver and etcd stop (and a Prometheus s7 left); *.log files are
+#      copied to $DIR.logs/ and $DIR is removed.
 #
 # Usage: tests/node/down.sh      (root) re-runnable; does nothing when $DIR does not exist
 # Env:   DIR, BRIDGE, CACHE (tests/node/lib.sh)
@@ -122,7 +122,9 @@ if [ -s sysctl.saved ]; then
 fi
 log "host restored (mounts, netns, bridge, iptables, cgroups, logs, sysctls)"
 
-# --- 4. registry, API server, etcd
+# --- 4. registry, API server, etcd (and s7's Prometheus, should its test process have died
+# before stopping it: tests/node/story/prometheus.rs)
+proc_stop "$DIR/story/minted/prometheus/prometheus.pid" "$DIR/story/minted/prometheus/prometheus.json" 2
 proc_stop "$DIR/registry/registry.pid" "$DIR/registry/config.yml"
 # kube-apiserver 1.20 takes about 30 s to exit on SIGTERM here; its state is thrown away with
 # etcd's, so it gets 2 s (the SIGKILL notice goes to its log).

@@ -148,6 +148,8 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        // For tests/node/down.sh, should this process die before stopping it.
+        std::fs::write(dir.join("prometheus.pid"), child.id().to_string())?;
         let prometheus = Self {
             child: Mutex::new(Some(child)),
             addr: listen,
