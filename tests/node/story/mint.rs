@@ -30,8 +30,8 @@ use crate::journal::Journal;
 /// The users the service adds to htpasswd: `mint-1`, `mint-2`, ...
 pub const USER_PREFIX: &str = "mint-";
 
-/// One minted credential.
-#[derive(Debug, Clone)]
+/// One minted credential (no Debug: it holds the password).
+#[derive(Clone)]
 pub struct Mint {
     pub user: String,
     pub password: String,

@@ -13,10 +13,10 @@
 //! Prometheus (prometheus.rs) evaluates the chart's rules against the injector Pods' metrics.
 //!
 //! The timeline, from the first controller mint at t0: refresh at t0+2:00 (then the test makes
-//! the plugin fail), the first password removed at t0+4:10 (Pods still pull, with the second),
-//! the refresh due at t0+4:00 fails, warnings from t0+4:40, the alert fires at about
+//! the plugin fail), the refresh due at t0+4:00 fails, the first password removed at t0+4:10
+//! (Pods still pull, with the second), warnings from t0+4:40, the alert fires at about
 //! t0+5:41, the second password expires at t0+6:00 and is removed at t0+6:10: a Pod created
-//! then fails with the registry's 401, as announced. About 7 minutes in all.
+//! then fails with the registry's 401, as announced. About 6.5 minutes in all.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -80,8 +80,8 @@ fn rfc3339(value: &str) -> Result<f64> {
 }
 
 /// A docker config Secret as the test sees it: identity, the credential for the registry (the
-/// password is never printed), and the controller's annotations.
-#[derive(Debug, Clone)]
+/// password is never printed: no Debug), and the controller's annotations.
+#[derive(Clone)]
 struct Cred {
     uid: String,
     data: Vec<u8>,
@@ -326,7 +326,10 @@ pub async fn minted_credentials(sc: Sc) -> Result<()> {
     let provider_image = sc
         .step("7.1", format!("the test's credential provider: {PROVIDER} (tests/node/mint-provider.c, static) in an image with busybox's cp (tests/node/provider-image.sh), pushed to the private registry; the mint service on {bind}; the app image pushed as {image}"), async {
             let script = env.root.join("tests/node/provider-image.sh");
-            let out = tools::run(path_str(&script)?, &[], None).await?;
+            // The same DIR and registry port as this run (tests/node/lib.sh's defaults otherwise).
+            let dir_var = format!("DIR={}", path_str(&env.dir)?);
+            let port_var = format!("REG_PORT={}", registry.rsplit_once(':').map_or("5000", |(_, p)| p));
+            let out = tools::run("env", &[&dir_var, &port_var, path_str(&script)?], None).await?;
             ensure!(out.ok, "provider-image.sh: {}", out.stderr.trim());
             let reference = out.stdout.trim().to_string();
             tools::push_app(env, REPOSITORY).await?;
