@@ -71,7 +71,22 @@ struct State {
     checked: Instant,
 }
 
-/// The parts of the provider's Secret the loop reads.
+impl State {
+    /// Due now, no failures, paced by the provider's default lifetime until an answer says.
+    fn new(fingerprint: &str, provider: &Provider, known: bool) -> Self {
+        Self {
+            fingerprint: fingerprint.to_string(),
+            known,
+            next: Instant::now(),
+            failures: 0,
+            lifetime: provider.default_cache_duration,
+            checked: Instant::now(),
+        }
+    }
+}
+
+/// The parts of the provider's Secret the loop reads (all `None` when it does not exist).
+#[derive(Default)]
 struct Current {
     kind: Option<String>,
     docker_config: Option<Vec<u8>>,
@@ -113,14 +128,7 @@ impl ProviderLoop {
                 let fingerprint = provider.fingerprint();
                 let state = states
                     .entry(provider.name.clone())
-                    .or_insert_with(|| State {
-                        fingerprint: fingerprint.clone(),
-                        known: false,
-                        next: Instant::now(),
-                        failures: 0,
-                        lifetime: provider.default_cache_duration,
-                        checked: Instant::now(),
-                    });
+                    .or_insert_with(|| State::new(&fingerprint, provider, false));
                 let _ = self
                     .metrics
                     .credential_provider_failing
@@ -131,14 +139,8 @@ impl ProviderLoop {
                         secret = %provider.secret,
                         "credential provider changed: refreshing its Secret now"
                     );
-                    *state = State {
-                        fingerprint: fingerprint.clone(),
-                        known: true,
-                        next: Instant::now(),
-                        failures: 0,
-                        lifetime: provider.default_cache_duration,
-                        checked: Instant::now(),
-                    };
+                    // Known: whatever the Secret holds was minted by the old configuration.
+                    *state = State::new(&fingerprint, provider, true);
                 }
                 if !state.known {
                     self.resume(provider, &fingerprint, state).await;
@@ -311,14 +313,7 @@ impl ProviderLoop {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.own_namespace);
         let secret = api.get_opt(&provider.secret).await?;
         let Some(secret) = secret else {
-            return Ok(Current {
-                kind: None,
-                docker_config: None,
-                provider: None,
-                fingerprint: None,
-                issued: None,
-                expires: None,
-            });
+            return Ok(Current::default());
         };
         let annotations = secret.metadata.annotations.unwrap_or_default();
         let get = |key: &str| annotations.get(key).cloned();

@@ -314,21 +314,17 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 /// The `.dockerconfigjson` written for `auth`: each pattern a key with `username`,
 /// `password` and `auth` (what `kubectl create secret docker-registry` writes).
 pub fn docker_config(auth: &BTreeMap<String, AuthConfig>) -> Vec<u8> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let auths: serde_json::Map<String, Value> = auth
-        .iter()
-        .map(|(pattern, config)| {
-            (
-                pattern.clone(),
-                json!({
-                    "username": config.username,
-                    "password": config.password,
-                    "auth": b64.encode(format!("{}:{}", config.username, config.password)),
-                }),
-            )
-        })
-        .collect();
-    json!({ "auths": auths }).to_string().into_bytes()
+    merge_previous(None, auth)
+}
+
+/// One `auths` entry, as [`docker_config`] writes it.
+fn entry(config: &AuthConfig) -> Value {
+    json!({
+        "username": config.username,
+        "password": config.password,
+        "auth": base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", config.username, config.password)),
+    })
 }
 
 /// What one pass over a provider's images gives: the answers that came, merged.
@@ -370,20 +366,12 @@ pub fn merge(responses: &[Response], default_cache_duration: Duration) -> Option
 /// written when only some images were answered. An unreadable previous config counts as
 /// empty.
 pub fn merge_previous(previous: Option<&[u8]>, fresh: &BTreeMap<String, AuthConfig>) -> Vec<u8> {
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut auths = previous
         .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
         .and_then(|v| v.get("auths").and_then(Value::as_object).cloned())
         .unwrap_or_default();
     for (pattern, config) in fresh {
-        auths.insert(
-            pattern.clone(),
-            json!({
-                "username": config.username,
-                "password": config.password,
-                "auth": b64.encode(format!("{}:{}", config.username, config.password)),
-            }),
-        );
+        auths.insert(pattern.clone(), entry(config));
     }
     json!({ "auths": auths }).to_string().into_bytes()
 }

@@ -468,8 +468,6 @@ pub fn annotation_updates<'a>(
     out
 }
 
-/// The registries a probe annotation names as rejected (the value may list several,
-/// separated by `; `).
 /// The `pullsecret-injector/probe` annotation of a Secret given as JSON (a manifest, or the
 /// API object): the registries that rejected its credential, and a line saying so for
 /// `explain` and `audit`. `None` when the annotation is absent or names none.
@@ -490,6 +488,8 @@ pub fn rejections_json(object: &serde_json::Value) -> Option<(Vec<String>, Strin
     })
 }
 
+/// The registries a probe annotation names as rejected (the value may list several,
+/// separated by `; `).
 pub fn rejected_registries(annotation: &str) -> Vec<&str> {
     annotation
         .split(';')
